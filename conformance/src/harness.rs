@@ -84,21 +84,12 @@ impl<F: StoreFactory> StoreFactory for DynFactory<F> {
 }
 
 /// What a case asks of its store: the policy and the codec. The clock is always a [`ManualClock`].
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Setup {
     /// The lifecycle rules.
     pub policy: Policy,
     /// The content codec.
     pub codec: ContentCodec,
-}
-
-impl Default for Setup {
-    fn default() -> Self {
-        Setup {
-            policy: Policy::default(),
-            codec: ContentCodec::default(),
-        }
-    }
 }
 
 /// One case's store, clock and namespace; `finish` drops the namespace.

@@ -72,16 +72,16 @@ pub fn validate_batch(msgs: &[NewMessage], policy: &Policy) -> Result<()> {
     let mut seen = std::collections::HashMap::new();
     for m in msgs {
         validate_message(m, policy)?;
-        if let Some(prev) = seen.insert((&m.conversation_id, m.msg_id), m) {
-            if prev != m {
-                return Err(Error::new(
-                    ErrorKind::Conflict,
-                    format!(
-                        "msg_id {} appears twice in the batch with different fields",
-                        m.msg_id
-                    ),
-                ));
-            }
+        if let Some(prev) = seen.insert((&m.conversation_id, m.msg_id), m)
+            && prev != m
+        {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "msg_id {} appears twice in the batch with different fields",
+                    m.msg_id
+                ),
+            ));
         }
     }
     Ok(())

@@ -207,13 +207,13 @@ impl PolicyBuilder {
                 "must not be longer than retention: a restorable message would be purged",
             ));
         }
-        if let Some(limit) = p.history_limit {
-            if limit < p.retention {
-                return Err(Error::invalid_input(
-                    "history_limit",
-                    "must not be shorter than retention",
-                ));
-            }
+        if let Some(limit) = p.history_limit
+            && limit < p.retention
+        {
+            return Err(Error::invalid_input(
+                "history_limit",
+                "must not be shorter than retention",
+            ));
         }
         Ok(p)
     }
