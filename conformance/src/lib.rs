@@ -4,7 +4,7 @@
 //! [`StoreFactory`], whose first doc line states the behaviour it checks. A backend runs them all,
 //! each reported as its own test, with one line:
 //!
-//! ```ignore
+//! ```text
 //! imstore_conformance::conformance_tests!(my_backend_factory().await);
 //! ```
 //!
