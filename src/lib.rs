@@ -1,1 +1,34 @@
-//! placeholder
+//! imstore: message lifecycle storage for IM services.
+//!
+//! Send, recall, restore, delete, retention purge and the change feed every device pulls, behind one
+//! [`MessageStore`] trait. The in-memory reference store is always available; real backends are
+//! chosen at compile time with cargo features:
+//!
+//! | feature    | module       | backend                                   |
+//! |------------|--------------|-------------------------------------------|
+//! | (always)   | [`memory`]   | [`MemoryStore`], the embedded default     |
+//! | `postgres` | `postgres`   | PostgreSQL through sqlx                   |
+//! | `mongodb`  | `mongodb`    | MongoDB through the official driver       |
+//! | `scylla`   | `scylla`     | ScyllaDB / Cassandra through `scylla`     |
+//!
+//! Every backend passes the same conformance suite (`imstore-conformance`), which you can run
+//! against your own deployment.
+
+pub use imstore_core::*;
+
+/// The in-memory reference store: complete, concurrency-safe, not durable.
+pub mod memory {
+    pub use imstore_core::memory::MemoryStore;
+}
+
+/// The PostgreSQL backend (feature `postgres`).
+#[cfg(feature = "postgres")]
+pub use imstore_postgres as postgres;
+
+/// The MongoDB backend (feature `mongodb`).
+#[cfg(feature = "mongodb")]
+pub use imstore_mongodb as mongodb;
+
+/// The ScyllaDB / Cassandra backend (feature `scylla`).
+#[cfg(feature = "scylla")]
+pub use imstore_scylla as scylla;
