@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The project's test command (README): starts the local database servers,
+# runs the Rust test suite against them, and stops again the servers that it
+# started itself (servers that were already up are left running).
+#
+# Works from a fresh clone with nothing installed or started, under CI=true
+# and without stdin. Exits with the tests' status.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# Toolchains installed outside the default PATH on these machines.
+for d in "$HOME/.cargo/bin" /usr/local/go/bin; do
+  if [[ -d $d && :$PATH: != *:$d:* ]]; then PATH=$d:$PATH; fi
+done
+export PATH
+# Never let rustup download a toolchain (only the crate registry is
+# reachable): use the installed one, or fail here with a clear message.
+export RUSTUP_AUTO_INSTALL=0
+
+servers=(postgres cassandra ferretdb)
+started=()
+for s in "${servers[@]}"; do
+  if ! bash scripts/servers.sh status "$s" >/dev/null 2>&1; then started+=("$s"); fi
+done
+
+# shellcheck disable=SC2317 # invoked by the EXIT trap
+cleanup() {
+  local rc=$?
+  if ((${#started[@]})); then
+    echo "[test.sh] stopping the servers this run started: ${started[*]}" >&2
+    bash scripts/servers.sh stop "${started[@]}" </dev/null || true
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+bash scripts/servers.sh start </dev/null
+# shellcheck source=/dev/null
+source .servers/env
+
+echo "[test.sh] $(cargo --version), $(rustc --version)" >&2
+
+status=0
+cargo test --workspace --all-features </dev/null || status=$?
+
+# ---- benches: compile-check them here (e.g. `cargo bench --no-run --workspace`),
+# ---- keeping `|| status=$?` so a failure is reported without skipping cleanup.
+
+exit "$status"
