@@ -34,6 +34,11 @@ const MAX_ATTEMPTS: u32 = 200;
 /// The largest purge batch, as in the contract.
 const MAX_PURGE_BATCH: u32 = 10_000;
 
+/// The advisory lock key that orders purge batches (shared) against placing a legal hold
+/// (exclusive). Database-wide, so stores in other schemas of the same database share it: a hold
+/// there waits for a purge batch here, which is coarse but brief and never wrong.
+const LEGAL_HOLD_LOCK: i64 = 0x696d_7374_6f72_6501; // "imstore" + 1
+
 /// The columns every message read decodes, in [`decode_message`]'s order.
 macro_rules! message_columns {
     () => {
@@ -613,6 +618,12 @@ impl PostgresStore {
         history_cutoff: Option<Timestamp>,
     ) -> std::result::Result<PurgeReport, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
+        // Shared with other purge workers, exclusive with a legal hold being placed: a hold
+        // either commits before this batch's snapshot (and is seen), or waits for it to end.
+        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+            .bind(LEGAL_HOLD_LOCK)
+            .execute(&mut *tx)
+            .await?;
         let row = sqlx::query(
             "WITH doomed AS MATERIALIZED ( \
                  SELECT m.conversation_id, m.msg_id FROM messages m \
@@ -956,15 +967,26 @@ impl MessageStore for PostgresStore {
         let span = op_span(Operation::LegalHold, BACKEND, Some(conversation), None);
         async {
             lifecycle::validate_conversation(conversation, &self.settings.policy)?;
+            let mut tx = self.pool.begin().await.map_err(map)?;
+            if held {
+                // Waits for purge batches already running (they may have read the conversation
+                // as not held); batches starting later see the hold once this commits.
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(LEGAL_HOLD_LOCK)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map)?;
+            }
             sqlx::query(
                 "INSERT INTO conversations (conversation_id, legal_hold) VALUES ($1, $2) \
                  ON CONFLICT (conversation_id) DO UPDATE SET legal_hold = EXCLUDED.legal_hold",
             )
             .bind(conversation.as_str())
             .bind(held)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(map)?;
+            tx.commit().await.map_err(map)?;
             Ok(())
         }
         .instrument(span)

@@ -1,0 +1,195 @@
+//! PostgreSQL-specific guarantees beyond the shared suite: concurrent purge workers split the work
+//! exactly, and a connection killed by the server mid-transition is a temporary error that leaves
+//! nothing half-applied.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use imstore_conformance::fixtures::Cast;
+use imstore_conformance::{require_env, unique_namespace};
+use imstore_core::{
+    Action, ErrorKind, FeedCursor, ManualClock, MessageStore, MessageStoreExt, Policy,
+    PurgeOptions, Status, StoreSettings,
+};
+use imstore_postgres::{PostgresConfig, PostgresStore};
+use sqlx::AssertSqlSafe;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+struct Scratch {
+    admin: PgPool,
+    schema: String,
+    store: PostgresStore,
+    settings: StoreSettings,
+    clock: ManualClock,
+}
+
+async fn scratch(pool_size: u32) -> Scratch {
+    let url = require_env("IMSTORE_POSTGRES_URL");
+    let admin = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&url)
+        .await
+        .expect("connect");
+    let schema = unique_namespace("imspg_conc");
+    sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&admin)
+        .await
+        .expect("create schema");
+    let clock = ManualClock::starting_now();
+    let settings = StoreSettings {
+        policy: Policy::default(),
+        clock: Arc::new(clock.clone()),
+        ..StoreSettings::default()
+    };
+    let config = PostgresConfig::new(&url)
+        .with_schema(&schema)
+        .with_max_connections(pool_size);
+    let store = PostgresStore::connect(config, settings.clone())
+        .await
+        .expect("connect store");
+    Scratch {
+        admin,
+        schema,
+        store,
+        settings,
+        clock,
+    }
+}
+
+impl Scratch {
+    async fn drop_schema(self) {
+        sqlx::query(AssertSqlSafe(format!(
+            "DROP SCHEMA {} CASCADE",
+            self.schema
+        )))
+        .execute(&self.admin)
+        .await
+        .expect("drop schema");
+    }
+}
+
+/// Two purge workers running at once remove every expired message exactly once between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_purge_workers_split_the_work_without_double_counting() {
+    let s = scratch(6).await;
+    let c = Cast::new(&s.settings);
+    let n = 300;
+    let messages: Vec<_> = (0..n).map(|i| c.file(&format!("blob-{i}"))).collect();
+    let outcome = s.store.insert_batch(messages.clone()).await.unwrap();
+    assert_eq!(outcome.inserted, n as u64);
+    for m in &messages {
+        let req = c.request(Action::Delete, &c.alice, m.msg_id);
+        assert!(s.store.transition(req).await.unwrap().changed);
+    }
+    s.clock
+        .advance(s.settings.policy.retention() + Duration::from_millis(1));
+
+    let options = PurgeOptions { batch_size: 7 };
+    let (a, b) = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(s.store.purge_all(options), s.store.purge_all(options))
+    })
+    .await
+    .expect("purge workers never block each other for long");
+    let (a, b) = (a.unwrap(), b.unwrap());
+    println!(
+        "worker a purged {}, worker b purged {}",
+        a.messages, b.messages
+    );
+    assert_eq!(a.messages + b.messages, n as u64, "{a:?} {b:?}");
+    assert_eq!(a.events + b.events, n as u64);
+    let mut released: Vec<_> = a
+        .released_attachments
+        .into_iter()
+        .chain(b.released_attachments)
+        .collect();
+    released.sort();
+    released.dedup();
+    assert_eq!(released.len(), n, "every attachment released exactly once");
+
+    let again = s.store.purge(options).await.unwrap();
+    assert_eq!((again.messages, again.more), (0, false));
+    let feed = s
+        .store
+        .changes_since(&c.conv, FeedCursor::START, 500)
+        .await
+        .unwrap();
+    assert!(feed.events.is_empty());
+    s.drop_schema().await;
+}
+
+/// A server-side kill of the connection mid-transition is `Unavailable`, applies nothing, and a
+/// retry of the same request applies it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connection_killed_mid_transition_is_temporary_and_atomic() {
+    let s = scratch(2).await;
+    let c = Cast::new(&s.settings);
+    let m = c.text("hello");
+    s.store.insert(m.clone()).await.unwrap();
+
+    // Hold the message row so the store's compare-and-set waits inside its transaction.
+    let mut blocker = s.admin.begin().await.unwrap();
+    let blocker_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *blocker)
+        .await
+        .unwrap();
+    sqlx::query(AssertSqlSafe(format!(
+        "SELECT 1 FROM {}.messages WHERE conversation_id = $1 AND msg_id = $2 FOR UPDATE",
+        s.schema
+    )))
+    .bind(c.conv.as_str())
+    .bind(m.msg_id.as_i64())
+    .execute(&mut *blocker)
+    .await
+    .unwrap();
+
+    let req = c.request(Action::Recall, &c.alice, m.msg_id);
+    let store = s.store.clone();
+    let pending = tokio::spawn({
+        let req = req.clone();
+        async move { store.transition(req).await }
+    });
+    let mut victim = None;
+    for _ in 0..200 {
+        victim = sqlx::query_scalar::<_, i32>(
+            "SELECT pid FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+        )
+        .bind(blocker_pid)
+        .fetch_optional(&s.admin)
+        .await
+        .unwrap();
+        if victim.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let victim = victim.expect("the store's transaction waits on the held row");
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(victim)
+        .fetch_one(&s.admin)
+        .await
+        .unwrap();
+    assert!(killed);
+    let err = pending.await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(err.is_temporary());
+    blocker.rollback().await.unwrap();
+
+    // Nothing of the killed transaction survived: still Normal, version 1, no event.
+    let v = s.store.get(&c.conv, m.msg_id, &c.bob).await.unwrap();
+    assert_eq!((v.status, v.version), (Status::Normal, 1));
+    let feed = s
+        .store
+        .changes_since(&c.conv, FeedCursor::START, 10)
+        .await
+        .unwrap();
+    assert!(feed.events.is_empty());
+
+    // The client's retry (same request id) applies it once.
+    let done = s.store.transition(req.clone()).await.unwrap();
+    assert!(done.changed && !done.replayed);
+    let again = s.store.transition(req).await.unwrap();
+    assert!(again.replayed);
+    let other = c.request(Action::Recall, &c.alice, m.msg_id);
+    assert!(!s.store.transition(other).await.unwrap().changed);
+    s.drop_schema().await;
+}
