@@ -19,6 +19,8 @@
 //! # let _ = store; Ok(()) }
 //! ```
 
+#![deny(missing_docs)]
+
 mod config;
 mod error;
 mod store;
