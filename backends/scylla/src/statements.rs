@@ -1,0 +1,120 @@
+//! Every statement the store runs, prepared once at start-up with the configured consistency.
+
+use futures::future::try_join_all;
+use imstore_core::Result;
+use scylla::client::session::Session;
+use scylla::statement::Consistency;
+use scylla::statement::SerialConsistency;
+use scylla::statement::prepared::PreparedStatement;
+
+use crate::config::ScyllaConfig;
+use crate::error;
+
+/// Whether a statement may be retried by the driver, and how it reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// A plain read or an idempotent plain write: the driver may retry it.
+    Idempotent,
+    /// A conditional (Paxos) write: never retried blindly; the store re-reads instead.
+    Conditional,
+    /// A linearizable read (SERIAL / LOCAL_SERIAL), used to settle a conditional write whose
+    /// outcome a timeout left unknown.
+    SerialRead,
+}
+
+macro_rules! statements {
+    ($($name:ident: $mode:ident => $cql:literal,)*) => {
+        /// The prepared statements, one field per statement.
+        #[derive(Debug)]
+        pub(crate) struct Statements {
+            $(pub(crate) $name: PreparedStatement,)*
+        }
+
+        impl Statements {
+            /// Prepares every statement against `config.keyspace`.
+            pub(crate) async fn prepare(session: &Session, config: &ScyllaConfig) -> Result<Self> {
+                let ks = &config.keyspace;
+                let texts: Vec<(String, Mode)> = vec![
+                    $((format!($cql, ks = ks), Mode::$mode),)*
+                ];
+                let prepared = try_join_all(texts.into_iter().map(|(cql, mode)| async move {
+                    let mut p = session.prepare(cql).await.map_err(error::prepare)?;
+                    configure(&mut p, mode, config);
+                    Ok::<_, imstore_core::Error>(p)
+                }))
+                .await?;
+                let mut it = prepared.into_iter();
+                Ok(Statements {
+                    $($name: it.next().expect("one prepared statement per text"),)*
+                })
+            }
+        }
+    };
+}
+
+fn configure(p: &mut PreparedStatement, mode: Mode, config: &ScyllaConfig) {
+    p.set_request_timeout(Some(config.request_timeout));
+    p.set_serial_consistency(Some(config.serial_consistency));
+    match mode {
+        Mode::Idempotent => {
+            p.set_consistency(config.consistency);
+            p.set_is_idempotent(true);
+        }
+        Mode::Conditional => {
+            p.set_consistency(config.consistency);
+            p.set_is_idempotent(false);
+        }
+        Mode::SerialRead => {
+            p.set_consistency(match config.serial_consistency {
+                SerialConsistency::Serial => Consistency::Serial,
+                SerialConsistency::LocalSerial => Consistency::LocalSerial,
+            });
+            p.set_is_idempotent(true);
+        }
+    }
+}
+
+statements! {
+    // --- messages: immutable after the conditional insert; deleted only by the purge.
+    msg_insert: Conditional => "INSERT INTO {ks}.messages (conversation_id, bucket, msg_id, sender_id, msg_type, content, attachment_key, attachment_size, attachment_mime, created_at, insert_token) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+    msg_get: Idempotent => "SELECT sender_id, msg_type, content, attachment_key, attachment_size, attachment_mime, created_at, insert_token FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id = ?",
+    msg_get_serial: SerialRead => "SELECT sender_id, msg_type, content, attachment_key, attachment_size, attachment_mime, created_at, insert_token FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id = ?",
+    msg_page_desc: Idempotent => "SELECT msg_id, sender_id, msg_type, content, attachment_key, attachment_size, attachment_mime, created_at FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id < ? LIMIT ?",
+    msg_page_asc: Idempotent => "SELECT msg_id, sender_id, msg_type, content, attachment_key, attachment_size, attachment_mime, created_at FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id > ? ORDER BY msg_id ASC LIMIT ?",
+    msg_delete: Conditional => "DELETE FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id = ? IF EXISTS",
+    msg_any: Idempotent => "SELECT msg_id FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? LIMIT 1",
+    msg_set_content: Conditional => "UPDATE {ks}.messages SET content = ? WHERE conversation_id = ? AND bucket = ? AND msg_id = ? IF EXISTS",
+
+    // --- buckets: the non-empty buckets of a conversation, and its legal hold.
+    bucket_add: Idempotent => "INSERT INTO {ks}.buckets (conversation_id, bucket) VALUES (?, ?)",
+    bucket_remove: Idempotent => "DELETE FROM {ks}.buckets WHERE conversation_id = ? AND bucket = ?",
+    buckets_desc: Idempotent => "SELECT bucket FROM {ks}.buckets WHERE conversation_id = ? AND bucket <= ? LIMIT ?",
+    buckets_asc: Idempotent => "SELECT bucket FROM {ks}.buckets WHERE conversation_id = ? AND bucket >= ? ORDER BY bucket ASC LIMIT ?",
+    hold_set: Idempotent => "UPDATE {ks}.buckets SET legal_hold = ? WHERE conversation_id = ?",
+    hold_get: Idempotent => "SELECT legal_hold FROM {ks}.buckets WHERE conversation_id = ? LIMIT 1",
+
+    // --- conversation_state: lifecycles (kind 0), events (kind 1), request records (kind 2).
+    state_get: Idempotent => "SELECT status, version, recalled_at, recalled_by, restored_at, deleted_at, deleted_by, event_seqs, purging FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = ''",
+    state_get_serial: SerialRead => "SELECT status, version, recalled_at, recalled_by, restored_at, deleted_at, deleted_by, event_seqs, purging FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = ''",
+    state_range: Idempotent => "SELECT k, status, version, recalled_at, recalled_by, restored_at, deleted_at, deleted_by, event_seqs, purging FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k >= ? AND k <= ?",
+    state_write: Conditional => "UPDATE {ks}.conversation_state SET status = ?, version = ?, recalled_at = ?, recalled_by = ?, restored_at = ?, deleted_at = ?, deleted_by = ?, event_seqs = event_seqs + ?, purging = ? WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = '' IF version = ? AND purging = ?",
+    state_delete: Conditional => "DELETE FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = '' IF purging = true",
+    head_get: Idempotent => "SELECT feed_head FROM {ks}.conversation_state WHERE conversation_id = ? LIMIT 1",
+    head_get_serial: SerialRead => "SELECT feed_head FROM {ks}.conversation_state WHERE conversation_id = ? LIMIT 1",
+    head_claim: Conditional => "UPDATE {ks}.conversation_state SET feed_head = ? WHERE conversation_id = ? IF feed_head = ?",
+    event_put: Conditional => "INSERT INTO {ks}.conversation_state (conversation_id, kind, k, request_id, msg_id, status, version, at_ms, actor) VALUES (?, 1, ?, '', ?, ?, ?, ?, ?)",
+    event_delete: Conditional => "DELETE FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 1 AND k = ? AND request_id = ''",
+    events_after: Idempotent => "SELECT k, msg_id, status, version, at_ms, actor FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 1 AND k > ? LIMIT ?",
+    request_get: Idempotent => "SELECT action, msg_id, actor, status, version, changed, at_ms FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 2 AND k = 0 AND request_id = ?",
+    request_get_serial: SerialRead => "SELECT action, msg_id, actor, status, version, changed, at_ms FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 2 AND k = 0 AND request_id = ?",
+    request_put: Conditional => "UPDATE {ks}.conversation_state USING TTL ? SET action = ?, msg_id = ?, actor = ?, status = ?, version = ?, changed = ?, at_ms = ? WHERE conversation_id = ? AND kind = 2 AND k = 0 AND request_id = ? IF at_ms = ?",
+
+    // --- purge index.
+    queue_add: Idempotent => "INSERT INTO {ks}.purge_queue (day, due, conversation_id, msg_id) VALUES (?, ?, ?, ?)",
+    queue_remove: Idempotent => "DELETE FROM {ks}.purge_queue WHERE day = ? AND due = ? AND conversation_id = ? AND msg_id = ?",
+    queue_due: Idempotent => "SELECT due, conversation_id, msg_id FROM {ks}.purge_queue WHERE day = ? AND due <= ?",
+    queue_any: Idempotent => "SELECT due FROM {ks}.purge_queue WHERE day = ? LIMIT 1",
+    days_add: Idempotent => "INSERT INTO {ks}.purge_days (shard, day) VALUES (0, ?)",
+    days_list: Idempotent => "SELECT day FROM {ks}.purge_days WHERE shard = 0 AND day > ? AND day <= ? LIMIT ?",
+    days_remove: Idempotent => "DELETE FROM {ks}.purge_days WHERE shard = 0 AND day = ?",
+}
