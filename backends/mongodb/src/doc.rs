@@ -442,3 +442,117 @@ impl Claim {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imstore_core::{Authority, TransitionRequest};
+
+    fn message() -> NewMessage {
+        NewMessage {
+            msg_id: MsgId::new(42).unwrap(),
+            conversation_id: ConversationId::new("c").unwrap(),
+            sender_id: UserId::new("alice").unwrap(),
+            msg_type: MessageType::Custom(7),
+            content: b"sealed".to_vec(),
+            attachment: Some(Attachment {
+                key: "blobs/a".into(),
+                size: 9,
+                mime: "image/png".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn message_documents_round_trip_with_typed_fields() {
+        let m = message();
+        let mut d = message_doc(&m, m.content.clone(), Timestamp::from_millis(5));
+        assert!(matches!(d.get("msg_id"), Some(Bson::Int64(42))));
+        assert!(matches!(d.get("status"), Some(Bson::Int32(0))));
+        assert!(matches!(d.get("created_at"), Some(Bson::Int64(5))));
+        assert!(matches!(d.get("content"), Some(Bson::Binary(_))));
+        d.insert("_id", ObjectId::new());
+        let row = row_of(&d).unwrap();
+        assert_eq!(row.message, m);
+        assert_eq!(row.lifecycle, Lifecycle::new(Timestamp::from_millis(5)));
+    }
+
+    #[test]
+    fn corrupt_documents_are_decode_errors() {
+        let m = message();
+        let mut d = message_doc(&m, m.content.clone(), Timestamp::from_millis(5));
+        d.insert("_id", ObjectId::new());
+        for (field, value) in [
+            ("status", Bson::Int32(9)),
+            ("msg_id", Bson::String("x".into())),
+            ("version", Bson::Int64(-1)),
+            ("sender_id", Bson::String(String::new())),
+        ] {
+            let mut bad = d.clone();
+            bad.insert(field, value);
+            assert_eq!(
+                row_of(&bad).unwrap_err().kind(),
+                ErrorKind::Decode,
+                "{field}"
+            );
+        }
+    }
+
+    #[test]
+    fn lifecycle_update_unsets_what_is_cleared() {
+        let mut l = Lifecycle::new(Timestamp::from_millis(1));
+        l.status = Status::Normal;
+        l.version = 3;
+        l.recalled_by = Some(UserId::new("alice").unwrap());
+        l.restored_at = Some(Timestamp::from_millis(9));
+        let u = lifecycle_update(&l);
+        let unset = u.get_document("$unset").unwrap();
+        assert!(unset.contains_key("recalled_at") && unset.contains_key("retired_at"));
+        assert!(u.get_document("$set").unwrap().contains_key("recalled_by"));
+    }
+
+    #[test]
+    fn commit_records_and_claims_round_trip() {
+        let req = TransitionRequest {
+            action: Action::Recall,
+            requester: UserId::new("alice").unwrap(),
+            authority: Authority::Member,
+            conversation_id: ConversationId::new("c").unwrap(),
+            msg_id: MsgId::new(42).unwrap(),
+            client_ts: Timestamp::from_millis(1),
+            request_id: RequestId::new("r1").unwrap(),
+        };
+        let outcome = TransitionOutcome {
+            msg_id: req.msg_id,
+            status: Status::Recalled,
+            version: 2,
+            changed: true,
+            replayed: false,
+        };
+        let record = RequestRecord::new(&req, &outcome, Timestamp::from_millis(3));
+        let commit = Commit {
+            msg: ObjectId::new(),
+            conversation_id: req.conversation_id.clone(),
+            msg_id: req.msg_id,
+            version: 2,
+            token: ObjectId::new(),
+            wall: 7,
+            done: false,
+            kind: CommitKind::Apply {
+                next: Lifecycle::new(Timestamp::from_millis(1)),
+                record: record.clone(),
+            },
+        };
+        let back = commit_of(&commit_doc(&commit)).unwrap();
+        assert!(matches!(back.kind, CommitKind::Apply { record: r, .. } if r == record));
+        let claim = claim_of(&[claim_doc(&record), outcome_doc(&record, commit.token)]).unwrap();
+        let (first, token) = claim.outcome.clone().unwrap();
+        assert_eq!(token, commit.token);
+        let replay = claim
+            .record(&req.conversation_id, &req.request_id, &first)
+            .unwrap()
+            .replay(&req)
+            .unwrap();
+        assert!(replay.replayed && replay.changed && replay.version == 2);
+    }
+}

@@ -44,6 +44,9 @@ const BACKEND: &str = "mongodb";
 /// How many messages of one purge batch are worked on concurrently.
 const PURGE_CONCURRENCY: usize = 8;
 
+/// How long (wall-clock) the commit record of a purge is kept as a tombstone.
+const TOMBSTONE_MS: i64 = 24 * 60 * 60 * 1000;
+
 /// A [`MessageStore`] over one MongoDB database; cheap to clone, safe to share.
 #[derive(Clone, Debug)]
 pub struct MongoStore {
@@ -336,26 +339,32 @@ impl MongoStore {
         d::wall_now().saturating_sub(commit.wall) >= after
     }
 
-    /// What to do about the commit that beat us to version `row.version + 1`: nothing while its
-    /// writer is still within `takeover_after` (we retry), complete it after that; a purge
-    /// means the message is gone.
-    async fn unblock(&self, row: &Row) -> Result<()> {
+    /// Deals with a commit after the version of `row` (one that beat us, or one whose writer
+    /// has not written the message document yet): nothing while its writer is within
+    /// `takeover_after` (the caller retries), complete it after that. A purge means the message
+    /// is gone. Returns true when such a commit exists, so `row` is not the current state.
+    async fn unblock(&self, row: &Row) -> Result<bool> {
         let blocking = self
             .changes
             .find_one(doc! {"msg": row.id, "version": i64::from(row.lifecycle.version) + 1})
             .await
             .map_err(map)?;
         let Some(blocking) = blocking else {
-            return Ok(());
+            return Ok(false);
         };
         let commit = d::commit_of(&blocking)?;
         match commit.kind {
-            CommitKind::Purge { .. } => Err(not_found(row.message.msg_id)),
-            CommitKind::Apply { .. } if !commit.done && self.stale(&commit) => {
-                self.complete(&commit).await.map(|_| ())
+            CommitKind::Purge { .. } => return Err(not_found(row.message.msg_id)),
+            // Done, yet the message we read is still at the version before: we read it just
+            // before the lifecycle write landed, or (FerretDB v1, whose updates are not atomic
+            // with their filter) a late duplicate write of an older commit overwrote it. Either
+            // way completing again is idempotent and heals the message document.
+            CommitKind::Apply { .. } if commit.done || self.stale(&commit) => {
+                self.complete(&commit).await?;
             }
-            CommitKind::Apply { .. } => Ok(()),
+            CommitKind::Apply { .. } => {}
         }
+        Ok(true)
     }
 
     /// The answer for the request whose own outcome is `mine` (token `token`), once its outcome
@@ -436,6 +445,11 @@ impl MongoStore {
             let Some(row) = row else {
                 return Err(not_found(req.msg_id));
             };
+            // The message document trails its commit log: plan only from a version with no
+            // commit after it (else complete that commit, or wait for its writer, and re-read).
+            if self.unblock(&row).await? {
+                continue;
+            }
             let plan = lifecycle::plan(req, &row.message.sender_id, &row.lifecycle, policy, now)?;
             let outcome = lifecycle::outcome(req.msg_id, &row.lifecycle, &plan);
             let record = RequestRecord::new(req, &outcome, now);
@@ -629,6 +643,17 @@ impl MongoStore {
                 }
             }
         }
+
+        // Purge tombstones only guard against transitions that read a message before it was
+        // purged; after a day no such request is still in flight.
+        self.changes
+            .delete_many(doc! {
+                "done": true,
+                "kind": "purge",
+                "wall": {"$lt": d::wall_now().saturating_sub(TOMBSTONE_MS)},
+            })
+            .await
+            .map_err(map)?;
 
         let mut expired = vec![doc! {"retired_at": {"$lte": retention_cutoff.as_millis()}}];
         if let Some(h) = history_cutoff {
