@@ -35,6 +35,10 @@
 #   IMSTORE_START_TIMEOUT_{POSTGRES,CASSANDRA,FERRETDB} (seconds)
 set -euo pipefail
 
+# CI may hand over a minimal environment.
+: "${HOME:=$(getent passwd "$(id -u)" | cut -d: -f6)}"
+export HOME
+
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 HELPERS=$ROOT/scripts/servers
 STATE=$ROOT/.servers
@@ -112,6 +116,16 @@ port_open() {
   timeout 3 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "$1" 2>/dev/null
 }
 
+# port_free PORT: wait up to 15 s for nothing to listen on PORT. The socket
+# of a server killed a moment ago lingers while its process is torn down.
+port_free() {
+  local deadline=$((SECONDS + 15))
+  while port_open "$1"; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.5
+  done
+}
+
 # port_listeners PORT: the `ss` lines of sockets listening on PORT.
 port_listeners() {
   command -v ss >/dev/null || return 0
@@ -142,8 +156,9 @@ owns_port() {
 wait_gone() {
   local pid=$1 deadline=$((SECONDS + $2))
   while kill -0 "$pid" 2>/dev/null; do
-    # A zombie has exited: its cmdline is empty.
-    [[ -s /proc/$pid/cmdline ]] || return 0
+    # A zombie has exited: its cmdline is empty. (Read it: files in /proc
+    # all report size 0, so `test -s` can't tell.)
+    [[ -n $(tr -d '\0' <"/proc/$pid/cmdline" 2>/dev/null) ]] || return 0
     ((SECONDS < deadline)) || return 1
     sleep 0.2
   done
@@ -293,7 +308,7 @@ pg_start() {
   if is_root; then chown "$PG_USER": "$PG_HOME"; fi
   chmod 700 "$PG_HOME"
 
-  if port_open "$PG_PORT"; then
+  if ! port_free "$PG_PORT"; then
     fail postgres "port 127.0.0.1:$PG_PORT is already in use by another process: $(port_listeners "$PG_PORT")"
     return 0
   fi
@@ -320,7 +335,7 @@ pg_start() {
       break
     fi
     pg_pid >/dev/null && break # running but not ready in time: don't start twice
-    log "postgres start attempt $attempt failed; retrying"
+    log "postgres did not start (attempt $attempt; after a kill its old processes may still be exiting); retrying"
     sleep 2
   done
   if [[ $ok -ne 1 ]] || ! pg_up; then
@@ -444,7 +459,7 @@ cass_launch() {
   fi
   local p
   for p in "$CQL_PORT" "$CASS_STORAGE_PORT" "$CASS_JMX_PORT"; do
-    if port_open "$p"; then
+    if ! port_free "$p"; then
       fail cassandra "port 127.0.0.1:$p is already in use by another process: $(port_listeners "$p")"
       return 0
     fi
@@ -555,6 +570,7 @@ fdb_up() {
 # is not in the module zip. So copy the module source, write that file, build.
 fdb_build() {
   [[ -x $FDB_BIN ]] && return 0
+  mkdir -p "$FDB_DIR"
   command -v go >/dev/null || { echo "the Go toolchain (go) is not installed" >"$FDB_DIR/build.log"; return 1; }
   local dir src
   mkdir -p "$FDB_HOME"
@@ -574,6 +590,16 @@ fdb_build() {
   } </dev/null >"$FDB_DIR/build.log" 2>&1
 }
 
+# A cold build takes minutes of CPU: begin it before the other servers'
+# downloads and start-up, and let fdb_start wait for it.
+FDB_BUILD_PID=
+fdb_build_async() {
+  [[ -x $FDB_BIN ]] && return 0
+  fdb_up && return 0
+  fdb_build 9>&- &
+  FDB_BUILD_PID=$!
+}
+
 fdb_start() {
   if fdb_up; then
     log "ferretdb already up (pid $(fdb_pid), 127.0.0.1:$MONGO_PORT)"
@@ -584,13 +610,20 @@ fdb_start() {
   if pid=$(fdb_pid); then
     stop_pid ferretdb "$pid" 10 # alive but not serving: restart it
   fi
-  if ! fdb_build; then
+  local built=0
+  if [[ -n $FDB_BUILD_PID ]]; then
+    wait "$FDB_BUILD_PID" && built=1
+    FDB_BUILD_PID=
+  else
+    fdb_build && built=1
+  fi
+  if [[ $built -ne 1 ]]; then
     fail ferretdb "building FerretDB $FDB_VERSION failed" "$FDB_DIR/build.log"
     return 0
   fi
   local p
   for p in "$MONGO_PORT" "$FDB_DEBUG_PORT"; do
-    if port_open "$p"; then
+    if ! port_free "$p"; then
       fail ferretdb "port 127.0.0.1:$p is already in use by another process: $(port_listeners "$p")"
       return 0
     fi
@@ -685,6 +718,7 @@ lock() {
 do_start() {
   lock
   local t0=$SECONDS
+  if want ferretdb; then fdb_build_async; fi
   # Cassandra boots slowest: launch it first and wait for it last.
   if want cassandra; then cass_launch; fi
   if want postgres; then pg_start; fi

@@ -7,6 +7,10 @@
 # and without stdin. Exits with the tests' status.
 set -euo pipefail
 
+# CI may hand over a minimal environment.
+: "${HOME:=$(getent passwd "$(id -u)" | cut -d: -f6)}"
+export HOME
+
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # Toolchains installed outside the default PATH on these machines.
