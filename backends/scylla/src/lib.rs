@@ -11,6 +11,8 @@
 //!
 //! See `README.md` for the schema, the consistency levels and what differs on ScyllaDB.
 
+#![deny(missing_docs)]
+
 mod config;
 mod error;
 mod rows;

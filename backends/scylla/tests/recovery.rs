@@ -1,0 +1,181 @@
+//! Crash recovery specific to this backend's multi-step purge: a purger that dies between its
+//! conditional steps leaves state that the next purge completes, counting nothing twice.
+
+mod common;
+
+use std::time::Duration;
+
+use imstore_conformance::fixtures::Cast;
+use imstore_conformance::{Harness, Setup};
+use imstore_core::{
+    Action, Clock, ErrorKind, FeedCursor, MessageStore, MessageStoreExt, PurgeOptions, Status,
+};
+
+const PAST_RETENTION: Duration = Duration::from_secs(31 * 24 * 3600);
+
+/// Recalls a file message, lets its retention pass, and returns (harness, cast, msg_id).
+async fn recalled_and_expired(
+    f: &common::ScyllaFactory,
+) -> (
+    Harness<'_, common::ScyllaFactory>,
+    Cast,
+    imstore_core::MsgId,
+) {
+    let h = Harness::start(f, Setup::default()).await;
+    let c = Cast::new(&h.settings);
+    let m = c.file("blob-1");
+    h.store.insert(m.clone()).await.unwrap();
+    let out = h
+        .store
+        .transition(c.request(Action::Recall, &c.alice, m.msg_id))
+        .await
+        .unwrap();
+    assert_eq!((out.status, out.version), (Status::Recalled, 2));
+    h.clock.advance(PAST_RETENTION);
+    (h, c, m.msg_id)
+}
+
+async fn cql(h: &Harness<'_, common::ScyllaFactory>, stmt: &str, id: i64) {
+    let ks = h.namespace();
+    let stmt = stmt.replace("{ks}", ks);
+    h.store
+        .session()
+        .query_unpaged(stmt, ("group-1", id))
+        .await
+        .expect("raw CQL");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_completes_after_a_purger_died_after_marking() {
+    let f = common::ScyllaFactory::new().await;
+    let (h, c, id) = recalled_and_expired(&f).await;
+    // Step 1 of a purger that then died: the lifecycle is marked, nothing deleted yet.
+    cql(
+        &h,
+        "UPDATE {ks}.conversation_state SET purging = true WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = '' IF version = 2",
+        id.as_i64(),
+    )
+    .await;
+    assert_eq!(
+        h.store.get(&c.conv, id, &c.alice).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        h.store
+            .transition(c.request(Action::Delete, &c.alice, id))
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound,
+        "a marked message is fenced against transitions"
+    );
+    let report = h
+        .store
+        .purge_all(PurgeOptions { batch_size: 10 })
+        .await
+        .unwrap();
+    assert_eq!((report.messages, report.events), (1, 1));
+    assert_eq!(report.released_attachments, vec!["blob-1".to_string()]);
+    assert_eq!(h.raw_content(&c.conv, id).await, None);
+    let feed = h
+        .store
+        .changes_since(&c.conv, FeedCursor::START, 100)
+        .await
+        .unwrap();
+    assert!(feed.events.is_empty());
+    let again = h
+        .store
+        .purge(PurgeOptions { batch_size: 10 })
+        .await
+        .unwrap();
+    assert_eq!((again.messages, again.events), (0, 0));
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_completes_after_a_purger_died_after_deleting_the_message() {
+    let f = common::ScyllaFactory::new().await;
+    let (h, c, id) = recalled_and_expired(&f).await;
+    // Steps 1 and 2 of a purger that then died (and so never reported the message).
+    cql(
+        &h,
+        "UPDATE {ks}.conversation_state SET purging = true WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = '' IF version = 2",
+        id.as_i64(),
+    )
+    .await;
+    let bucket = h.store.bucket_of(id);
+    let ks = h.namespace().to_string();
+    h.store
+        .session()
+        .query_unpaged(
+            format!("DELETE FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id = ? IF EXISTS"),
+            ("group-1", bucket, id.as_i64()),
+        )
+        .await
+        .unwrap();
+    let report = h
+        .store
+        .purge_all(PurgeOptions { batch_size: 10 })
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.messages, report.events),
+        (0, 1),
+        "the message was removed (and would have been counted) by the dead purger"
+    );
+    let feed = h
+        .store
+        .changes_since(&c.conv, FeedCursor::START, 100)
+        .await
+        .unwrap();
+    assert!(feed.events.is_empty(), "the orphaned event is removed");
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_purge_entry_never_purges_a_live_message() {
+    let f = common::ScyllaFactory::new().await;
+    let h = Harness::start(&f, Setup::default()).await;
+    let c = Cast::new(&h.settings);
+    let m = c.text("still here");
+    h.store.insert(m.clone()).await.unwrap();
+    // The queue entry of a transition whose batch then failed: due now, message still Normal.
+    let now = h.clock.now().as_millis();
+    let ks = h.namespace().to_string();
+    let day = (now.div_euclid(86_400_000)) as i32;
+    let s = h.store.session();
+    s.query_unpaged(
+        format!("INSERT INTO {ks}.purge_days (shard, day) VALUES (0, ?)"),
+        (day,),
+    )
+    .await
+    .unwrap();
+    s.query_unpaged(
+        format!(
+            "INSERT INTO {ks}.purge_queue (day, due, conversation_id, msg_id) VALUES (?, ?, ?, ?)"
+        ),
+        (day, now, "group-1", m.msg_id.as_i64()),
+    )
+    .await
+    .unwrap();
+    let report = h
+        .store
+        .purge(PurgeOptions { batch_size: 10 })
+        .await
+        .unwrap();
+    assert_eq!(report.messages, 0);
+    let v = h.store.get(&c.conv, m.msg_id, &c.bob).await.unwrap();
+    assert_eq!(v.body.unwrap().content, b"still here");
+    let left = s
+        .query_unpaged(
+            format!("SELECT msg_id FROM {ks}.purge_queue WHERE day = ?"),
+            (day,),
+        )
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .rows_num();
+    assert_eq!(left, 0, "the stale entry is dropped");
+    h.finish().await;
+}
