@@ -23,8 +23,8 @@ async fn server_version_and_round_trip() {
         .expect("buildInfo");
     let version = info.get_str("version").expect("buildInfo.version");
     println!("server buildInfo.version = {version}");
-    if let Ok(ferret) = info.get_document("ferretdb") {
-        println!("ferretdb = {ferret}");
+    if let Ok(ferret) = info.get_str("ferretdbVersion") {
+        println!("server buildInfo.ferretdbVersion = {ferret}");
     }
     assert!(!version.is_empty());
 
@@ -43,5 +43,28 @@ async fn server_version_and_round_trip() {
     store.insert(m.clone()).await.expect("insert");
     let v = store.get(&conv, m.msg_id, &alice).await.expect("get");
     assert_eq!(v.body.expect("body").content, b"hi");
+
+    // How the server runs the two hot reads: a newest-first page and a feed pull.
+    for (name, cmd) in [
+        (
+            "list page",
+            doc! {"find": "messages",
+            "filter": {"conversation_id": "smoke", "msg_id": {"$lt": i64::MAX}},
+            "sort": {"msg_id": -1}, "limit": 51},
+        ),
+        (
+            "feed pull",
+            doc! {"find": "events",
+            "filter": {"conversation_id": "smoke", "seq": {"$gt": 0_i64}, "hollow": {"$ne": true}},
+            "sort": {"seq": 1}, "limit": 100},
+        ),
+    ] {
+        let plan = client
+            .database(&ns)
+            .run_command(doc! {"explain": cmd, "verbosity": "queryPlanner"})
+            .await
+            .expect("explain");
+        println!("explain {name}: {plan}");
+    }
     client.database(&ns).drop().await.expect("drop");
 }
