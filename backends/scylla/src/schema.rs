@@ -86,18 +86,18 @@ pub fn table_ddl(keyspace: &str, flavour: Flavour) -> Vec<String> {
                 PRIMARY KEY ((conversation_id, bucket), msg_id)
             ) WITH CLUSTERING ORDER BY (msg_id DESC){gc}"
         ),
-        // The non-empty buckets of a conversation, newest first, and its legal hold.
+        // The non-empty buckets of a conversation, newest first.
         format!(
             "CREATE TABLE IF NOT EXISTS {keyspace}.buckets (
                 conversation_id text,
                 bucket int,
-                legal_hold boolean STATIC,
                 PRIMARY KEY ((conversation_id), bucket)
             ) WITH CLUSTERING ORDER BY (bucket DESC){gc}"
         ),
         // Per conversation, one partition that every transition changes with ONE conditional
         // batch: the message's lifecycle (kind 0, k = msg_id), the change event (kind 1,
-        // k = feed seq), the request record (kind 2, request_id) and the feed head (static).
+        // k = feed seq), the request record (kind 2, request_id) and the feed head (static);
+        // the legal hold (static) fences the purge's conditional mark.
         format!(
             "CREATE TABLE IF NOT EXISTS {keyspace}.conversation_state (
                 conversation_id text,
@@ -105,6 +105,7 @@ pub fn table_ddl(keyspace: &str, flavour: Flavour) -> Vec<String> {
                 k bigint,
                 request_id text,
                 feed_head bigint STATIC,
+                legal_hold boolean STATIC,
                 msg_id bigint,
                 status tinyint,
                 version int,

@@ -85,19 +85,21 @@ statements! {
     msg_any: Idempotent => "SELECT msg_id FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? LIMIT 1",
     msg_set_content: Conditional => "UPDATE {ks}.messages SET content = ? WHERE conversation_id = ? AND bucket = ? AND msg_id = ? IF EXISTS",
 
-    // --- buckets: the non-empty buckets of a conversation, and its legal hold.
+    // --- buckets: the non-empty buckets of a conversation.
     bucket_add: Idempotent => "INSERT INTO {ks}.buckets (conversation_id, bucket) VALUES (?, ?)",
     bucket_remove: Idempotent => "DELETE FROM {ks}.buckets WHERE conversation_id = ? AND bucket = ?",
     buckets_desc: Idempotent => "SELECT bucket FROM {ks}.buckets WHERE conversation_id = ? AND bucket <= ? LIMIT ?",
     buckets_asc: Idempotent => "SELECT bucket FROM {ks}.buckets WHERE conversation_id = ? AND bucket >= ? ORDER BY bucket ASC LIMIT ?",
-    hold_set: Idempotent => "UPDATE {ks}.buckets SET legal_hold = ? WHERE conversation_id = ?",
-    hold_get: Idempotent => "SELECT legal_hold FROM {ks}.buckets WHERE conversation_id = ? LIMIT 1",
 
     // --- conversation_state: lifecycles (kind 0), events (kind 1), request records (kind 2).
     state_get: Idempotent => "SELECT status, version, recalled_at, recalled_by, restored_at, deleted_at, deleted_by, event_seqs, purging FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = ''",
     state_get_serial: SerialRead => "SELECT status, version, recalled_at, recalled_by, restored_at, deleted_at, deleted_by, event_seqs, purging FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = ''",
     state_range: Idempotent => "SELECT k, status, version, recalled_at, recalled_by, restored_at, deleted_at, deleted_by, event_seqs, purging FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k >= ? AND k <= ?",
     state_write: Conditional => "UPDATE {ks}.conversation_state SET status = ?, version = ?, recalled_at = ?, recalled_by = ?, restored_at = ?, deleted_at = ?, deleted_by = ?, event_seqs = event_seqs + ?, purging = ? WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = '' IF version = ? AND purging = ?",
+    // The purge's mark: the same write, refused while the conversation is under legal hold.
+    state_mark: Conditional => "UPDATE {ks}.conversation_state SET status = ?, version = ?, recalled_at = ?, recalled_by = ?, restored_at = ?, deleted_at = ?, deleted_by = ?, event_seqs = event_seqs + ?, purging = ? WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = '' IF version = ? AND purging = ? AND legal_hold != true",
+    hold_set: Idempotent => "UPDATE {ks}.conversation_state SET legal_hold = ? WHERE conversation_id = ?",
+    hold_get: Idempotent => "SELECT legal_hold FROM {ks}.conversation_state WHERE conversation_id = ? LIMIT 1",
     state_delete: Conditional => "DELETE FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = '' IF purging = true",
     head_get: Idempotent => "SELECT feed_head FROM {ks}.conversation_state WHERE conversation_id = ? LIMIT 1",
     head_get_serial: SerialRead => "SELECT feed_head FROM {ks}.conversation_state WHERE conversation_id = ? LIMIT 1",

@@ -1300,7 +1300,7 @@ impl ScyllaStore {
                 return Ok(());
             }
             let mut mark = self.conditional_batch();
-            mark.append_statement(self.inner.st.state_write.clone());
+            mark.append_statement(self.inner.st.state_mark.clone());
             let values = vec![Self::state_write_values(
                 conv,
                 msg_id,
@@ -1311,7 +1311,8 @@ impl ScyllaStore {
                 true,
             )];
             if !self.run_batch(&mark, values).await? {
-                // A transition or another purger got there first; the next call looks again.
+                // A transition or another purger got there first, or a legal hold was just
+                // placed (the mark is conditional on it): the next call looks again.
                 return Ok(());
             }
         }
