@@ -1,1 +1,339 @@
-fn main() {}
+//! `imstore-bench`: what imstore costs on top of the raw driver, per backend and path.
+//!
+//! For every backend compiled in (features `postgres`, `mongodb`, `scylla`; `memory` always),
+//! loads data into a fresh namespace, measures each path on imstore and on a raw-driver baseline
+//! in alternating rounds, counts the writes of a recall at 2 and at 2,000 members, drops the
+//! namespace, and writes a table, JSON and an SVG chart under `benches/results/`.
+//!
+//! ```text
+//! cargo run --release -p imstore-bench -- [--quick] [--backends memory,postgres,mongodb,scylla]
+//!     [--out DIR] [--rounds N] [--round-ms MS] [--big N] [--quiet]
+//! ```
+
+mod backends;
+mod harness;
+mod report;
+mod suite;
+mod target;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::harness::{R, Timing};
+use crate::suite::BackendReport;
+use crate::target::{Scale, Target};
+
+/// Milliseconds since the Unix epoch (the baseline's timestamps).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Every backend this binary knows, with its server variable (None for memory).
+const KNOWN: &[(&str, Option<&str>, bool)] = &[
+    ("memory", None, true),
+    (
+        "postgres",
+        Some("IMSTORE_POSTGRES_URL"),
+        cfg!(feature = "postgres"),
+    ),
+    (
+        "mongodb",
+        Some("IMSTORE_MONGODB_URL"),
+        cfg!(feature = "mongodb"),
+    ),
+    (
+        "scylla",
+        Some("IMSTORE_SCYLLA_NODES"),
+        cfg!(feature = "scylla"),
+    ),
+];
+
+struct Args {
+    quick: bool,
+    backends: Option<Vec<String>>,
+    out: PathBuf,
+    rounds: Option<u32>,
+    round_ms: Option<u64>,
+    big: Option<u64>,
+    quiet: bool,
+}
+
+const USAGE: &str = "usage: imstore-bench [--quick] [--backends memory,postgres,mongodb,scylla] \
+[--out DIR] [--rounds N] [--round-ms MS] [--big N] [--quiet]
+
+  --quick      small data and short rounds: every backend in under two minutes
+  --backends   run only these (default: every backend compiled in; each needs its server variable:
+               IMSTORE_POSTGRES_URL, IMSTORE_MONGODB_URL, IMSTORE_SCYLLA_NODES)
+  --out        where results go (default: benches/results)
+  --rounds     alternating rounds per pair (quick 2, full 6)
+  --round-ms   time per side per round (quick 150, full 1000)
+  --big        messages in the big conversation (full 1,000,000, quick 100,000)
+  --quiet      no progress bars or per-pair lines";
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        quick: false,
+        backends: None,
+        out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"),
+        rounds: None,
+        round_ms: None,
+        big: None,
+        quiet: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "--quick" => a.quick = true,
+            "--quiet" => a.quiet = true,
+            "--backends" => {
+                a.backends = Some(
+                    value("--backends")?
+                        .split(',')
+                        .map(|s| s.trim().to_owned())
+                        .filter(|s| !s.is_empty())
+                        .collect(),
+                )
+            }
+            "--out" => a.out = PathBuf::from(value("--out")?),
+            "--rounds" => {
+                a.rounds = Some(
+                    value("--rounds")?
+                        .parse()
+                        .map_err(|e| format!("--rounds: {e}"))?,
+                )
+            }
+            "--round-ms" => {
+                a.round_ms = Some(
+                    value("--round-ms")?
+                        .parse()
+                        .map_err(|e| format!("--round-ms: {e}"))?,
+                )
+            }
+            "--big" => a.big = Some(value("--big")?.parse().map_err(|e| format!("--big: {e}"))?),
+            "-h" | "--help" => return Err(USAGE.to_owned()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    Ok(a)
+}
+
+/// The data sizes of `backend` in this mode.
+fn scale(backend: &str, quick: bool, big: Option<u64>) -> Scale {
+    let mut s = Scale {
+        small: 10_000,
+        big: 1_000_000,
+        big_note: None,
+        read_pool: if quick { 1_000 } else { 10_000 },
+        recall_pool: if quick { 1_000 } else { 20_000 },
+        feed_events: if quick { 300 } else { 2_000 },
+        counted_recalls: if quick { 20 } else { 100 },
+        members_big: 2_000,
+        content_len: 300,
+    };
+    if quick {
+        s.big = 100_000;
+        s.big_note = Some("quick mode: 100,000 instead of 1,000,000".into());
+    }
+    match backend {
+        // FerretDB v1 over SQLite sorts in memory and writes slowly: smaller histories.
+        "mongodb" => {
+            s.small = if quick { 2_000 } else { 10_000 };
+            s.big = if quick { 20_000 } else { 100_000 };
+            s.big_note = Some(format!(
+                "FerretDB v1 over SQLite{}: {} instead of 1,000,000 (and {} instead of 10,000 for the small one)",
+                if quick { ", quick mode" } else { "" },
+                s.big,
+                s.small
+            ));
+            s.read_pool = s.read_pool.min(1_000);
+            s.recall_pool = s.recall_pool.min(if quick { 300 } else { 5_000 });
+            s.feed_events = s.feed_events.min(if quick { 100 } else { 1_000 });
+        }
+        "scylla" if quick => {
+            s.big = 50_000;
+            s.big_note = Some("quick mode: 50,000 instead of 1,000,000".into());
+        }
+        _ => {}
+    }
+    if let Some(b) = big {
+        s.big = b;
+        s.big_note = (b != 1_000_000).then(|| format!("--big {b}"));
+    }
+    s
+}
+
+fn namespace(prefix: &str) -> String {
+    let r: u32 = rand::random();
+    format!(
+        "bench_{prefix}_{}_{:06x}",
+        std::process::id(),
+        r & 0xff_ffff
+    )
+}
+
+async fn connect(name: &str) -> R<Arc<dyn Target>> {
+    Ok(match name {
+        "memory" => Arc::new(backends::memory::MemoryTarget::new()),
+        #[cfg(feature = "postgres")]
+        "postgres" => {
+            let url = std::env::var("IMSTORE_POSTGRES_URL")?;
+            Arc::new(backends::postgres::PgTarget::connect(&url, namespace("pg")).await?)
+        }
+        #[cfg(feature = "mongodb")]
+        "mongodb" => {
+            let url = std::env::var("IMSTORE_MONGODB_URL")?;
+            Arc::new(backends::mongodb::MongoTarget::connect(&url, namespace("mongo")).await?)
+        }
+        #[cfg(feature = "scylla")]
+        "scylla" => {
+            let nodes = std::env::var("IMSTORE_SCYLLA_NODES")?;
+            Arc::new(backends::scylla::ScyllaTarget::connect(&nodes, namespace("scylla")).await?)
+        }
+        other => return Err(format!("backend {other} is not compiled in").into()),
+    })
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Which backends, and are their servers configured? Refuse loudly before doing anything.
+    let compiled: Vec<&str> = KNOWN.iter().filter(|k| k.2).map(|k| k.0).collect();
+    let selected: Vec<String> = match &args.backends {
+        Some(list) => list.clone(),
+        None => compiled.iter().map(|s| s.to_string()).collect(),
+    };
+    for b in &selected {
+        let Some(known) = KNOWN.iter().find(|k| k.0 == b) else {
+            eprintln!("error: unknown backend {b:?} (known: memory, postgres, mongodb, scylla)");
+            return ExitCode::from(2);
+        };
+        if !known.2 {
+            eprintln!(
+                "error: backend {b} is not compiled in: build with `--features {b}` (or leave it out of --backends)"
+            );
+            return ExitCode::from(2);
+        }
+        if let Some(var) = known.1
+            && std::env::var(var).map(|v| v.is_empty()).unwrap_or(true)
+        {
+            eprintln!(
+                "error: {var} is not set, so backend {b} cannot run.\n  Start the servers: \
+                     `scripts/servers.sh start && source .servers/env`,\n  or leave {b} out: \
+                     `--backends {}`",
+                selected
+                    .iter()
+                    .filter(|s| *s != b)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            return ExitCode::from(2);
+        }
+    }
+
+    let mode = if args.quick { "quick" } else { "full" };
+    let timing = Timing {
+        rounds: args.rounds.unwrap_or(if args.quick { 2 } else { 6 }),
+        per_round: Duration::from_millis(args.round_ms.unwrap_or(if args.quick {
+            150
+        } else {
+            1_000
+        })),
+        warmup_ops: if args.quick { 3 } else { 30 },
+    };
+    let started = Instant::now();
+    let (date, stamp) = report::now_utc();
+    let mut reports: Vec<BackendReport> = Vec::new();
+    let mut failures: Vec<(String, String)> = Vec::new();
+    for b in &selected {
+        let t0 = Instant::now();
+        let target = match connect(b).await {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {b}: {e}");
+                failures.push((b.clone(), e.to_string()));
+                continue;
+            }
+        };
+        let result = suite::run(
+            target.clone(),
+            scale(b, args.quick, args.big),
+            timing,
+            args.quiet,
+        )
+        .await;
+        if let Err(e) = target.drop_namespace().await {
+            eprintln!("warning: {b}: could not drop {}: {e}", target.namespace());
+        }
+        match result {
+            Ok(r) => {
+                if !args.quiet {
+                    eprintln!("{b}: done in {:.1}s", t0.elapsed().as_secs_f64());
+                }
+                reports.push(r)
+            }
+            Err(e) => {
+                eprintln!("error: {b}: {e}");
+                failures.push((b.clone(), e.to_string()));
+            }
+        }
+    }
+
+    let header = json!({
+        "tool": "imstore-bench",
+        "mode": mode,
+        "date": date,
+        "git_commit": report::git_commit(),
+        "machine": report::machine(),
+        "timing": {
+            "rounds": timing.rounds,
+            "seconds_per_side_per_round": timing.per_round.as_secs_f64(),
+            "warmup_ops": timing.warmup_ops,
+            "alternating": true,
+        },
+        "wall_seconds": (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+        "note": if args.quick {
+            Some("quick mode: big conversation scaled down (see each backend's scale), short rounds; figures are indicative")
+        } else { None },
+    });
+    let doc = report::to_json(header.clone(), &reports, &failures);
+    let txt = report::table(&doc, &reports, &failures);
+    println!("{txt}");
+    let svg = report::svg(&doc, &reports);
+    match report::write_all(&args.out, &format!("{mode}-{stamp}"), &doc, &txt, &svg) {
+        Ok(files) => eprintln!("wrote {}", files.join(", ")),
+        Err(e) => {
+            eprintln!("error: cannot write results to {}: {e}", args.out.display());
+            return ExitCode::from(1);
+        }
+    }
+    eprintln!("wall time {:.1}s", started.elapsed().as_secs_f64());
+    if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "error: {} backend(s) failed: {}",
+            failures.len(),
+            failures
+                .iter()
+                .map(|f| f.0.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        ExitCode::from(1)
+    }
+}

@@ -1,0 +1,305 @@
+//! MongoDB / FerretDB: imstore-mongodb in a fresh database, against the mongodb driver with the
+//! minimal command on the same `messages` collection (same unique key `{conversation_id, msg_id}`)
+//! and on a minimal `bench_events` collection keyed `{conversation_id, seq}` for the feed.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use imstore_core::{NewMessage, StoreSettings};
+use imstore_mongodb::{MongoConfig, MongoStore};
+use mongodb::bson::{Binary, Bson, Document, doc, spec::BinarySubtype};
+use mongodb::event::EventHandler;
+use mongodb::event::command::CommandEvent;
+use mongodb::options::{ClientOptions, CollectionOptions, IndexOptions, WriteConcern};
+use mongodb::{Client, Collection, Database, IndexModel};
+
+use crate::harness::R;
+use crate::now_ms;
+use crate::target::{Handle, Raw, Target};
+
+/// Write statements issued by isolated clients, per "command.collection".
+type DriverCounts = Arc<Mutex<BTreeMap<String, u64>>>;
+
+/// The MongoDB target over database `db`.
+pub struct MongoTarget {
+    url: String,
+    db_name: String,
+    version: String,
+    client: Client,
+    raw: Arc<MongoRaw>,
+    /// True when serverStatus opcounters move with writes (MongoDB); FerretDB v1 may not.
+    server_counters: bool,
+    driver_counts: DriverCounts,
+}
+
+fn binary(bytes: &[u8]) -> Bson {
+    Bson::Binary(Binary {
+        subtype: BinarySubtype::Generic,
+        bytes: bytes.to_vec(),
+    })
+}
+
+async fn opcounters(db: &Database) -> R<Option<BTreeMap<String, u64>>> {
+    let status = db.run_command(doc! {"serverStatus": 1}).await?;
+    let Ok(ops) = status.get_document("opcounters") else {
+        return Ok(None);
+    };
+    let mut out = BTreeMap::new();
+    for k in ["insert", "update", "delete"] {
+        let v = match ops.get(k) {
+            Some(Bson::Int32(n)) => *n as u64,
+            Some(Bson::Int64(n)) => *n as u64,
+            Some(Bson::Double(n)) => *n as u64,
+            _ => return Ok(None),
+        };
+        out.insert(format!("opcounters.{k}"), v);
+    }
+    Ok(Some(out))
+}
+
+impl MongoTarget {
+    /// Connects imstore (which builds its indexes) and the baseline to a fresh database.
+    pub async fn connect(url: &str, db_name: String) -> R<Self> {
+        let client = Client::with_uri_str(url)
+            .await
+            .map_err(|e| format!("mongodb: cannot connect to IMSTORE_MONGODB_URL: {e}"))?;
+        let admin = client.database("admin");
+        let info = admin.run_command(doc! {"buildInfo": 1}).await?;
+        let mut version = info.get_str("version").unwrap_or("?").to_owned();
+        if let Ok(f) = info.get_document("ferretdb") {
+            version = format!(
+                "{version} (FerretDB {})",
+                f.get_str("version").unwrap_or("?")
+            );
+        }
+        let config = MongoConfig::new(url, db_name.clone());
+        // Opening a store once builds the collections' indexes before anything is loaded.
+        MongoStore::with_client(client.clone(), config, StoreSettings::default()).await?;
+        let db = client.database(&db_name);
+        let wc = CollectionOptions::builder()
+            .write_concern(WriteConcern::majority())
+            .build();
+        let events = db.collection_with_options::<Document>("bench_events", wc.clone());
+        events
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"conversation_id": 1, "seq": 1})
+                    .options(
+                        IndexOptions::builder()
+                            .unique(true)
+                            .name("conversation_seq".to_owned())
+                            .build(),
+                    )
+                    .build(),
+            )
+            .await?;
+        // Do the server's opcounters see a write? (FerretDB v1 may report none or zeros.)
+        let probe = db.collection::<Document>("bench_probe");
+        let before = opcounters(&admin).await.ok().flatten();
+        probe.insert_one(doc! {"x": 1}).await?;
+        let after = opcounters(&admin).await.ok().flatten();
+        let server_counters = match (before, after) {
+            (Some(b), Some(a)) => a["opcounters.insert"] > b["opcounters.insert"],
+            _ => false,
+        };
+        probe.drop().await?;
+        Ok(MongoTarget {
+            url: url.to_owned(),
+            db_name,
+            version,
+            raw: Arc::new(MongoRaw {
+                messages: db.collection_with_options("messages", wc.clone()),
+                events,
+            }),
+            client,
+            server_counters,
+            driver_counts: Arc::default(),
+        })
+    }
+}
+
+#[async_trait]
+impl Target for MongoTarget {
+    fn name(&self) -> &'static str {
+        "mongodb"
+    }
+    fn namespace(&self) -> String {
+        format!("database {}", self.db_name)
+    }
+    fn server_version(&self) -> Option<String> {
+        Some(self.version.clone())
+    }
+    async fn open(&self, settings: StoreSettings) -> R<Handle> {
+        let config = MongoConfig::new(&self.url, self.db_name.clone());
+        let store = MongoStore::with_client(self.client.clone(), config, settings).await?;
+        Ok(Handle {
+            store: Arc::new(store),
+            close: None,
+        })
+    }
+    async fn open_isolated(&self, settings: StoreSettings) -> R<Handle> {
+        let mut options = ClientOptions::parse(&self.url).await?;
+        let counts = self.driver_counts.clone();
+        // Every write command the backend sends, counted by statement (documents inserted,
+        // update and delete statements), per collection.
+        options.command_event_handler = Some(EventHandler::callback(move |ev: CommandEvent| {
+            if let CommandEvent::Started(s) = ev {
+                let (n, coll) = match s.command_name.as_str() {
+                    "insert" => (
+                        s.command
+                            .get_array("documents")
+                            .map(|a| a.len())
+                            .unwrap_or(1),
+                        s.command.get_str("insert").unwrap_or("?").to_owned(),
+                    ),
+                    "update" => (
+                        s.command.get_array("updates").map(|a| a.len()).unwrap_or(1),
+                        s.command.get_str("update").unwrap_or("?").to_owned(),
+                    ),
+                    "delete" => (
+                        s.command.get_array("deletes").map(|a| a.len()).unwrap_or(1),
+                        s.command.get_str("delete").unwrap_or("?").to_owned(),
+                    ),
+                    "findAndModify" => (
+                        1,
+                        s.command.get_str("findAndModify").unwrap_or("?").to_owned(),
+                    ),
+                    _ => return,
+                };
+                if let Ok(mut m) = counts.lock() {
+                    *m.entry(format!("{}.{coll}", s.command_name)).or_default() += n as u64;
+                }
+            }
+        }));
+        let client = Client::with_options(options)?;
+        let config = MongoConfig::new(&self.url, self.db_name.clone());
+        let store = MongoStore::with_client(client.clone(), config, settings).await?;
+        Ok(Handle {
+            store: Arc::new(store),
+            close: Some(Box::pin(async move { client.shutdown().await })),
+        })
+    }
+    fn raw(&self) -> Arc<dyn Raw> {
+        self.raw.clone()
+    }
+    fn write_method(&self) -> String {
+        if self.server_counters {
+            "server: serverStatus opcounters insert + update + delete deltas".into()
+        } else {
+            "driver: write statements (inserted documents, update and delete statements, \
+             findAndModify) the backend sent, seen by command monitoring on its client; \
+             this server's serverStatus opcounters did not move with a write"
+                .into()
+        }
+    }
+    async fn write_counters(&self) -> R<Option<BTreeMap<String, u64>>> {
+        if self.server_counters {
+            opcounters(&self.client.database("admin")).await
+        } else {
+            Ok(Some(
+                self.driver_counts.lock().map_err(|_| "poisoned")?.clone(),
+            ))
+        }
+    }
+    async fn drop_namespace(&self) -> R<()> {
+        self.client.database(&self.db_name).drop().await?;
+        Ok(())
+    }
+}
+
+/// The driver on the same database: `messages` as imstore lays it out, `bench_events` minimal.
+pub struct MongoRaw {
+    messages: Collection<Document>,
+    events: Collection<Document>,
+}
+
+fn message_doc(m: &NewMessage) -> Document {
+    doc! {
+        "conversation_id": m.conversation_id.as_str(),
+        "msg_id": m.msg_id.as_i64(),
+        "sender_id": m.sender_id.as_str(),
+        "msg_type": m.msg_type.code(),
+        "content": binary(&m.content),
+        "status": 0,
+        "version": 1_i64,
+        "created_at": now_ms(),
+    }
+}
+
+#[async_trait]
+impl Raw for MongoRaw {
+    async fn send(&self, m: &NewMessage) -> R<()> {
+        self.messages.insert_one(message_doc(m)).await?;
+        Ok(())
+    }
+    async fn send_batch(&self, ms: &[NewMessage]) -> R<()> {
+        self.messages
+            .insert_many(ms.iter().map(message_doc))
+            .await?;
+        Ok(())
+    }
+    async fn get(&self, conv: &str, id: i64) -> R<()> {
+        let d = self
+            .messages
+            .find_one(doc! {"conversation_id": conv, "msg_id": id})
+            .projection(doc! {"content": 1, "_id": 0})
+            .await?
+            .ok_or("baseline: message not found")?;
+        std::hint::black_box(d);
+        Ok(())
+    }
+    async fn latest(&self, conv: &str, limit: u32) -> R<usize> {
+        let rows: Vec<Document> = self
+            .messages
+            .find(doc! {"conversation_id": conv})
+            .sort(doc! {"msg_id": -1})
+            .limit(limit as i64)
+            .projection(doc! {"msg_id": 1, "sender_id": 1, "status": 1, "content": 1, "_id": 0})
+            .await?
+            .try_collect()
+            .await?;
+        Ok(rows.len())
+    }
+    async fn recall(&self, conv: &str, id: i64, by: &str, at: i64) -> R<()> {
+        self.messages
+            .update_one(
+                doc! {"conversation_id": conv, "msg_id": id, "status": 0},
+                doc! {"$set": {"status": 1, "recalled_at": at, "recalled_by": by}, "$inc": {"version": 1_i64}},
+            )
+            .await?;
+        Ok(())
+    }
+    async fn restore(&self, conv: &str, id: i64, at: i64) -> R<()> {
+        self.messages
+            .update_one(
+                doc! {"conversation_id": conv, "msg_id": id, "status": 1},
+                doc! {"$set": {"status": 0, "restored_at": at, "recalled_at": Bson::Null}, "$inc": {"version": 1_i64}},
+            )
+            .await?;
+        Ok(())
+    }
+    async fn feed(&self, conv: &str, after: u64, limit: u32) -> R<usize> {
+        let rows: Vec<Document> = self
+            .events
+            .find(doc! {"conversation_id": conv, "seq": {"$gt": after as i64}})
+            .sort(doc! {"seq": 1})
+            .limit(limit as i64)
+            .await?
+            .try_collect()
+            .await?;
+        Ok(rows.len())
+    }
+    async fn seed_feed(&self, conv: &str, n: u64) -> R<()> {
+        let docs: Vec<Document> = (1..=n as i64)
+            .map(|seq| {
+                doc! {"conversation_id": conv, "seq": seq, "msg_id": seq, "status": 1, "version": 2_i64, "at": now_ms(), "by": "alice"}
+            })
+            .collect();
+        for chunk in docs.chunks(1000) {
+            self.events.insert_many(chunk.to_vec()).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,906 @@
+//! The paths measured on every backend, each as a pair: imstore and the raw-driver baseline.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use imstore_core::{
+    Action, Authority, ContentCodec, ConversationId, FeedCursor, ListOptions, MessageStore, MsgId,
+    MsgIdGenerator, NewMessage, Policy, RequestId, StoreSettings, SystemClock, TransitionRequest,
+    UserId,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+
+use crate::harness::{OpFn, R, Runner, Side, Timing, measure_pair, mix, op};
+use crate::target::{Raw, Scale, Target, codecs};
+
+/// One measured pair.
+pub struct PathResult {
+    /// Path name ("send", "point_read", ...).
+    pub path: String,
+    /// Codec variant ("off", "zstd", "aes", "zstd+aes").
+    pub codec: String,
+    /// Concurrent workers per side.
+    pub concurrency: usize,
+    /// Data scale of the path, in words.
+    pub scale: String,
+    /// imstore's side.
+    pub imstore: Side,
+    /// The baseline's side.
+    pub baseline: Side,
+}
+
+impl PathResult {
+    /// imstore's throughput over the baseline's.
+    pub fn ratio(&self) -> f64 {
+        let b = self.baseline.throughput();
+        if b > 0.0 {
+            self.imstore.throughput() / b
+        } else {
+            0.0
+        }
+    }
+
+    /// The JSON record of the pair.
+    pub fn to_json(&self) -> Value {
+        let side = |s: &Side| {
+            json!({
+                "ops_per_s": round2(s.throughput()),
+                "p50_us": s.quantile_us(0.5),
+                "p99_us": s.quantile_us(0.99),
+                "ops": s.ops,
+                "seconds": round2(s.elapsed.as_secs_f64()),
+            })
+        };
+        json!({
+            "path": self.path,
+            "codec": self.codec,
+            "concurrency": self.concurrency,
+            "scale": self.scale,
+            "imstore": side(&self.imstore),
+            "baseline": side(&self.baseline),
+            "ratio": round3(self.ratio()),
+        })
+    }
+}
+
+/// Everything measured on one backend.
+pub struct BackendReport {
+    /// Backend name.
+    pub backend: String,
+    /// Namespace used (dropped at the end).
+    pub namespace: String,
+    /// Server version, if any.
+    pub server: Option<String>,
+    /// Data sizes.
+    pub scale: Scale,
+    /// Time spent loading data.
+    pub load_seconds: f64,
+    /// The pairs.
+    pub paths: Vec<PathResult>,
+    /// The recall write counts at 2 and at N members.
+    pub recall_writes: Value,
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Recall allowed for a day, so that messages loaded before the measurement stay recallable.
+fn bench_policy() -> Policy {
+    Policy::builder()
+        .recall_window(Duration::from_secs(24 * 3600))
+        .build()
+        .expect("a valid policy")
+}
+
+fn settings(codec: ContentCodec) -> StoreSettings {
+    StoreSettings {
+        policy: bench_policy(),
+        codec,
+        clock: Arc::new(SystemClock),
+    }
+}
+
+fn conv(s: &str) -> ConversationId {
+    ConversationId::new(s).expect("valid conversation id")
+}
+
+fn user(s: &str) -> UserId {
+    UserId::new(s).expect("valid user id")
+}
+
+/// Chat-like text of `len` bytes (compressible, as real messages are).
+pub fn chat_text(len: usize, seed: u64) -> Vec<u8> {
+    const WORDS: &[&str] = &[
+        "the", "launch", "moves", "to", "friday", "please", "review", "plan", "and", "send",
+        "notes", "before", "standup", "thanks", "ok", "see", "you", "there", "🙂", "meeting",
+    ];
+    let mut out = Vec::with_capacity(len + 16);
+    let mut i = seed;
+    while out.len() < len {
+        i += 1;
+        out.extend_from_slice(WORDS[(mix(i) % WORDS.len() as u64) as usize].as_bytes());
+        out.push(b' ');
+    }
+    out.truncate(len);
+    // Never cut a multi-byte character in half: content is bytes, but keep it valid text.
+    while std::str::from_utf8(&out).is_err() {
+        out.pop();
+    }
+    out
+}
+
+/// Shared state of one backend's run.
+struct Ctx {
+    target: Arc<dyn Target>,
+    raw: Arc<dyn Raw>,
+    ids: MsgIdGenerator,
+    scale: Scale,
+    content: Arc<Vec<u8>>,
+    timing: Timing,
+    quiet: bool,
+}
+
+impl Ctx {
+    fn msg(&self, c: &str, sender: &str) -> NewMessage {
+        NewMessage::text(
+            self.ids.next_id(),
+            conv(c),
+            user(sender),
+            self.content.as_slice(),
+        )
+    }
+
+    fn bar(&self, len: u64, what: &str) -> ProgressBar {
+        let pb = if self.quiet {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(len)
+        };
+        pb.set_style(
+            ProgressStyle::with_template(
+                "  {prefix:>9} {msg:<28} [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        pb.set_prefix(self.target.name());
+        pb.set_message(what.to_owned());
+        pb
+    }
+
+    /// Loads `n` messages into `c` through `store` in batches of 1,000 (4 in flight), mirroring
+    /// them into the baseline's own structure when it has one; returns their ids in order.
+    async fn load(
+        &self,
+        store: &Arc<dyn MessageStore>,
+        c: &str,
+        n: u64,
+        senders: &[String],
+    ) -> R<Vec<MsgId>> {
+        let pb = self.bar(n, &format!("load {c}"));
+        let mut batches = Vec::new();
+        let mut all = Vec::with_capacity(n as usize);
+        let mut k = 0u64;
+        while k < n {
+            let len = (n - k).min(1000);
+            let batch: Vec<NewMessage> = (0..len)
+                .map(|j| self.msg(c, &senders[((k + j) % senders.len() as u64) as usize]))
+                .collect();
+            all.extend(batch.iter().map(|m| m.msg_id));
+            batches.push(batch);
+            k += len;
+        }
+        futures::stream::iter(batches)
+            .map(|batch| {
+                let store = store.clone();
+                let raw = self.raw.clone();
+                let pb = pb.clone();
+                async move {
+                    let len = batch.len() as u64;
+                    raw.mirror(&batch).await?;
+                    store.insert_batch(batch).await?;
+                    pb.inc(len);
+                    R::Ok(())
+                }
+            })
+            .buffer_unordered(4)
+            .try_collect::<Vec<()>>()
+            .await?;
+        pb.finish_and_clear();
+        Ok(all)
+    }
+
+    #[allow(clippy::too_many_arguments)] // one call per path; a struct would only rename them
+    async fn pair(
+        &self,
+        path: &str,
+        codec: &str,
+        concurrency: usize,
+        scale: String,
+        imstore: Runner,
+        baseline: Runner,
+        out: &mut Vec<PathResult>,
+    ) -> R<()> {
+        let started = Instant::now();
+        let (a, b) = measure_pair(&imstore, &baseline, concurrency, self.timing)
+            .await
+            .map_err(|e| format!("{} {path} ({codec}): {e}", self.target.name()))?;
+        let r = PathResult {
+            path: path.into(),
+            codec: codec.into(),
+            concurrency,
+            scale,
+            imstore: a,
+            baseline: b,
+        };
+        if !self.quiet {
+            eprintln!(
+                "  {:>9} {:<22} {:<9} c{:<3} imstore {:>10.0}/s  baseline {:>10.0}/s  ratio {:>5.2}  ({:.1}s)",
+                self.target.name(),
+                path,
+                codec,
+                concurrency,
+                r.imstore.throughput(),
+                r.baseline.throughput(),
+                r.ratio(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+        out.push(r);
+        Ok(())
+    }
+}
+
+fn recall_request(
+    c: &ConversationId,
+    id: MsgId,
+    by: &UserId,
+    i: u64,
+    side: &str,
+) -> TransitionRequest {
+    TransitionRequest {
+        action: Action::Recall,
+        requester: by.clone(),
+        authority: Authority::Member,
+        conversation_id: c.clone(),
+        msg_id: id,
+        client_ts: imstore_core::Clock::now(&SystemClock),
+        request_id: RequestId::new(format!("{side}-recall-{i}-{}", id.get())).expect("valid id"),
+    }
+}
+
+/// Runs every path on `target`; the caller drops the namespace afterwards.
+pub async fn run(
+    target: Arc<dyn Target>,
+    scale: Scale,
+    timing: Timing,
+    quiet: bool,
+) -> R<BackendReport> {
+    let ctx = Ctx {
+        raw: target.raw(),
+        target: target.clone(),
+        ids: MsgIdGenerator::new(7, Arc::new(SystemClock))?,
+        content: Arc::new(chat_text(scale.content_len, 1)),
+        scale: scale.clone(),
+        timing,
+        quiet,
+    };
+    let name = target.name();
+    let mut stores: BTreeMap<&'static str, Arc<dyn MessageStore>> = BTreeMap::new();
+    for (label, codec) in codecs() {
+        stores.insert(label, target.open(settings(codec)).await?.store);
+    }
+    let plain = stores["off"].clone();
+    let alice = vec!["alice".to_owned(), "bob".to_owned()];
+
+    // ---- Load ----
+    let load_started = Instant::now();
+    if !quiet {
+        eprintln!("{name}: loading into {}", target.namespace());
+    }
+    ctx.load(&plain, "hist-small", scale.small, &alice).await?;
+    ctx.load(&plain, "hist-big", scale.big, &alice).await?;
+    let mut read_ids = BTreeMap::new();
+    for (label, _) in codecs() {
+        let ids = ctx
+            .load(
+                &stores[label],
+                &format!("read-{label}"),
+                scale.read_pool,
+                &alice,
+            )
+            .await?;
+        read_ids.insert(label, Arc::new(ids));
+    }
+    let pool_i = Arc::new(
+        ctx.load(&plain, "recall-i", scale.recall_pool, &alice)
+            .await?,
+    );
+    let pool_b = Arc::new(
+        ctx.load(&plain, "recall-b", scale.recall_pool, &alice)
+            .await?,
+    );
+    let mixed_i = Arc::new(
+        ctx.load(&plain, "mixed-pool-i", scale.recall_pool, &alice)
+            .await?,
+    );
+    let mixed_b = Arc::new(
+        ctx.load(&plain, "mixed-pool-b", scale.recall_pool, &alice)
+            .await?,
+    );
+    // The feed: every message of "feed" recalled once, so it holds feed_events events.
+    let feed_ids = ctx.load(&plain, "feed", scale.feed_events, &alice).await?;
+    {
+        let pb = ctx.bar(feed_ids.len() as u64, "recall feed");
+        let fc = conv("feed");
+        futures::stream::iter(feed_ids.iter().enumerate())
+            .map(|(i, id)| {
+                let store = plain.clone();
+                let pb = pb.clone();
+                let req = recall_request(&fc, *id, &user(&alice[i % 2]), i as u64, "feed");
+                async move {
+                    store.transition(req).await?;
+                    pb.inc(1);
+                    R::Ok(())
+                }
+            })
+            .buffer_unordered(8)
+            .try_collect::<Vec<()>>()
+            .await?;
+        pb.finish_and_clear();
+        ctx.raw.seed_feed("feed", scale.feed_events).await?;
+    }
+    let load_seconds = load_started.elapsed().as_secs_f64();
+
+    let mut out = Vec::new();
+    let viewer = user("carol");
+
+    // ---- Single sends: every codec at concurrency 1, codec off at 64 ----
+    for (conc, variants) in [
+        (1usize, vec!["off", "zstd", "aes", "zstd+aes"]),
+        (64, vec!["off"]),
+    ] {
+        for label in variants {
+            let store = stores[label].clone();
+            let (ids, content) = (ctx.ids.clone(), ctx.content.clone());
+            let a = op(move |i| {
+                let store = store.clone();
+                let m = NewMessage::text(
+                    ids.next_id(),
+                    conv(&format!("send-i-{}", i % 256)),
+                    user("alice"),
+                    content.as_slice(),
+                );
+                async move {
+                    store.insert(m).await?;
+                    Ok(())
+                }
+            });
+            let raw = ctx.raw.clone();
+            let (ids, content) = (ctx.ids.clone(), ctx.content.clone());
+            let b = op(move |i| {
+                let raw = raw.clone();
+                let m = NewMessage::text(
+                    ids.next_id(),
+                    conv(&format!("send-b-{}", i % 256)),
+                    user("alice"),
+                    content.as_slice(),
+                );
+                async move { raw.send(&m).await }
+            });
+            ctx.pair(
+                "send",
+                label,
+                conc,
+                format!("{} B content, 256 conversations", scale.content_len),
+                Runner::new(a),
+                Runner::new(b),
+                &mut out,
+            )
+            .await?;
+        }
+    }
+
+    // ---- Batch sends of 1,000 ----
+    {
+        let batch = |side: &'static str, ids: MsgIdGenerator, content: Arc<Vec<u8>>, i: u64| {
+            let c = conv(&format!("batch-{side}-{}", i % 16));
+            (0..1000)
+                .map(|_| {
+                    NewMessage::text(ids.next_id(), c.clone(), user("alice"), content.as_slice())
+                })
+                .collect::<Vec<_>>()
+        };
+        let store = plain.clone();
+        let (ids, content) = (ctx.ids.clone(), ctx.content.clone());
+        let a = op(move |i| {
+            let store = store.clone();
+            let ms = batch("i", ids.clone(), content.clone(), i);
+            async move {
+                store.insert_batch(ms).await?;
+                Ok(())
+            }
+        });
+        let raw = ctx.raw.clone();
+        let (ids, content) = (ctx.ids.clone(), ctx.content.clone());
+        let b = op(move |i| {
+            let raw = raw.clone();
+            let ms = batch("b", ids.clone(), content.clone(), i);
+            async move { raw.send_batch(&ms).await }
+        });
+        ctx.pair(
+            "batch_send_1000",
+            "off",
+            1,
+            "1,000 messages per call".into(),
+            Runner::new(a),
+            Runner::new(b),
+            &mut out,
+        )
+        .await?;
+    }
+
+    // ---- Point reads, every codec ----
+    for (label, _) in codecs() {
+        let ids = read_ids[label].clone();
+        let c = conv(&format!("read-{label}"));
+        let store = stores[label].clone();
+        let (ids2, c2, v) = (ids.clone(), c.clone(), viewer.clone());
+        let a = op(move |i| {
+            let store = store.clone();
+            let id = ids2[(mix(i) % ids2.len() as u64) as usize];
+            let (c, v) = (c2.clone(), v.clone());
+            async move {
+                let view = store.get(&c, id, &v).await?;
+                std::hint::black_box(view);
+                Ok(())
+            }
+        });
+        let raw = ctx.raw.clone();
+        let b = op(move |i| {
+            let raw = raw.clone();
+            let id = ids[(mix(i) % ids.len() as u64) as usize];
+            let c = c.clone();
+            async move { raw.get(c.as_str(), id.as_i64()).await }
+        });
+        ctx.pair(
+            "point_read",
+            label,
+            1,
+            format!("{} messages", scale.read_pool),
+            Runner::new(a),
+            Runner::new(b),
+            &mut out,
+        )
+        .await?;
+    }
+
+    // ---- Latest page of 50, small and big history ----
+    for (path, c, n) in [
+        ("latest_page_small", "hist-small", scale.small),
+        ("latest_page_big", "hist-big", scale.big),
+    ] {
+        let cc = conv(c);
+        let store = plain.clone();
+        let v = viewer.clone();
+        let c2 = cc.clone();
+        let a = op(move |_| {
+            let (store, c, v) = (store.clone(), c2.clone(), v.clone());
+            async move {
+                let page = store.list(&c, &v, ListOptions::newest(50)).await?;
+                if page.items.len() != 50 {
+                    return Err(format!("imstore page of {} items", page.items.len()).into());
+                }
+                Ok(())
+            }
+        });
+        let raw = ctx.raw.clone();
+        let b = op(move |_| {
+            let (raw, c) = (raw.clone(), cc.clone());
+            async move {
+                let n = raw.latest(c.as_str(), 50).await?;
+                if n != 50 {
+                    return Err(format!("baseline page of {n} rows").into());
+                }
+                Ok(())
+            }
+        });
+        let mut scale_s = format!("{n} messages in the conversation");
+        if path == "latest_page_big"
+            && let Some(note) = &scale.big_note
+        {
+            scale_s = format!("{scale_s} ({note})");
+        }
+        ctx.pair(
+            path,
+            "off",
+            1,
+            scale_s,
+            Runner::new(a),
+            Runner::new(b),
+            &mut out,
+        )
+        .await?;
+    }
+
+    // ---- Recall ----
+    {
+        let cap =
+            (scale.recall_pool.saturating_sub(timing.warmup_ops) / timing.rounds as u64).max(1);
+        let (store, pool) = (plain.clone(), pool_i.clone());
+        let ci = conv("recall-i");
+        let a = op(move |i| {
+            let store = store.clone();
+            let id = pool.get(i as usize).copied();
+            let by = user(if i % 2 == 0 { "alice" } else { "bob" });
+            let ci = ci.clone();
+            async move {
+                let id = id.ok_or("recall pool exhausted")?;
+                let o = store
+                    .transition(recall_request(&ci, id, &by, i, "i"))
+                    .await?;
+                if !o.changed {
+                    return Err("imstore recall did not change the message".into());
+                }
+                Ok(())
+            }
+        });
+        let (raw, pool) = (ctx.raw.clone(), pool_b.clone());
+        let b = op(move |i| {
+            let raw = raw.clone();
+            let id = pool.get(i as usize).copied();
+            let by = if i % 2 == 0 { "alice" } else { "bob" };
+            async move {
+                let id = id.ok_or("recall pool exhausted")?;
+                raw.recall("recall-b", id.as_i64(), by, crate::now_ms())
+                    .await
+            }
+        });
+        ctx.pair(
+            "recall",
+            "off",
+            1,
+            format!("{} messages recallable per side", scale.recall_pool),
+            Runner::capped(a, cap),
+            Runner::capped(b, cap),
+            &mut out,
+        )
+        .await?;
+    }
+
+    // ---- Change feed page ----
+    {
+        let span = scale.feed_events.saturating_sub(50).max(1);
+        let store = plain.clone();
+        let fc = conv("feed");
+        let a = op(move |i| {
+            let (store, c) = (store.clone(), fc.clone());
+            async move {
+                let p = store
+                    .changes_since(&c, FeedCursor(mix(i) % span), 50)
+                    .await?;
+                if p.events.is_empty() {
+                    return Err("imstore feed page empty".into());
+                }
+                Ok(())
+            }
+        });
+        let raw = ctx.raw.clone();
+        let b = op(move |i| {
+            let raw = raw.clone();
+            async move {
+                if raw.feed("feed", mix(i) % span, 50).await? == 0 {
+                    return Err("baseline feed page empty".into());
+                }
+                Ok(())
+            }
+        });
+        ctx.pair(
+            "feed_page_50",
+            "off",
+            1,
+            format!("{} events in the conversation's feed", scale.feed_events),
+            Runner::new(a),
+            Runner::new(b),
+            &mut out,
+        )
+        .await?;
+    }
+
+    // ---- Mixed IM workload ----
+    {
+        let a = mixed_imstore(&ctx, plain.clone(), mixed_i.clone(), viewer.clone());
+        let b = mixed_baseline(&ctx, mixed_b.clone());
+        ctx.pair(
+            "mixed",
+            "off",
+            16,
+            "60% send, 30% latest page (10k history), 5% recall, 5% restore".into(),
+            Runner::new(a),
+            Runner::new(b),
+            &mut out,
+        )
+        .await?;
+    }
+
+    // ---- Writes of one recall at 2 and at N members ----
+    let recall_writes = count_recall_writes(&ctx).await?;
+
+    Ok(BackendReport {
+        backend: name.into(),
+        namespace: target.namespace(),
+        server: target.server_version(),
+        scale,
+        load_seconds,
+        paths: out,
+        recall_writes,
+    })
+}
+
+/// Shared by the mixed workload's sides: the next recallable message and the recalled ones.
+struct MixState {
+    pool: Arc<Vec<MsgId>>,
+    next: AtomicUsize,
+    recalled: Mutex<Vec<(MsgId, u64)>>,
+}
+
+impl MixState {
+    fn take(&self) -> Option<(MsgId, u64)> {
+        let k = self.next.fetch_add(1, Ordering::Relaxed);
+        self.pool.get(k).map(|id| (*id, k as u64))
+    }
+}
+
+enum Mix {
+    Send,
+    Page,
+    Recall,
+    Restore,
+}
+
+fn mix_kind(i: u64) -> Mix {
+    match mix(i ^ 0x5eed) % 100 {
+        0..60 => Mix::Send,
+        60..90 => Mix::Page,
+        90..95 => Mix::Recall,
+        _ => Mix::Restore,
+    }
+}
+
+fn mixed_imstore(
+    ctx: &Ctx,
+    store: Arc<dyn MessageStore>,
+    pool: Arc<Vec<MsgId>>,
+    viewer: UserId,
+) -> OpFn {
+    let st = Arc::new(MixState {
+        pool,
+        next: AtomicUsize::new(0),
+        recalled: Mutex::new(Vec::new()),
+    });
+    let (ids, content) = (ctx.ids.clone(), ctx.content.clone());
+    let pc = conv("mixed-pool-i");
+    let page_conv = conv("hist-small");
+    op(move |i| {
+        let (store, st, viewer, pc, page_conv) = (
+            store.clone(),
+            st.clone(),
+            viewer.clone(),
+            pc.clone(),
+            page_conv.clone(),
+        );
+        let (ids, content) = (ids.clone(), content.clone());
+        async move {
+            let mut kind = mix_kind(i);
+            let restore_target = match kind {
+                Mix::Restore => st.recalled.lock().map_err(|_| "poisoned")?.pop(),
+                _ => None,
+            };
+            if matches!(kind, Mix::Restore) && restore_target.is_none() {
+                kind = Mix::Recall;
+            }
+            match kind {
+                Mix::Send => {
+                    let m = NewMessage::text(
+                        ids.next_id(),
+                        conv(&format!("mixed-i-{}", i % 64)),
+                        user("alice"),
+                        content.as_slice(),
+                    );
+                    store.insert(m).await?;
+                }
+                Mix::Page => {
+                    store
+                        .list(&page_conv, &viewer, ListOptions::newest(50))
+                        .await?;
+                }
+                Mix::Recall => {
+                    if let Some((id, k)) = st.take() {
+                        let by = user(if k % 2 == 0 { "alice" } else { "bob" });
+                        store
+                            .transition(recall_request(&pc, id, &by, i, "mix-i"))
+                            .await?;
+                        st.recalled.lock().map_err(|_| "poisoned")?.push((id, k));
+                    } else {
+                        store
+                            .list(&page_conv, &viewer, ListOptions::newest(50))
+                            .await?;
+                    }
+                }
+                Mix::Restore => {
+                    let (id, k) = restore_target.ok_or("no restore target")?;
+                    let by = user(if k % 2 == 0 { "alice" } else { "bob" });
+                    let req = TransitionRequest {
+                        action: Action::Restore,
+                        requester: by,
+                        authority: Authority::Member,
+                        conversation_id: pc.clone(),
+                        msg_id: id,
+                        client_ts: imstore_core::Clock::now(&SystemClock),
+                        request_id: RequestId::new(format!("mix-i-restore-{i}"))?,
+                    };
+                    store.transition(req).await?;
+                }
+            }
+            Ok(())
+        }
+    })
+}
+
+fn mixed_baseline(ctx: &Ctx, pool: Arc<Vec<MsgId>>) -> OpFn {
+    let st = Arc::new(MixState {
+        pool,
+        next: AtomicUsize::new(0),
+        recalled: Mutex::new(Vec::new()),
+    });
+    let raw = ctx.raw.clone();
+    let (ids, content) = (ctx.ids.clone(), ctx.content.clone());
+    op(move |i| {
+        let (raw, st) = (raw.clone(), st.clone());
+        let (ids, content) = (ids.clone(), content.clone());
+        async move {
+            let mut kind = mix_kind(i);
+            let restore_target = match kind {
+                Mix::Restore => st.recalled.lock().map_err(|_| "poisoned")?.pop(),
+                _ => None,
+            };
+            if matches!(kind, Mix::Restore) && restore_target.is_none() {
+                kind = Mix::Recall;
+            }
+            match kind {
+                Mix::Send => {
+                    let m = NewMessage::text(
+                        ids.next_id(),
+                        conv(&format!("mixed-b-{}", i % 64)),
+                        user("alice"),
+                        content.as_slice(),
+                    );
+                    raw.send(&m).await?;
+                }
+                Mix::Page => {
+                    raw.latest("hist-small", 50).await?;
+                }
+                Mix::Recall => {
+                    if let Some((id, k)) = st.take() {
+                        let by = if k % 2 == 0 { "alice" } else { "bob" };
+                        raw.recall("mixed-pool-b", id.as_i64(), by, crate::now_ms())
+                            .await?;
+                        st.recalled.lock().map_err(|_| "poisoned")?.push((id, k));
+                    } else {
+                        raw.latest("hist-small", 50).await?;
+                    }
+                }
+                Mix::Restore => {
+                    let (id, _) = restore_target.ok_or("no restore target")?;
+                    raw.restore("mixed-pool-b", id.as_i64(), crate::now_ms())
+                        .await?;
+                }
+            }
+            Ok(())
+        }
+    })
+}
+
+/// Recalls `counted_recalls` messages in a conversation of 2 members and in one of
+/// `members_big` members (each member sent one message of its history), on a store with
+/// connections of its own, and reads the server's write counters around each.
+async fn count_recall_writes(ctx: &Ctx) -> R<Value> {
+    let k = ctx.scale.counted_recalls;
+    // Nothing else may write while counting: close the shared connections first.
+    ctx.target.quiesce().await?;
+    let mut groups = Vec::new();
+    for members in [2u64, ctx.scale.members_big] {
+        let c = format!("members-{members}");
+        let senders: Vec<String> = (0..members).map(|m| format!("member-{m}")).collect();
+        // The history: every member has sent; at least k messages to recall.
+        let n = members.max(k);
+        let loader = ctx
+            .target
+            .open_isolated(settings(ContentCodec::plain()))
+            .await?;
+        let ids = ctx.load(&loader.store, &c, n, &senders).await?;
+        if let Some(close) = loader.close {
+            close.await;
+        }
+        let handle = ctx
+            .target
+            .open_isolated(settings(ContentCodec::plain()))
+            .await?;
+        let before = ctx.target.write_counters().await?;
+        let cc = conv(&c);
+        let mut lat = Vec::new();
+        for j in 0..k as usize {
+            // Spread the recalls over the history; each by the message's own sender.
+            let idx = j * (n as usize / k as usize);
+            let by = user(&senders[idx % senders.len()]);
+            let t = Instant::now();
+            let o = handle
+                .store
+                .transition(recall_request(&cc, ids[idx], &by, j as u64, &c))
+                .await?;
+            lat.push(t.elapsed().as_micros() as u64);
+            if !o.changed {
+                return Err(format!("recall in {c} did not change the message").into());
+            }
+        }
+        if let Some(close) = handle.close {
+            close.await;
+        }
+        drop(handle.store);
+        let after = ctx.target.write_counters().await?;
+        lat.sort_unstable();
+        let per_table: Option<BTreeMap<String, f64>> = match (before, after) {
+            (Some(b), Some(a)) => Some(
+                a.iter()
+                    .map(|(t, v)| {
+                        (
+                            t.clone(),
+                            v.saturating_sub(*b.get(t).unwrap_or(&0)) as f64 / k as f64,
+                        )
+                    })
+                    .filter(|(_, v)| *v > 0.0)
+                    .collect(),
+            ),
+            _ => None,
+        };
+        let total = per_table.as_ref().map(|m| m.values().sum::<f64>());
+        groups.push(json!({
+            "members": members,
+            "history_messages": n,
+            "recalls": k,
+            "writes_per_recall": total,
+            "writes_per_recall_by_counter": per_table,
+            "recall_p50_us": lat[lat.len() / 2],
+        }));
+    }
+    let same = match (
+        groups[0]["writes_per_recall"].as_f64(),
+        groups[1]["writes_per_recall"].as_f64(),
+    ) {
+        (Some(a), Some(b)) => Value::Bool((a - b).abs() < 1e-9),
+        _ => Value::Null,
+    };
+    if !ctx.quiet {
+        eprintln!(
+            "  {:>9} recall writes: 2 members {} / {} members {} ({})",
+            ctx.target.name(),
+            groups[0]["writes_per_recall"],
+            ctx.scale.members_big,
+            groups[1]["writes_per_recall"],
+            ctx.target.write_method()
+        );
+    }
+    Ok(json!({
+        "method": ctx.target.write_method(),
+        "groups": groups,
+        "same_writes": same,
+    }))
+}

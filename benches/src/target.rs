@@ -1,0 +1,124 @@
+//! What a backend provides to the bench: imstore stores over a fresh namespace, the raw-driver
+//! baseline over the same tables, and a server-side count of writes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use imstore_core::{ContentCodec, MessageStore, NewMessage, StoreSettings};
+
+use crate::harness::R;
+
+/// The same operations as imstore's, done with the raw driver and the minimal statement.
+///
+/// Content is written as given (no codec); ids are the raw `i64` msg_ids.
+#[async_trait]
+pub trait Raw: Send + Sync {
+    /// One message, one plain INSERT.
+    async fn send(&self, m: &NewMessage) -> R<()>;
+    /// Many messages in as few round trips as the driver allows.
+    async fn send_batch(&self, ms: &[NewMessage]) -> R<()>;
+    /// The content of one message; an error if absent.
+    async fn get(&self, conv: &str, id: i64) -> R<()>;
+    /// The newest `limit` messages of a conversation; returns how many came back.
+    async fn latest(&self, conv: &str, limit: u32) -> R<usize>;
+    /// Marks a message recalled (status 0 → 1), one conditional update.
+    async fn recall(&self, conv: &str, id: i64, by: &str, at: i64) -> R<()>;
+    /// Marks a recalled message normal again (status 1 → 0), one conditional update.
+    async fn restore(&self, conv: &str, id: i64, at: i64) -> R<()>;
+    /// Up to `limit` change events after `after`; returns how many came back.
+    async fn feed(&self, conv: &str, after: u64, limit: u32) -> R<usize>;
+    /// Copies messages that imstore loaded into the baseline's own structure, when it has one
+    /// (the in-memory baseline); server baselines read imstore's tables and need nothing.
+    async fn mirror(&self, _ms: &[NewMessage]) -> R<()> {
+        Ok(())
+    }
+    /// Creates `n` change events in the baseline's own structure, when it has one.
+    async fn seed_feed(&self, _conv: &str, _n: u64) -> R<()> {
+        Ok(())
+    }
+}
+
+/// A store handle; `close` releases its connections (so that server-side counters flush).
+pub struct Handle {
+    /// The store.
+    pub store: Arc<dyn MessageStore>,
+    /// Closes the handle's own connections, when it has any.
+    pub close: Option<BoxFuture<'static, ()>>,
+}
+
+/// Data sizes of one backend's run.
+#[derive(Clone, Debug)]
+pub struct Scale {
+    /// Messages in the "small" conversation (10 thousand).
+    pub small: u64,
+    /// Messages in the "big" conversation (1 million; less in quick mode or on a slow server).
+    pub big: u64,
+    /// Why `big` is not 1 million, when it is not.
+    pub big_note: Option<String>,
+    /// Messages per codec conversation for point reads.
+    pub read_pool: u64,
+    /// Messages per side that recalls (and the mixed workload) consume.
+    pub recall_pool: u64,
+    /// Change events in the feed conversation.
+    pub feed_events: u64,
+    /// Recalls counted per conversation in the write-count measurement.
+    pub counted_recalls: u64,
+    /// Members of the big group.
+    pub members_big: u64,
+    /// Bytes of content per message.
+    pub content_len: usize,
+}
+
+/// One backend under test, over a namespace of its own.
+#[async_trait]
+pub trait Target: Send + Sync {
+    /// "memory", "postgres", "mongodb", "scylla".
+    fn name(&self) -> &'static str;
+    /// The namespace (schema, database, keyspace) this run created.
+    fn namespace(&self) -> String;
+    /// The server's version string, when there is a server.
+    fn server_version(&self) -> Option<String>;
+    /// A store over the namespace with these settings, sharing connections with earlier ones.
+    async fn open(&self, settings: StoreSettings) -> R<Handle>;
+    /// A store with connections of its own, closed by `Handle::close`.
+    async fn open_isolated(&self, settings: StoreSettings) -> R<Handle> {
+        self.open(settings).await
+    }
+    /// The raw-driver baseline.
+    fn raw(&self) -> Arc<dyn Raw>;
+    /// How writes are counted ("pg_stat_user_tables n_tup_ins+n_tup_upd+n_tup_del", ...).
+    fn write_method(&self) -> String;
+    /// Cumulative server-side write counters of the namespace, per table/operation; `None` when
+    /// the backend has no server.
+    async fn write_counters(&self) -> R<Option<BTreeMap<String, u64>>>;
+    /// Closes the connections shared by `open`'s stores and the baseline (before counting
+    /// writes, so that nothing else writes and every counter is flushed).
+    async fn quiesce(&self) -> R<()> {
+        Ok(())
+    }
+    /// Removes the namespace and everything in it.
+    async fn drop_namespace(&self) -> R<()>;
+}
+
+/// The codec variants: off, compression, encryption, both.
+pub fn codecs() -> Vec<(&'static str, ContentCodec)> {
+    use imstore_core::codec::Compression;
+    use imstore_core::{EncryptionKey, KeyId, KeyRing};
+    let ring = || KeyRing::new(EncryptionKey::new(KeyId(1), [0x42; 32]));
+    vec![
+        ("off", ContentCodec::plain()),
+        (
+            "zstd",
+            ContentCodec::plain().with_compression(Some(Compression::default())),
+        ),
+        ("aes", ContentCodec::plain().with_encryption(ring())),
+        (
+            "zstd+aes",
+            ContentCodec::plain()
+                .with_compression(Some(Compression::default()))
+                .with_encryption(ring()),
+        ),
+    ]
+}
