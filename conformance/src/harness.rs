@@ -197,7 +197,8 @@ pub fn require_env(var: &str) -> String {
 }
 
 /// A namespace name unique to this process and call: `prefix_<pid>_<counter>_<random>`, lowercase
-/// ASCII, valid as a PostgreSQL schema, a MongoDB database and a CQL keyspace (at most 48 chars).
+/// ASCII, valid as a PostgreSQL schema, a MongoDB database and a CQL keyspace (at most 48 chars)
+/// when `prefix` is a short lowercase word. Avoid `pg`: PostgreSQL reserves `pg_` schema names.
 pub fn unique_namespace(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);

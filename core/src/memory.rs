@@ -480,8 +480,12 @@ impl MessageStore for MemoryStore {
             let mut state = self.lock();
             let mut report = PurgeReport::default();
             let budget = options.batch_size as u64;
-            for conv in state.values_mut().filter(|c| !c.legal_hold) {
+            // Request records past retention go everywhere, whatever the message budget: the
+            // skew check already refuses requests that old, so their records protect nothing.
+            for conv in state.values_mut() {
                 conv.requests.retain(|_, r| r.at > retention_cutoff);
+            }
+            for conv in state.values_mut().filter(|c| !c.legal_hold) {
                 let doomed: Vec<MsgId> = conv
                     .messages
                     .iter()
