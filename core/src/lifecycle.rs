@@ -118,6 +118,20 @@ pub fn validate_page_size(limit: u32, policy: &Policy) -> Result<()> {
     Ok(())
 }
 
+/// Checks purge options: a batch of 1..=[`PurgeOptions::MAX_BATCH`] messages.
+pub fn validate_purge(options: &crate::types::PurgeOptions) -> Result<()> {
+    if options.batch_size == 0 || options.batch_size > crate::types::PurgeOptions::MAX_BATCH {
+        return Err(Error::invalid_input(
+            "batch_size",
+            format!(
+                "must be between 1 and {}",
+                crate::types::PurgeOptions::MAX_BATCH
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn check_id_len(field: &'static str, value: &str, policy: &Policy) -> Result<()> {
     if value.len() > policy.max_id_bytes() {
         return Err(Error::invalid_input(

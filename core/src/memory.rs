@@ -7,13 +7,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use tracing::Instrument;
 
 use crate::error::{Error, ErrorKind, Operation, Result};
 use crate::ids::{ConversationId, MsgId, RequestId, UserId};
 use crate::lifecycle::{self, Plan, RequestRecord};
 use crate::store::{MessageStore, StoreSettings};
-use crate::telemetry::op_span;
+use crate::telemetry::traced;
 use crate::types::*;
 use crate::view;
 
@@ -194,10 +193,6 @@ impl MemoryStore {
     }
 }
 
-fn tag(op: Operation) -> impl Fn(Error) -> Error {
-    move |e| e.with_operation(op).with_backend(BACKEND)
-}
-
 #[async_trait]
 impl MessageStore for MemoryStore {
     fn backend(&self) -> &'static str {
@@ -205,13 +200,8 @@ impl MessageStore for MemoryStore {
     }
 
     async fn insert(&self, message: NewMessage) -> Result<InsertOutcome> {
-        let span = op_span(
-            Operation::Insert,
-            BACKEND,
-            Some(&message.conversation_id),
-            Some(message.msg_id),
-        );
-        async {
+        let (conv, id) = (message.conversation_id.clone(), message.msg_id);
+        traced(Operation::Insert, BACKEND, Some(&conv), Some(id), async {
             lifecycle::validate_message(&message, &self.settings.policy)?;
             let encoded = self.settings.codec.encode(
                 &message.conversation_id,
@@ -220,20 +210,13 @@ impl MessageStore for MemoryStore {
             )?;
             let now = self.now();
             self.insert_locked(&mut self.lock(), &message, encoded, now)
-        }
-        .instrument(span)
+        })
         .await
-        .map_err(tag(Operation::Insert))
     }
 
     async fn insert_batch(&self, messages: Vec<NewMessage>) -> Result<BatchOutcome> {
-        let span = op_span(
-            Operation::Insert,
-            BACKEND,
-            messages.first().map(|m| &m.conversation_id),
-            None,
-        );
-        async {
+        let conv = messages.first().map(|m| m.conversation_id.clone());
+        traced(Operation::Insert, BACKEND, conv.as_ref(), None, async {
             lifecycle::validate_batch(&messages, &self.settings.policy)?;
             let encoded = messages
                 .iter()
@@ -245,24 +228,14 @@ impl MessageStore for MemoryStore {
                 .collect::<Result<Vec<_>>>()?;
             let now = self.now();
             let mut state = self.lock();
-            let mut outcome = BatchOutcome::default();
-            let mut conflict = None;
-            for (m, enc) in messages.iter().zip(encoded) {
-                match self.insert_locked(&mut state, m, enc, now) {
-                    Ok(InsertOutcome::Inserted) => outcome.inserted += 1,
-                    Ok(InsertOutcome::AlreadyExists) => outcome.already_existed += 1,
-                    Err(e) if e.kind() == ErrorKind::Conflict => conflict = conflict.or(Some(e)),
-                    Err(e) => return Err(e),
-                }
-            }
-            match conflict {
-                Some(e) => Err(e),
-                None => Ok(outcome),
-            }
-        }
-        .instrument(span)
+            let results: Vec<_> = messages
+                .iter()
+                .zip(encoded)
+                .map(|(m, enc)| self.insert_locked(&mut state, m, enc, now))
+                .collect();
+            BatchOutcome::tally(results)
+        })
         .await
-        .map_err(tag(Operation::Insert))
     }
 
     async fn get(
@@ -271,15 +244,22 @@ impl MessageStore for MemoryStore {
         msg_id: MsgId,
         viewer: &UserId,
     ) -> Result<MessageView> {
-        let _g = op_span(Operation::Get, BACKEND, Some(conversation), Some(msg_id)).entered();
-        let now = self.now();
-        let state = self.lock();
-        let entry = state
-            .get(conversation)
-            .and_then(|c| c.messages.get(&msg_id))
-            .ok_or_else(|| Self::not_found(msg_id))
-            .map_err(tag(Operation::Get))?;
-        self.view(entry, viewer, now).map_err(tag(Operation::Get))
+        traced(
+            Operation::Get,
+            BACKEND,
+            Some(conversation),
+            Some(msg_id),
+            async {
+                let now = self.now();
+                let state = self.lock();
+                let entry = state
+                    .get(conversation)
+                    .and_then(|c| c.messages.get(&msg_id))
+                    .ok_or_else(|| Self::not_found(msg_id))?;
+                self.view(entry, viewer, now)
+            },
+        )
+        .await
     }
 
     async fn list(
@@ -288,8 +268,7 @@ impl MessageStore for MemoryStore {
         viewer: &UserId,
         options: ListOptions,
     ) -> Result<Page> {
-        let _g = op_span(Operation::List, BACKEND, Some(conversation), None).entered();
-        let run = || -> Result<Page> {
+        traced(Operation::List, BACKEND, Some(conversation), None, async {
             lifecycle::validate_conversation(conversation, &self.settings.policy)?;
             lifecycle::validate_page_size(options.limit, &self.settings.policy)?;
             let now = self.now();
@@ -332,78 +311,85 @@ impl MessageStore for MemoryStore {
                 None
             };
             Ok(Page { items, next })
-        };
-        run().map_err(tag(Operation::List))
+        })
+        .await
     }
 
     async fn transition(&self, request: TransitionRequest) -> Result<TransitionOutcome> {
         let op = request.action.operation();
-        let _g = op_span(
+        traced(
             op,
             BACKEND,
             Some(&request.conversation_id),
             Some(request.msg_id),
-        )
-        .entered();
-        let run = || -> Result<TransitionOutcome> {
-            let policy = &self.settings.policy;
-            let now = self.now();
-            lifecycle::validate_request(&request, policy, now)?;
-            let mut state = self.lock();
-            let conv = state
-                .get_mut(&request.conversation_id)
-                .ok_or_else(|| Self::not_found(request.msg_id))?;
-            if let Some(record) = conv.requests.get(&request.request_id) {
-                return record.replay(&request);
-            }
-            let entry = conv
-                .messages
-                .get_mut(&request.msg_id)
-                .ok_or_else(|| Self::not_found(request.msg_id))?;
-            let plan = lifecycle::plan(
-                &request,
-                &entry.message.sender_id,
-                &entry.lifecycle,
-                policy,
-                now,
-            )?;
-            let outcome = lifecycle::outcome(request.msg_id, &entry.lifecycle, &plan);
-            if let Plan::Apply(next) = plan {
-                entry.lifecycle = next;
-                conv.last_seq += 1;
-                conv.events.insert(
-                    conv.last_seq,
-                    ChangeEvent {
-                        seq: conv.last_seq,
-                        conversation_id: request.conversation_id.clone(),
-                        msg_id: request.msg_id,
-                        status: outcome.status,
-                        version: outcome.version,
-                        at: now,
-                        by: request.requester.clone(),
-                    },
+            async {
+                let policy = &self.settings.policy;
+                let now = self.now();
+                lifecycle::validate_request(&request, policy, now)?;
+                let mut state = self.lock();
+                let conv = state
+                    .get_mut(&request.conversation_id)
+                    .ok_or_else(|| Self::not_found(request.msg_id))?;
+                if let Some(record) = conv.requests.get(&request.request_id) {
+                    return record.replay(&request);
+                }
+                let entry = conv
+                    .messages
+                    .get_mut(&request.msg_id)
+                    .ok_or_else(|| Self::not_found(request.msg_id))?;
+                let plan = lifecycle::plan(
+                    &request,
+                    &entry.message.sender_id,
+                    &entry.lifecycle,
+                    policy,
+                    now,
+                )?;
+                let outcome = lifecycle::outcome(request.msg_id, &entry.lifecycle, &plan);
+                if let Plan::Apply(next) = plan {
+                    entry.lifecycle = next;
+                    conv.last_seq += 1;
+                    conv.events.insert(
+                        conv.last_seq,
+                        ChangeEvent {
+                            seq: conv.last_seq,
+                            conversation_id: request.conversation_id.clone(),
+                            msg_id: request.msg_id,
+                            status: outcome.status,
+                            version: outcome.version,
+                            at: now,
+                            by: request.requester.clone(),
+                        },
+                    );
+                }
+                // Recorded for no-op outcomes too: a replay after a later restore must not recall.
+                conv.requests.insert(
+                    request.request_id.clone(),
+                    RequestRecord::new(&request, &outcome, now),
                 );
-            }
-            conv.requests.insert(
-                request.request_id.clone(),
-                RequestRecord::new(&request, &outcome, now),
-            );
-            Ok(outcome)
-        };
-        run().map_err(tag(op))
+                Ok(outcome)
+            },
+        )
+        .await
     }
 
     async fn audit(&self, conversation: &ConversationId, msg_id: MsgId) -> Result<AuditRecord> {
-        let _g = op_span(Operation::Audit, BACKEND, Some(conversation), Some(msg_id)).entered();
-        let state = self.lock();
-        let entry = state
-            .get(conversation)
-            .and_then(|c| c.messages.get(&msg_id))
-            .ok_or_else(|| Self::not_found(msg_id))
-            .map_err(tag(Operation::Audit))?;
-        Ok(AuditRecord {
-            message: self.decoded(entry, true).map_err(tag(Operation::Audit))?,
-        })
+        traced(
+            Operation::Audit,
+            BACKEND,
+            Some(conversation),
+            Some(msg_id),
+            async {
+                let state = self.lock();
+                let entry = state
+                    .get(conversation)
+                    .and_then(|c| c.messages.get(&msg_id))
+                    .ok_or_else(|| Self::not_found(msg_id))?;
+                Ok(AuditRecord {
+                    message: self.decoded(entry, true)?,
+                })
+            },
+        )
+        .await
     }
 
     async fn attachment_access(
@@ -412,30 +398,29 @@ impl MessageStore for MemoryStore {
         msg_id: MsgId,
         viewer: &UserId,
     ) -> Result<AttachmentAccess> {
-        let _g = op_span(
+        traced(
             Operation::AttachmentAccess,
             BACKEND,
             Some(conversation),
             Some(msg_id),
+            async {
+                let now = self.now();
+                let state = self.lock();
+                let entry = state
+                    .get(conversation)
+                    .and_then(|c| c.messages.get(&msg_id))
+                    .ok_or_else(|| Self::not_found(msg_id))?;
+                // The decision needs the lifecycle and the attachment, never the content.
+                let stored = self.decoded(entry, false)?;
+                Ok(view::attachment_access(
+                    &stored,
+                    viewer,
+                    &self.settings.policy,
+                    now,
+                ))
+            },
         )
-        .entered();
-        let now = self.now();
-        let state = self.lock();
-        let entry = state
-            .get(conversation)
-            .and_then(|c| c.messages.get(&msg_id))
-            .ok_or_else(|| Self::not_found(msg_id))
-            .map_err(tag(Operation::AttachmentAccess))?;
-        let stored = StoredMessage {
-            message: entry.message.clone(),
-            lifecycle: entry.lifecycle.clone(),
-        };
-        Ok(view::attachment_access(
-            &stored,
-            viewer,
-            &self.settings.policy,
-            now,
-        ))
+        .await
     }
 
     async fn changes_since(
@@ -444,42 +429,41 @@ impl MessageStore for MemoryStore {
         cursor: FeedCursor,
         limit: u32,
     ) -> Result<ChangePage> {
-        let _g = op_span(Operation::Changes, BACKEND, Some(conversation), None).entered();
-        let run = || -> Result<ChangePage> {
-            lifecycle::validate_conversation(conversation, &self.settings.policy)?;
-            lifecycle::validate_page_size(limit, &self.settings.policy)?;
-            let state = self.lock();
-            let events: Vec<ChangeEvent> = state
-                .get(conversation)
-                .map(|c| {
-                    c.events
-                        .range(cursor.0 + 1..)
-                        .take(limit as usize)
-                        .map(|(_, e)| e.clone())
-                        .collect()
-                })
-                .unwrap_or_default();
-            let next = events.last().map(|e| FeedCursor(e.seq)).unwrap_or(cursor);
-            Ok(ChangePage { events, next })
-        };
-        run().map_err(tag(Operation::Changes))
+        traced(
+            Operation::Changes,
+            BACKEND,
+            Some(conversation),
+            None,
+            async {
+                lifecycle::validate_conversation(conversation, &self.settings.policy)?;
+                lifecycle::validate_page_size(limit, &self.settings.policy)?;
+                let state = self.lock();
+                let events: Vec<ChangeEvent> = state
+                    .get(conversation)
+                    .map(|c| {
+                        c.events
+                            .range(cursor.0.saturating_add(1)..)
+                            .take(limit as usize)
+                            .map(|(_, e)| e.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let next = events.last().map(|e| FeedCursor(e.seq)).unwrap_or(cursor);
+                Ok(ChangePage { events, next })
+            },
+        )
+        .await
     }
 
     async fn purge(&self, options: PurgeOptions) -> Result<PurgeReport> {
-        let _g = op_span(Operation::Purge, BACKEND, None, None).entered();
-        let run = || -> Result<PurgeReport> {
-            if options.batch_size == 0 || options.batch_size > 10_000 {
-                return Err(Error::invalid_input(
-                    "batch_size",
-                    "must be between 1 and 10000",
-                ));
-            }
+        traced(Operation::Purge, BACKEND, None, None, async {
+            lifecycle::validate_purge(&options)?;
             let policy = &self.settings.policy;
             let now = self.now();
             let (retention_cutoff, _) = lifecycle::purge_cutoffs(policy, now);
             let mut state = self.lock();
             let mut report = PurgeReport::default();
-            let budget = options.batch_size as u64;
+            let budget = u64::from(options.batch_size);
             // Request records past retention go everywhere, whatever the message budget: the
             // skew check already refuses requests that old, so their records protect nothing.
             for conv in state.values_mut() {
@@ -510,18 +494,25 @@ impl MessageStore for MemoryStore {
             }
             report.more = report.messages == budget;
             Ok(report)
-        };
-        run().map_err(tag(Operation::Purge))
+        })
+        .await
     }
 
     async fn set_legal_hold(&self, conversation: &ConversationId, held: bool) -> Result<()> {
-        let _g = op_span(Operation::LegalHold, BACKEND, Some(conversation), None).entered();
-        lifecycle::validate_conversation(conversation, &self.settings.policy)
-            .map_err(tag(Operation::LegalHold))?;
-        self.lock()
-            .entry(conversation.clone())
-            .or_default()
-            .legal_hold = held;
-        Ok(())
+        traced(
+            Operation::LegalHold,
+            BACKEND,
+            Some(conversation),
+            None,
+            async {
+                lifecycle::validate_conversation(conversation, &self.settings.policy)?;
+                self.lock()
+                    .entry(conversation.clone())
+                    .or_default()
+                    .legal_hold = held;
+                Ok(())
+            },
+        )
+        .await
     }
 }

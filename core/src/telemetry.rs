@@ -23,3 +23,18 @@ pub fn op_span(
         msg_id = msg_id.map(|m| m.get()),
     )
 }
+
+/// Runs one store operation inside its [`op_span`] and tags any error with the operation and the
+/// backend: the one wrapper every backend puts around every `MessageStore` method.
+pub async fn traced<T>(
+    op: Operation,
+    backend: &'static str,
+    conversation: Option<&ConversationId>,
+    msg_id: Option<MsgId>,
+    work: impl std::future::Future<Output = crate::Result<T>>,
+) -> crate::Result<T> {
+    use tracing::Instrument;
+    work.instrument(op_span(op, backend, conversation, msg_id))
+        .await
+        .map_err(|e| e.with_operation(op).with_backend(backend))
+}

@@ -462,8 +462,13 @@ pub struct ChangePage {
 /// Options of `purge`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct PurgeOptions {
-    /// At most this many messages are removed by one call (1..=10,000).
+    /// At most this many messages are removed by one call (1..=[`PurgeOptions::MAX_BATCH`]).
     pub batch_size: u32,
+}
+
+impl PurgeOptions {
+    /// The largest purge batch a store accepts.
+    pub const MAX_BATCH: u32 = 10_000;
 }
 
 impl Default for PurgeOptions {
@@ -501,6 +506,29 @@ pub struct BatchOutcome {
     pub inserted: u64,
     /// Messages that were already stored with the same fields.
     pub already_existed: u64,
+}
+
+impl BatchOutcome {
+    /// Counts per-message insert results: any error other than a conflict is returned at once;
+    /// the first conflict is returned after every result was counted (the rest were stored).
+    pub fn tally(results: impl IntoIterator<Item = Result<InsertOutcome>>) -> Result<Self> {
+        let mut outcome = BatchOutcome::default();
+        let mut conflict = None;
+        for result in results {
+            match result {
+                Ok(InsertOutcome::Inserted) => outcome.inserted += 1,
+                Ok(InsertOutcome::AlreadyExists) => outcome.already_existed += 1,
+                Err(e) if e.kind() == crate::ErrorKind::Conflict => {
+                    conflict = conflict.or(Some(e));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match conflict {
+            Some(e) => Err(e),
+            None => Ok(outcome),
+        }
+    }
 }
 
 /// Whether a viewer may download a message's attachment.
