@@ -183,17 +183,14 @@ impl MongoStore {
         ))
     }
 
-    /// What a duplicate key on insert means: the same message again, or a conflicting one.
-    async fn resolve_duplicate(&self, message: &NewMessage) -> Result<InsertOutcome> {
+    /// What a duplicate key on insert means: the same message again, or a conflicting one;
+    /// `None` when the stored message vanished (purged) between the insert and this read.
+    async fn resolve_duplicate(&self, message: &NewMessage) -> Result<Option<InsertOutcome>> {
         let Some(row) = self.load(&message.conversation_id, message.msg_id).await? else {
-            // Purged between the insert and this read: the id was taken, and is no more.
-            return Err(Error::new(
-                ErrorKind::Unavailable,
-                format!("msg_id {} changed concurrently; retry", message.msg_id),
-            ));
+            return Ok(None);
         };
         if self.decode(&row.message)?.same_as(message) {
-            Ok(InsertOutcome::AlreadyExists)
+            Ok(Some(InsertOutcome::AlreadyExists))
         } else {
             Err(Error::new(
                 ErrorKind::Conflict,
@@ -213,11 +210,24 @@ impl MongoStore {
             &message.content,
         )?;
         let doc = d::message_doc(message, encoded, self.now());
-        match self.messages.insert_one(doc).await {
-            Ok(_) => Ok(InsertOutcome::Inserted),
-            Err(e) if is_duplicate_key(&e) => self.resolve_duplicate(message).await,
-            Err(e) => Err(map(e)),
+        for _ in 0..3 {
+            match self.messages.insert_one(doc.clone()).await {
+                Ok(_) => return Ok(InsertOutcome::Inserted),
+                Err(e) if is_duplicate_key(&e) => {
+                    if let Some(outcome) = self.resolve_duplicate(message).await? {
+                        return Ok(outcome);
+                    }
+                }
+                Err(e) => return Err(map(e)),
+            }
         }
+        Err(Error::new(
+            ErrorKind::Unavailable,
+            format!(
+                "msg_id {} kept changing concurrently; retry",
+                message.msg_id
+            ),
+        ))
     }
 
     async fn insert_many(&self, messages: &[NewMessage]) -> Result<BatchOutcome> {
@@ -268,8 +278,15 @@ impl MongoStore {
                     "the server reported a write error for an unknown batch index",
                 ));
             };
-            match self.resolve_duplicate(m).await {
-                Ok(_) => outcome.already_existed += 1,
+            let resolved = match self.resolve_duplicate(m).await {
+                Ok(Some(r)) => Ok(r),
+                // Purged in between: store it now, as if the batch had run a moment later.
+                Ok(None) => self.insert_one(m).await,
+                Err(e) => Err(e),
+            };
+            match resolved {
+                Ok(InsertOutcome::Inserted) => outcome.inserted += 1,
+                Ok(InsertOutcome::AlreadyExists) => outcome.already_existed += 1,
                 Err(e) if e.kind() == ErrorKind::Conflict => conflict = conflict.or(Some(e)),
                 Err(e) => return Err(e),
             }
