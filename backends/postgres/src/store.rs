@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use imstore_core::lifecycle::{self, Plan, RequestRecord};
-use imstore_core::telemetry::op_span;
+use imstore_core::telemetry::traced;
 use imstore_core::{
     Action, Attachment, AttachmentAccess, AuditRecord, BatchOutcome, ChangeEvent, ChangePage,
     ConversationId, Direction, Error, ErrorKind, FeedCursor, InsertOutcome, Lifecycle, ListOptions,
@@ -19,7 +19,6 @@ use imstore_core::{
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
-use tracing::Instrument;
 
 use crate::config::PostgresConfig;
 use crate::error::{BACKEND, corrupt, is_retryable, map};
@@ -30,9 +29,6 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// How many times one call re-runs its transaction after losing a race or a deadlock before
 /// giving up with `Unavailable`. Each lost race means another writer made progress.
 const MAX_ATTEMPTS: u32 = 200;
-
-/// The largest purge batch, as in the contract.
-const MAX_PURGE_BATCH: u32 = 10_000;
 
 /// The advisory lock key that orders purge batches (shared) against placing a legal hold
 /// (exclusive). Database-wide, so stores in other schemas of the same database share it: a hold
@@ -71,10 +67,6 @@ impl From<Error> for Fail {
     fn from(e: Error) -> Self {
         Fail::Rule(e)
     }
-}
-
-fn tag(op: Operation) -> impl Fn(Error) -> Error {
-    move |e| e.with_operation(op).with_backend(BACKEND)
 }
 
 fn not_found(msg_id: MsgId) -> Error {
@@ -199,8 +191,7 @@ impl PostgresStore {
     /// Connects a pool as `config` says (with `search_path` set to its schema, if any), and
     /// applies pending migrations when `config.migrate_on_connect()`.
     pub async fn connect(config: PostgresConfig, settings: StoreSettings) -> Result<Self> {
-        let span = op_span(Operation::Connect, BACKEND, None, None);
-        async {
+        traced(Operation::Connect, BACKEND, None, None, async {
             config.validate()?;
             let mut options: PgConnectOptions = config
                 .url()
@@ -220,10 +211,8 @@ impl PostgresStore {
                 store.migrate().await?;
             }
             Ok(store)
-        }
-        .instrument(span)
+        })
         .await
-        .map_err(tag(Operation::Connect))
     }
 
     /// A store over an existing pool, whose connections must already resolve the schema's
@@ -244,7 +233,7 @@ impl PostgresStore {
                     .with_source(other)
                     .with_backend(BACKEND),
             })
-            .map_err(tag(Operation::Connect))
+            .map_err(|e| e.with_operation(Operation::Connect))
     }
 
     /// Another store over the same pool with other settings (a new codec after key rotation, say).
@@ -670,7 +659,7 @@ impl PostgresStore {
              WHERE r.conversation_id = o.conversation_id AND r.request_id = o.request_id",
         )
         .bind(retention_cutoff.as_millis())
-        .bind(i64::from(MAX_PURGE_BATCH))
+        .bind(i64::from(PurgeOptions::MAX_BATCH))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -691,67 +680,51 @@ impl MessageStore for PostgresStore {
     }
 
     async fn insert(&self, message: NewMessage) -> Result<InsertOutcome> {
-        let span = op_span(
+        let (conversation, msg_id) = (message.conversation_id.clone(), message.msg_id);
+        traced(
             Operation::Insert,
             BACKEND,
-            Some(&message.conversation_id),
-            Some(message.msg_id),
-        );
-        async {
-            lifecycle::validate_message(&message, &self.settings.policy)?;
-            let encoded = self.settings.codec.encode(
-                &message.conversation_id,
-                message.msg_id,
-                &message.content,
-            )?;
-            let now = self.now();
-            let messages = [message];
-            self.store_messages(&messages, &[encoded], now)
-                .await?
-                .pop()
-                .unwrap_or_else(|| Err(Error::new(ErrorKind::Backend, "no insert result")))
-        }
-        .instrument(span)
+            Some(&conversation),
+            Some(msg_id),
+            async {
+                lifecycle::validate_message(&message, &self.settings.policy)?;
+                let encoded = self.settings.codec.encode(
+                    &message.conversation_id,
+                    message.msg_id,
+                    &message.content,
+                )?;
+                let now = self.now();
+                let messages = [message];
+                self.store_messages(&messages, &[encoded], now)
+                    .await?
+                    .pop()
+                    .unwrap_or_else(|| Err(Error::new(ErrorKind::Backend, "no insert result")))
+            },
+        )
         .await
-        .map_err(tag(Operation::Insert))
     }
 
     async fn insert_batch(&self, messages: Vec<NewMessage>) -> Result<BatchOutcome> {
-        let span = op_span(
+        traced(
             Operation::Insert,
             BACKEND,
             messages.first().map(|m| &m.conversation_id),
             None,
-        );
-        async {
-            lifecycle::validate_batch(&messages, &self.settings.policy)?;
-            let encoded = messages
-                .iter()
-                .map(|m| {
-                    self.settings
-                        .codec
-                        .encode(&m.conversation_id, m.msg_id, &m.content)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let now = self.now();
-            let mut outcome = BatchOutcome::default();
-            let mut conflict = None;
-            for result in self.store_messages(&messages, &encoded, now).await? {
-                match result {
-                    Ok(InsertOutcome::Inserted) => outcome.inserted += 1,
-                    Ok(InsertOutcome::AlreadyExists) => outcome.already_existed += 1,
-                    Err(e) if e.kind() == ErrorKind::Conflict => conflict = conflict.or(Some(e)),
-                    Err(e) => return Err(e),
-                }
-            }
-            match conflict {
-                Some(e) => Err(e),
-                None => Ok(outcome),
-            }
-        }
-        .instrument(span)
+            async {
+                lifecycle::validate_batch(&messages, &self.settings.policy)?;
+                let encoded = messages
+                    .iter()
+                    .map(|m| {
+                        self.settings
+                            .codec
+                            .encode(&m.conversation_id, m.msg_id, &m.content)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let now = self.now();
+                BatchOutcome::tally(self.store_messages(&messages, &encoded, now).await?)
+            },
+        )
         .await
-        .map_err(tag(Operation::Insert))
     }
 
     async fn get(
@@ -760,14 +733,17 @@ impl MessageStore for PostgresStore {
         msg_id: MsgId,
         viewer: &UserId,
     ) -> Result<MessageView> {
-        let span = op_span(Operation::Get, BACKEND, Some(conversation), Some(msg_id));
-        async {
-            let stored = self.fetch_message(conversation, msg_id).await?;
-            self.view(stored, viewer, self.now())
-        }
-        .instrument(span)
+        traced(
+            Operation::Get,
+            BACKEND,
+            Some(conversation),
+            Some(msg_id),
+            async {
+                let stored = self.fetch_message(conversation, msg_id).await?;
+                self.view(stored, viewer, self.now())
+            },
+        )
         .await
-        .map_err(tag(Operation::Get))
     }
 
     async fn list(
@@ -776,8 +752,7 @@ impl MessageStore for PostgresStore {
         viewer: &UserId,
         options: ListOptions,
     ) -> Result<Page> {
-        let span = op_span(Operation::List, BACKEND, Some(conversation), None);
-        async {
+        traced(Operation::List, BACKEND, Some(conversation), None, async {
             lifecycle::validate_conversation(conversation, &self.settings.policy)?;
             lifecycle::validate_page_size(options.limit, &self.settings.policy)?;
             let now = self.now();
@@ -826,51 +801,50 @@ impl MessageStore for PostgresStore {
                 None
             };
             Ok(Page { items, next })
-        }
-        .instrument(span)
+        })
         .await
-        .map_err(tag(Operation::List))
     }
 
     async fn transition(&self, request: TransitionRequest) -> Result<TransitionOutcome> {
         let op = request.action.operation();
-        let span = op_span(
+        traced(
             op,
             BACKEND,
             Some(&request.conversation_id),
             Some(request.msg_id),
-        );
-        async {
-            let now = self.now();
-            lifecycle::validate_request(&request, &self.settings.policy, now)?;
-            for attempt in 1..=MAX_ATTEMPTS {
-                match self.try_transition(&request, now).await {
-                    Ok(Some(outcome)) => return Ok(outcome),
-                    // Lost the compare-and-set or the request-id race: read again.
-                    Ok(None) => {}
-                    Err(Fail::Db(e)) if is_retryable(&e) => backoff(attempt).await,
-                    Err(Fail::Db(e)) => return Err(map(e)),
-                    Err(Fail::Rule(e)) => return Err(e),
+            async {
+                let now = self.now();
+                lifecycle::validate_request(&request, &self.settings.policy, now)?;
+                for attempt in 1..=MAX_ATTEMPTS {
+                    match self.try_transition(&request, now).await {
+                        Ok(Some(outcome)) => return Ok(outcome),
+                        // Lost the compare-and-set or the request-id race: read again.
+                        Ok(None) => {}
+                        Err(Fail::Db(e)) if is_retryable(&e) => backoff(attempt).await,
+                        Err(Fail::Db(e)) => return Err(map(e)),
+                        Err(Fail::Rule(e)) => return Err(e),
+                    }
                 }
-            }
-            Err(gave_up(MAX_ATTEMPTS))
-        }
-        .instrument(span)
+                Err(gave_up(MAX_ATTEMPTS))
+            },
+        )
         .await
-        .map_err(tag(op))
     }
 
     async fn audit(&self, conversation: &ConversationId, msg_id: MsgId) -> Result<AuditRecord> {
-        let span = op_span(Operation::Audit, BACKEND, Some(conversation), Some(msg_id));
-        async {
-            let stored = self.fetch_message(conversation, msg_id).await?;
-            Ok(AuditRecord {
-                message: self.decode_content(stored)?,
-            })
-        }
-        .instrument(span)
+        traced(
+            Operation::Audit,
+            BACKEND,
+            Some(conversation),
+            Some(msg_id),
+            async {
+                let stored = self.fetch_message(conversation, msg_id).await?;
+                Ok(AuditRecord {
+                    message: self.decode_content(stored)?,
+                })
+            },
+        )
         .await
-        .map_err(tag(Operation::Audit))
     }
 
     async fn attachment_access(
@@ -879,26 +853,24 @@ impl MessageStore for PostgresStore {
         msg_id: MsgId,
         viewer: &UserId,
     ) -> Result<AttachmentAccess> {
-        let span = op_span(
+        traced(
             Operation::AttachmentAccess,
             BACKEND,
             Some(conversation),
             Some(msg_id),
-        );
-        async {
-            // The decision needs the lifecycle and the attachment, never the content.
-            let mut stored = self.fetch_message(conversation, msg_id).await?;
-            stored.message.content = Vec::new();
-            Ok(view::attachment_access(
-                &stored,
-                viewer,
-                &self.settings.policy,
-                self.now(),
-            ))
-        }
-        .instrument(span)
+            async {
+                // The decision needs the lifecycle and the attachment, never the content.
+                let mut stored = self.fetch_message(conversation, msg_id).await?;
+                stored.message.content = Vec::new();
+                Ok(view::attachment_access(
+                    &stored,
+                    viewer,
+                    &self.settings.policy,
+                    self.now(),
+                ))
+            },
+        )
         .await
-        .map_err(tag(Operation::AttachmentAccess))
     }
 
     async fn changes_since(
@@ -907,43 +879,40 @@ impl MessageStore for PostgresStore {
         cursor: FeedCursor,
         limit: u32,
     ) -> Result<ChangePage> {
-        let span = op_span(Operation::Changes, BACKEND, Some(conversation), None);
-        async {
-            lifecycle::validate_conversation(conversation, &self.settings.policy)?;
-            lifecycle::validate_page_size(limit, &self.settings.policy)?;
-            let after = i64::try_from(cursor.0)
-                .map_err(|_| Error::invalid_input("cursor", "is beyond any feed position"))?;
-            let rows = sqlx::query(
-                "SELECT seq, msg_id, status, version, at, by_user FROM change_events \
+        traced(
+            Operation::Changes,
+            BACKEND,
+            Some(conversation),
+            None,
+            async {
+                lifecycle::validate_conversation(conversation, &self.settings.policy)?;
+                lifecycle::validate_page_size(limit, &self.settings.policy)?;
+                let after = i64::try_from(cursor.0)
+                    .map_err(|_| Error::invalid_input("cursor", "is beyond any feed position"))?;
+                let rows = sqlx::query(
+                    "SELECT seq, msg_id, status, version, at, by_user FROM change_events \
                  WHERE conversation_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-            )
-            .bind(conversation.as_str())
-            .bind(after)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(map)?;
-            let events = rows
-                .iter()
-                .map(|row| decode_event(conversation, row))
-                .collect::<Result<Vec<_>>>()?;
-            let next = events.last().map(|e| FeedCursor(e.seq)).unwrap_or(cursor);
-            Ok(ChangePage { events, next })
-        }
-        .instrument(span)
+                )
+                .bind(conversation.as_str())
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map)?;
+                let events = rows
+                    .iter()
+                    .map(|row| decode_event(conversation, row))
+                    .collect::<Result<Vec<_>>>()?;
+                let next = events.last().map(|e| FeedCursor(e.seq)).unwrap_or(cursor);
+                Ok(ChangePage { events, next })
+            },
+        )
         .await
-        .map_err(tag(Operation::Changes))
     }
 
     async fn purge(&self, options: PurgeOptions) -> Result<PurgeReport> {
-        let span = op_span(Operation::Purge, BACKEND, None, None);
-        async {
-            if options.batch_size == 0 || options.batch_size > MAX_PURGE_BATCH {
-                return Err(Error::invalid_input(
-                    "batch_size",
-                    "must be between 1 and 10000",
-                ));
-            }
+        traced(Operation::Purge, BACKEND, None, None, async {
+            lifecycle::validate_purge(&options)?;
             let (retention_cutoff, history_cutoff) =
                 lifecycle::purge_cutoffs(&self.settings.policy, self.now());
             for attempt in 1..=MAX_ATTEMPTS {
@@ -957,40 +926,41 @@ impl MessageStore for PostgresStore {
                 }
             }
             Err(gave_up(MAX_ATTEMPTS))
-        }
-        .instrument(span)
+        })
         .await
-        .map_err(tag(Operation::Purge))
     }
 
     async fn set_legal_hold(&self, conversation: &ConversationId, held: bool) -> Result<()> {
-        let span = op_span(Operation::LegalHold, BACKEND, Some(conversation), None);
-        async {
-            lifecycle::validate_conversation(conversation, &self.settings.policy)?;
-            let mut tx = self.pool.begin().await.map_err(map)?;
-            if held {
-                // Waits for purge batches already running (they may have read the conversation
-                // as not held); batches starting later see the hold once this commits.
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(LEGAL_HOLD_LOCK)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(map)?;
-            }
-            sqlx::query(
-                "INSERT INTO conversations (conversation_id, legal_hold) VALUES ($1, $2) \
+        traced(
+            Operation::LegalHold,
+            BACKEND,
+            Some(conversation),
+            None,
+            async {
+                lifecycle::validate_conversation(conversation, &self.settings.policy)?;
+                let mut tx = self.pool.begin().await.map_err(map)?;
+                if held {
+                    // Waits for purge batches already running (they may have read the conversation
+                    // as not held); batches starting later see the hold once this commits.
+                    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                        .bind(LEGAL_HOLD_LOCK)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map)?;
+                }
+                sqlx::query(
+                    "INSERT INTO conversations (conversation_id, legal_hold) VALUES ($1, $2) \
                  ON CONFLICT (conversation_id) DO UPDATE SET legal_hold = EXCLUDED.legal_hold",
-            )
-            .bind(conversation.as_str())
-            .bind(held)
-            .execute(&mut *tx)
-            .await
-            .map_err(map)?;
-            tx.commit().await.map_err(map)?;
-            Ok(())
-        }
-        .instrument(span)
+                )
+                .bind(conversation.as_str())
+                .bind(held)
+                .execute(&mut *tx)
+                .await
+                .map_err(map)?;
+                tx.commit().await.map_err(map)?;
+                Ok(())
+            },
+        )
         .await
-        .map_err(tag(Operation::LegalHold))
     }
 }
