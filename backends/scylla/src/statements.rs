@@ -45,7 +45,12 @@ macro_rules! statements {
                 .await?;
                 let mut it = prepared.into_iter();
                 Ok(Statements {
-                    $($name: it.next().expect("one prepared statement per text"),)*
+                    $($name: it.next().ok_or_else(|| {
+                        imstore_core::Error::new(
+                            imstore_core::ErrorKind::Backend,
+                            "fewer prepared statements than statement texts",
+                        )
+                    })?,)*
                 })
             }
         }

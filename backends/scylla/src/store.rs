@@ -99,6 +99,11 @@ fn field<T>(next: Option<T>, before_was_none: bool) -> MaybeUnset<Option<T>> {
     }
 }
 
+/// A version as the `int` column stores it; beyond `i32::MAX` the counter is exhausted.
+fn version_col(v: u32) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::new(ErrorKind::InvalidState, "version counter exhausted"))
+}
+
 fn day_of(t: i64) -> i32 {
     i32::try_from(t.div_euclid(DAY_MS)).unwrap_or(if t < 0 { i32::MIN } else { i32::MAX })
 }
@@ -706,10 +711,11 @@ impl ScyllaStore {
         expected_version: Option<u32>,
         new_seqs: Vec<i64>,
         purging: bool,
-    ) -> BoxedRow {
-        Box::new((
+    ) -> Result<BoxedRow> {
+        let expected_version = expected_version.map(version_col).transpose()?;
+        Ok(Box::new((
             next.status.code() as i8,
-            next.version as i32,
+            version_col(next.version)?,
             field(
                 next.recalled_at.map(Timestamp::as_millis),
                 before.recalled_at.is_none(),
@@ -738,9 +744,9 @@ impl ScyllaStore {
             },
             conversation.as_str().to_string(),
             msg_id.as_i64(),
-            expected_version.map(|v| v as i32),
+            expected_version,
             None::<bool>,
-        ))
+        )))
     }
 
     async fn run_batch(&self, batch: &Batch, values: Vec<BoxedRow>) -> Result<bool> {
@@ -833,14 +839,14 @@ impl ScyllaStore {
                         expected_version,
                         vec![seq],
                         false,
-                    ));
+                    )?);
                     batch.append_statement(self.inner.st.event_put.clone());
                     values.push(Box::new((
                         conv.as_str().to_string(),
                         seq,
                         req.msg_id.as_i64(),
                         outcome.status.code() as i8,
-                        outcome.version as i32,
+                        version_col(outcome.version)?,
                         now.as_millis(),
                         req.requester.as_str().to_string(),
                     )));
@@ -857,7 +863,7 @@ impl ScyllaStore {
                         expected_version,
                         Vec::new(),
                         false,
-                    ));
+                    )?);
                 }
             }
             batch.append_statement(self.inner.st.request_put.clone());
@@ -867,7 +873,7 @@ impl ScyllaStore {
                 req.msg_id.as_i64(),
                 req.requester.as_str().to_string(),
                 outcome.status.code() as i8,
-                outcome.version as i32,
+                version_col(outcome.version)?,
                 outcome.changed,
                 now.as_millis(),
                 conv.as_str().to_string(),
@@ -1309,7 +1315,7 @@ impl ScyllaStore {
                 state.as_ref().map(|s| s.version),
                 Vec::new(),
                 true,
-            )];
+            )?];
             if !self.run_batch(&mark, values).await? {
                 // A transition or another purger got there first, or a legal hold was just
                 // placed (the mark is conditional on it): the next call looks again.
