@@ -20,7 +20,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 use imstore_core::lifecycle::{self, Plan, RequestRecord};
-use imstore_core::telemetry::op_span;
+use imstore_core::telemetry::traced;
 use imstore_core::{
     AttachmentAccess, AuditRecord, BatchOutcome, ChangePage, ConversationId, Direction, Error,
     ErrorKind, FeedCursor, InsertOutcome, ListOptions, MessageStore, MessageView, MsgId,
@@ -31,7 +31,6 @@ use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{Document, doc};
 use mongodb::options::{ClientOptions, CollectionOptions};
 use mongodb::{Client, Collection, Database};
-use tracing::Instrument;
 
 use crate::config::MongoConfig;
 use crate::doc::{self as d, Commit, CommitKind, Row};
@@ -266,11 +265,9 @@ impl MongoStore {
                 }
             }
         };
-        let mut outcome = BatchOutcome {
-            inserted: (messages.len() - duplicates.len()) as u64,
-            already_existed: 0,
-        };
-        let mut conflict = None;
+        let inserted = messages.len() - duplicates.len();
+        let mut results: Vec<Result<InsertOutcome>> =
+            (0..inserted).map(|_| Ok(InsertOutcome::Inserted)).collect();
         for i in duplicates {
             let Some(m) = messages.get(i) else {
                 return Err(Error::new(
@@ -278,23 +275,14 @@ impl MongoStore {
                     "the server reported a write error for an unknown batch index",
                 ));
             };
-            let resolved = match self.resolve_duplicate(m).await {
+            results.push(match self.resolve_duplicate(m).await {
                 Ok(Some(r)) => Ok(r),
                 // Purged in between: store it now, as if the batch had run a moment later.
                 Ok(None) => self.insert_one(m).await,
                 Err(e) => Err(e),
-            };
-            match resolved {
-                Ok(InsertOutcome::Inserted) => outcome.inserted += 1,
-                Ok(InsertOutcome::AlreadyExists) => outcome.already_existed += 1,
-                Err(e) if e.kind() == ErrorKind::Conflict => conflict = conflict.or(Some(e)),
-                Err(e) => return Err(e),
-            }
+            });
         }
-        match conflict {
-            Some(e) => Err(e),
-            None => Ok(outcome),
-        }
+        BatchOutcome::tally(results)
     }
 
     async fn load_claim(&self, req: &TransitionRequest) -> Result<d::Claim> {
@@ -619,12 +607,7 @@ impl MongoStore {
     }
 
     async fn purge_inner(&self, options: PurgeOptions) -> Result<PurgeReport> {
-        if options.batch_size == 0 || options.batch_size > 10_000 {
-            return Err(Error::invalid_input(
-                "batch_size",
-                "must be between 1 and 10000",
-            ));
-        }
+        lifecycle::validate_purge(&options)?;
         let now = self.now();
         let (retention_cutoff, history_cutoff) =
             lifecycle::purge_cutoffs(&self.settings.policy, now);
@@ -752,29 +735,27 @@ impl MessageStore for MongoStore {
     }
 
     async fn insert(&self, message: NewMessage) -> Result<InsertOutcome> {
-        let span = op_span(
+        let (conv, id) = (&message.conversation_id, message.msg_id);
+        traced(
             Operation::Insert,
             BACKEND,
-            Some(&message.conversation_id),
-            Some(message.msg_id),
-        );
-        self.insert_one(&message)
-            .instrument(span)
-            .await
-            .map_err(tag(Operation::Insert))
+            Some(conv),
+            Some(id),
+            self.insert_one(&message),
+        )
+        .await
     }
 
     async fn insert_batch(&self, messages: Vec<NewMessage>) -> Result<BatchOutcome> {
-        let span = op_span(
+        let conv = messages.first().map(|m| &m.conversation_id);
+        traced(
             Operation::Insert,
             BACKEND,
-            messages.first().map(|m| &m.conversation_id),
+            conv,
             None,
-        );
-        self.insert_many(&messages)
-            .instrument(span)
-            .await
-            .map_err(tag(Operation::Insert))
+            self.insert_many(&messages),
+        )
+        .await
     }
 
     async fn get(
@@ -783,18 +764,21 @@ impl MessageStore for MongoStore {
         msg_id: MsgId,
         viewer: &UserId,
     ) -> Result<MessageView> {
-        let span = op_span(Operation::Get, BACKEND, Some(conversation), Some(msg_id));
-        async {
-            let now = self.now();
-            let row = self
-                .load(conversation, msg_id)
-                .await?
-                .ok_or_else(|| not_found(msg_id))?;
-            self.view(row, viewer, now)
-        }
-        .instrument(span)
+        traced(
+            Operation::Get,
+            BACKEND,
+            Some(conversation),
+            Some(msg_id),
+            async {
+                let now = self.now();
+                let row = self
+                    .load(conversation, msg_id)
+                    .await?
+                    .ok_or_else(|| not_found(msg_id))?;
+                self.view(row, viewer, now)
+            },
+        )
         .await
-        .map_err(tag(Operation::Get))
     }
 
     async fn list(
@@ -803,44 +787,47 @@ impl MessageStore for MongoStore {
         viewer: &UserId,
         options: ListOptions,
     ) -> Result<Page> {
-        let span = op_span(Operation::List, BACKEND, Some(conversation), None);
-        self.list_inner(conversation, viewer, options)
-            .instrument(span)
-            .await
-            .map_err(tag(Operation::List))
+        traced(
+            Operation::List,
+            BACKEND,
+            Some(conversation),
+            None,
+            self.list_inner(conversation, viewer, options),
+        )
+        .await
     }
 
     async fn transition(&self, request: TransitionRequest) -> Result<TransitionOutcome> {
-        let op = request.action.operation();
-        let span = op_span(
-            op,
+        traced(
+            request.action.operation(),
             BACKEND,
             Some(&request.conversation_id),
             Some(request.msg_id),
-        );
-        self.transition_inner(&request)
-            .instrument(span)
-            .await
-            .map_err(tag(op))
+            self.transition_inner(&request),
+        )
+        .await
     }
 
     async fn audit(&self, conversation: &ConversationId, msg_id: MsgId) -> Result<AuditRecord> {
-        let span = op_span(Operation::Audit, BACKEND, Some(conversation), Some(msg_id));
-        async {
-            let row = self
-                .load(conversation, msg_id)
-                .await?
-                .ok_or_else(|| not_found(msg_id))?;
-            Ok(AuditRecord {
-                message: StoredMessage {
-                    message: self.decode(&row.message)?,
-                    lifecycle: row.lifecycle,
-                },
-            })
-        }
-        .instrument(span)
+        traced(
+            Operation::Audit,
+            BACKEND,
+            Some(conversation),
+            Some(msg_id),
+            async {
+                let row = self
+                    .load(conversation, msg_id)
+                    .await?
+                    .ok_or_else(|| not_found(msg_id))?;
+                Ok(AuditRecord {
+                    message: StoredMessage {
+                        message: self.decode(&row.message)?,
+                        lifecycle: row.lifecycle,
+                    },
+                })
+            },
+        )
         .await
-        .map_err(tag(Operation::Audit))
     }
 
     async fn attachment_access(
@@ -849,35 +836,33 @@ impl MessageStore for MongoStore {
         msg_id: MsgId,
         viewer: &UserId,
     ) -> Result<AttachmentAccess> {
-        let span = op_span(
+        traced(
             Operation::AttachmentAccess,
             BACKEND,
             Some(conversation),
             Some(msg_id),
-        );
-        async {
-            let now = self.now();
-            let doc = self
-                .messages
-                .find_one(key(conversation, msg_id))
-                .projection(doc! {"content": 0})
-                .await
-                .map_err(map)?
-                .ok_or_else(|| not_found(msg_id))?;
-            let row = d::row_of(&doc)?;
-            Ok(view::attachment_access(
-                &StoredMessage {
-                    message: row.message,
-                    lifecycle: row.lifecycle,
-                },
-                viewer,
-                &self.settings.policy,
-                now,
-            ))
-        }
-        .instrument(span)
+            async {
+                let now = self.now();
+                let doc = self
+                    .messages
+                    .find_one(key(conversation, msg_id))
+                    .projection(doc! {"content": 0})
+                    .await
+                    .map_err(map)?
+                    .ok_or_else(|| not_found(msg_id))?;
+                let row = d::row_of(&doc)?;
+                Ok(view::attachment_access(
+                    &StoredMessage {
+                        message: row.message,
+                        lifecycle: row.lifecycle,
+                    },
+                    viewer,
+                    &self.settings.policy,
+                    now,
+                ))
+            },
+        )
         .await
-        .map_err(tag(Operation::AttachmentAccess))
     }
 
     async fn changes_since(
@@ -886,37 +871,46 @@ impl MessageStore for MongoStore {
         cursor: FeedCursor,
         limit: u32,
     ) -> Result<ChangePage> {
-        let span = op_span(Operation::Changes, BACKEND, Some(conversation), None);
-        self.changes_inner(conversation, cursor, limit)
-            .instrument(span)
-            .await
-            .map_err(tag(Operation::Changes))
+        traced(
+            Operation::Changes,
+            BACKEND,
+            Some(conversation),
+            None,
+            self.changes_inner(conversation, cursor, limit),
+        )
+        .await
     }
 
     async fn purge(&self, options: PurgeOptions) -> Result<PurgeReport> {
-        let span = op_span(Operation::Purge, BACKEND, None, None);
-        self.purge_inner(options)
-            .instrument(span)
-            .await
-            .map_err(tag(Operation::Purge))
+        traced(
+            Operation::Purge,
+            BACKEND,
+            None,
+            None,
+            self.purge_inner(options),
+        )
+        .await
     }
 
     async fn set_legal_hold(&self, conversation: &ConversationId, held: bool) -> Result<()> {
-        let span = op_span(Operation::LegalHold, BACKEND, Some(conversation), None);
-        async {
-            lifecycle::validate_conversation(conversation, &self.settings.policy)?;
-            self.holds
-                .update_one(
-                    doc! {"_id": conversation.as_str()},
-                    doc! {"$set": {"held": held}},
-                )
-                .upsert(true)
-                .await
-                .map_err(map)?;
-            Ok(())
-        }
-        .instrument(span)
+        traced(
+            Operation::LegalHold,
+            BACKEND,
+            Some(conversation),
+            None,
+            async {
+                lifecycle::validate_conversation(conversation, &self.settings.policy)?;
+                self.holds
+                    .update_one(
+                        doc! {"_id": conversation.as_str()},
+                        doc! {"$set": {"held": held}},
+                    )
+                    .upsert(true)
+                    .await
+                    .map_err(map)?;
+                Ok(())
+            },
+        )
         .await
-        .map_err(tag(Operation::LegalHold))
     }
 }
