@@ -123,14 +123,16 @@ pub fn table_ddl(keyspace: &str, flavour: Flavour) -> Vec<String> {
                 PRIMARY KEY ((conversation_id), kind, k, request_id)
             ) WITH compaction = {{'class': 'LeveledCompactionStrategy'}}{gc}"
         ),
-        // Messages that become purgeable, by the day they do and then by the exact time.
+        // Messages (request_id '') and request records that become purgeable, by the day they
+        // do and then by the exact time.
         format!(
             "CREATE TABLE IF NOT EXISTS {keyspace}.purge_queue (
                 day int,
                 due bigint,
                 conversation_id text,
                 msg_id bigint,
-                PRIMARY KEY ((day), due, conversation_id, msg_id)
+                request_id text,
+                PRIMARY KEY ((day), due, conversation_id, msg_id, request_id)
             ) WITH comment = 'imstore purge index'{gc}"
         ),
         // The days that have purge_queue entries.

@@ -113,13 +113,14 @@ statements! {
     event_delete: Conditional => "DELETE FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 1 AND k = ? AND request_id = ''",
     events_after: Idempotent => "SELECT k, msg_id, status, version, at_ms, actor FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 1 AND k > ? LIMIT ?",
     request_get: Idempotent => "SELECT action, msg_id, actor, status, version, changed, at_ms FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 2 AND k = 0 AND request_id = ?",
+    request_expire: Conditional => "DELETE FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 2 AND k = 0 AND request_id = ? IF at_ms <= ?",
     request_get_serial: SerialRead => "SELECT action, msg_id, actor, status, version, changed, at_ms FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 2 AND k = 0 AND request_id = ?",
-    request_put: Conditional => "UPDATE {ks}.conversation_state USING TTL ? SET action = ?, msg_id = ?, actor = ?, status = ?, version = ?, changed = ?, at_ms = ? WHERE conversation_id = ? AND kind = 2 AND k = 0 AND request_id = ? IF at_ms = ?",
+    request_put: Conditional => "UPDATE {ks}.conversation_state SET action = ?, msg_id = ?, actor = ?, status = ?, version = ?, changed = ?, at_ms = ? WHERE conversation_id = ? AND kind = 2 AND k = 0 AND request_id = ? IF at_ms = ?",
 
     // --- purge index.
-    queue_add: Idempotent => "INSERT INTO {ks}.purge_queue (day, due, conversation_id, msg_id) VALUES (?, ?, ?, ?)",
-    queue_remove: Idempotent => "DELETE FROM {ks}.purge_queue WHERE day = ? AND due = ? AND conversation_id = ? AND msg_id = ?",
-    queue_due: Idempotent => "SELECT due, conversation_id, msg_id FROM {ks}.purge_queue WHERE day = ? AND due <= ?",
+    queue_add: Idempotent => "INSERT INTO {ks}.purge_queue (day, due, conversation_id, msg_id, request_id) VALUES (?, ?, ?, ?, ?)",
+    queue_remove: Idempotent => "DELETE FROM {ks}.purge_queue WHERE day = ? AND due = ? AND conversation_id = ? AND msg_id = ? AND request_id = ?",
+    queue_due: Idempotent => "SELECT due, conversation_id, msg_id, request_id FROM {ks}.purge_queue WHERE day = ? AND due <= ?",
     queue_any: Idempotent => "SELECT due FROM {ks}.purge_queue WHERE day = ? LIMIT 1",
     days_add: Idempotent => "INSERT INTO {ks}.purge_days (shard, day) VALUES (0, ?)",
     days_list: Idempotent => "SELECT day FROM {ks}.purge_days WHERE shard = 0 AND day > ? AND day <= ? LIMIT ?",

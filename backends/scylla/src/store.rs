@@ -48,8 +48,6 @@ const MAX_BATCH_ROWS: usize = 50;
 /// Encoded content per conditional insert batch: under Cassandra's default 50 KiB
 /// `batch_size_fail_threshold`, with room for the other columns.
 const MAX_BATCH_BYTES: usize = 32 * 1024;
-/// Cassandra's and ScyllaDB's largest TTL (20 years), in seconds.
-const MAX_TTL_SECS: u64 = 630_720_000;
 
 /// A [`MessageStore`] on ScyllaDB or Apache Cassandra; cheap to clone, safe to share.
 #[derive(Clone)]
@@ -75,6 +73,15 @@ impl std::fmt::Debug for ScyllaStore {
             .field("server", &self.inner.server)
             .finish_non_exhaustive()
     }
+}
+
+/// One row of `purge_queue`: a message, and a request record when `request_id` is not empty.
+struct QueueEntry {
+    day: i32,
+    due: i64,
+    conv: ConversationId,
+    msg_id: MsgId,
+    request_id: String,
 }
 
 /// Converts what a statement binds into a boxed row, so one batch can mix statement shapes.
@@ -411,12 +418,14 @@ impl ScyllaStore {
 
     // ---------------------------------------------------------------- writes
 
-    /// Records that `(conversation, msg_id)` becomes purgeable at `due`; written BEFORE the state
-    /// change that makes it so, so a crash leaves at worst a stale entry the purge discards.
+    /// Records that `(conversation, msg_id)`, and the request record `request_id` when not
+    /// empty, become purgeable at `due`; written BEFORE the write that makes it so, so a crash
+    /// leaves at worst a stale entry the purge discards.
     async fn enqueue_purge(
         &self,
         conversation: &ConversationId,
         msg_id: MsgId,
+        request_id: &str,
         due: Timestamp,
     ) -> Result<()> {
         let day = day_of(due.as_millis());
@@ -440,7 +449,13 @@ impl ScyllaStore {
         self.session()
             .execute_unpaged(
                 &self.inner.st.queue_add,
-                (day, due.as_millis(), conversation.as_str(), msg_id.as_i64()),
+                (
+                    day,
+                    due.as_millis(),
+                    conversation.as_str(),
+                    msg_id.as_i64(),
+                    request_id,
+                ),
             )
             .await
             .map_err(error::execution)?;
@@ -634,7 +649,7 @@ impl ScyllaStore {
             let queued: Vec<_> = messages
                 .iter()
                 .map(|m| {
-                    self.enqueue_purge(&m.conversation_id, m.msg_id, now.saturating_add(h))
+                    self.enqueue_purge(&m.conversation_id, m.msg_id, "", now.saturating_add(h))
                         .boxed()
                 })
                 .collect();
@@ -758,24 +773,14 @@ impl ScyllaStore {
         Ok(rows::lwt(res)?.applied)
     }
 
-    fn request_ttl(&self) -> i32 {
-        let secs = self
-            .policy()
-            .retention()
-            .as_secs()
-            .saturating_add(86_400)
-            .min(MAX_TTL_SECS);
-        i32::try_from(secs).unwrap_or(i32::MAX)
-    }
-
     async fn apply_transition(&self, req: &TransitionRequest) -> Result<TransitionOutcome> {
         let policy = self.policy();
         let now = self.now();
         lifecycle::validate_request(req, policy, now)?;
         let conv = &req.conversation_id;
-        let (retention_cutoff, _) = lifecycle::purge_cutoffs(policy, now);
         let mut attempted: Option<TransitionOutcome> = None;
         let mut serial = false;
+        let mut record_queued = false;
         for attempt in 0..self.inner.config.max_cas_attempts {
             if attempt > 0 {
                 backoff(attempt).await;
@@ -791,26 +796,22 @@ impl ScyllaStore {
                 Err(e) if error::lwt_outcome_unknown(&e) && attempted.is_some() => continue,
                 Err(e) => return Err(e),
             };
-            // A request record older than the retention is expired, as the reference store
-            // forgets it; its row is overwritten (condition on its time) if the id comes back.
-            let expired_at = match record {
-                Some(r) if r.at > retention_cutoff => {
-                    if let Some(mine) = &attempted {
-                        // Our own attempt whose answer a timeout swallowed.
-                        if r.at == now
-                            && r.version == mine.version
-                            && r.status == mine.status
-                            && r.changed == mine.changed
-                            && r.replay(req).is_ok()
-                        {
-                            return Ok(mine.clone());
-                        }
+            // A request id seen before is answered with its first outcome until the purge
+            // removes its record (after the retention, unless the conversation is held).
+            if let Some(r) = record {
+                if let Some(mine) = &attempted {
+                    // Our own attempt whose answer a timeout swallowed.
+                    if r.at == now
+                        && r.version == mine.version
+                        && r.status == mine.status
+                        && r.changed == mine.changed
+                        && r.replay(req).is_ok()
+                    {
+                        return Ok(mine.clone());
                     }
-                    return r.replay(req);
                 }
-                Some(r) => Some(r.at.as_millis()),
-                None => None,
-            };
+                return r.replay(req);
+            }
             let msg = msg.ok_or_else(|| not_found(req.msg_id))?;
             if state.as_ref().is_some_and(|s| s.purging) {
                 return Err(not_found(req.msg_id));
@@ -822,10 +823,18 @@ impl ScyllaStore {
             let mut batch = self.conditional_batch();
             let mut values: Vec<BoxedRow> = Vec::with_capacity(4);
             let expected_version = state.as_ref().map(|s| s.version);
+            // The request record is purged with the retention; a recall or delete makes the
+            // message purgeable at the same moment, so one entry serves both.
+            let record_due = now.saturating_add(policy.retention());
+            if !record_queued {
+                self.enqueue_purge(conv, req.msg_id, req.request_id.as_str(), record_due)
+                    .await?;
+                record_queued = true;
+            }
             match &plan {
                 Plan::Apply(next) => {
-                    if let Some(due) = purge_due(next, policy) {
-                        self.enqueue_purge(conv, req.msg_id, due).await?;
+                    if let Some(due) = purge_due(next, policy).filter(|d| *d != record_due) {
+                        self.enqueue_purge(conv, req.msg_id, "", due).await?;
                     }
                     let seq = head.unwrap_or(0) + 1;
                     batch.append_statement(self.inner.st.head_claim.clone());
@@ -868,7 +877,6 @@ impl ScyllaStore {
             }
             batch.append_statement(self.inner.st.request_put.clone());
             values.push(Box::new((
-                self.request_ttl(),
                 req.action.as_str(),
                 req.msg_id.as_i64(),
                 req.requester.as_str().to_string(),
@@ -878,7 +886,7 @@ impl ScyllaStore {
                 now.as_millis(),
                 conv.as_str().to_string(),
                 req.request_id.as_str().to_string(),
-                expired_at,
+                None::<i64>,
             )));
             match self.run_batch(&batch, values).await {
                 Ok(true) => return Ok(outcome),
@@ -1164,11 +1172,11 @@ impl ScyllaStore {
                         .into_rows_result()
                         .map_err(|e| error::decode("purge queue", e))?;
                     let entries = res
-                        .rows::<(i64, String, i64)>()
+                        .rows::<(i64, String, i64, String)>()
                         .map_err(|e| error::decode("purge queue", e))?
                         .collect::<std::result::Result<Vec<_>, _>>()
                         .map_err(|e| error::decode("purge queue", e))?;
-                    for (due, conv, msg_id) in entries {
+                    for (due, conv, msg_id, request_id) in entries {
                         let conv =
                             ConversationId::new(conv).map_err(|_| error::corrupt("purge entry"))?;
                         let msg_id =
@@ -1185,7 +1193,14 @@ impl ScyllaStore {
                             // Kept in the queue: purged once the hold is released.
                             continue;
                         }
-                        self.purge_entry(day, due, &conv, msg_id, now, &mut report, &mut touched)
+                        let entry = QueueEntry {
+                            day,
+                            due,
+                            conv,
+                            msg_id,
+                            request_id,
+                        };
+                        self.purge_entry(&entry, now, &mut report, &mut touched)
                             .await?;
                         if report.messages >= budget {
                             break 'days;
@@ -1250,39 +1265,51 @@ impl ScyllaStore {
         Ok(())
     }
 
-    async fn remove_entry(
-        &self,
-        day: i32,
-        due: i64,
-        conv: &ConversationId,
-        msg_id: MsgId,
-    ) -> Result<()> {
+    async fn remove_entry(&self, e: &QueueEntry) -> Result<()> {
         self.session()
             .execute_unpaged(
                 &self.inner.st.queue_remove,
-                (day, due, conv.as_str(), msg_id.as_i64()),
+                (
+                    e.day,
+                    e.due,
+                    e.conv.as_str(),
+                    e.msg_id.as_i64(),
+                    e.request_id.as_str(),
+                ),
             )
             .await
             .map_err(error::execution)?;
         Ok(())
     }
 
-    /// Purges one queued message if it is (still) purgeable: (1) mark its lifecycle `purging`
+    /// Purges one queue entry: its request record if it names one (only if older than the
+    /// retention), then the message if it is (still) purgeable: (1) mark its lifecycle `purging`
     /// under its version, (2) delete the message `IF EXISTS`, (3) delete its lifecycle and events
     /// in one conditional batch, (4) drop the queue entry. Steps 2 and 3 decide what is counted,
     /// so two purgers never count the same message or event; a crash resumes from the mark.
-    #[allow(clippy::too_many_arguments)]
     async fn purge_entry(
         &self,
-        day: i32,
-        due: i64,
-        conv: &ConversationId,
-        msg_id: MsgId,
+        entry: &QueueEntry,
         now: Timestamp,
         report: &mut PurgeReport,
         touched: &mut HashSet<(ConversationId, i32)>,
     ) -> Result<()> {
         let policy = self.policy();
+        let (conv, msg_id, due) = (&entry.conv, entry.msg_id, entry.due);
+        if !entry.request_id.is_empty() {
+            let (retention_cutoff, _) = lifecycle::purge_cutoffs(policy, now);
+            self.session()
+                .execute_unpaged(
+                    &self.inner.st.request_expire,
+                    (
+                        conv.as_str(),
+                        entry.request_id.as_str(),
+                        retention_cutoff.as_millis(),
+                    ),
+                )
+                .await
+                .map_err(error::execution)?;
+        }
         let (msg, state) = futures::try_join!(
             self.read_message(conv, msg_id, false),
             self.read_state(conv, msg_id, false)
@@ -1291,15 +1318,15 @@ impl ScyllaStore {
         if !resuming {
             let Some(m) = &msg else {
                 // Gone already (or never written: an insert that failed after queueing).
-                return self.remove_entry(day, due, conv, msg_id).await;
+                return self.remove_entry(entry).await;
             };
             let lc = rows::lifecycle_of(state.as_ref(), m.created_at);
             if !lifecycle::purgeable(&lc, policy, now) {
                 match purge_due(&lc, policy) {
-                    None => self.remove_entry(day, due, conv, msg_id).await?,
-                    Some(d) if d.as_millis() != due => {
-                        self.enqueue_purge(conv, msg_id, d).await?;
-                        self.remove_entry(day, due, conv, msg_id).await?;
+                    None => self.remove_entry(entry).await?,
+                    Some(d) if d.as_millis() != due || !entry.request_id.is_empty() => {
+                        self.enqueue_purge(conv, msg_id, "", d).await?;
+                        self.remove_entry(entry).await?;
                     }
                     Some(_) => {}
                 }
@@ -1352,7 +1379,7 @@ impl ScyllaStore {
         if self.run_batch(&cleanup, values).await? {
             report.events += seqs.len() as u64;
         }
-        self.remove_entry(day, due, conv, msg_id).await
+        self.remove_entry(entry).await
     }
 }
 
@@ -1412,6 +1439,7 @@ impl MessageStore for ScyllaStore {
                 self.enqueue_purge(
                     &message.conversation_id,
                     message.msg_id,
+                    "",
                     now.saturating_add(h),
                 )
                 .await?;

@@ -152,7 +152,7 @@ async fn a_stale_purge_entry_never_purges_a_live_message() {
     .unwrap();
     s.query_unpaged(
         format!(
-            "INSERT INTO {ks}.purge_queue (day, due, conversation_id, msg_id) VALUES (?, ?, ?, ?)"
+            "INSERT INTO {ks}.purge_queue (day, due, conversation_id, msg_id, request_id) VALUES (?, ?, ?, ?, '')"
         ),
         (day, now, "group-1", m.msg_id.as_i64()),
     )
@@ -177,5 +177,53 @@ async fn a_stale_purge_entry_never_purges_a_live_message() {
         .unwrap()
         .rows_num();
     assert_eq!(left, 0, "the stale entry is dropped");
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_records_live_until_a_purge_removes_them_except_under_legal_hold() {
+    let f = common::ScyllaFactory::new().await;
+    let h = Harness::start(&f, Setup::default()).await;
+    let c = Cast::new(&h.settings);
+    let held = Cast::in_conversation(&h.settings, "held-group");
+    let m = c.text("in the open group");
+    let k = held.text("in the held group");
+    h.store.insert(m.clone()).await.unwrap();
+    h.store.insert(k.clone()).await.unwrap();
+    h.store.set_legal_hold(&held.conv, true).await.unwrap();
+    let recall = c.request(Action::Recall, &c.alice, m.msg_id);
+    let recall_held = held.request(Action::Recall, &held.alice, k.msg_id);
+    h.store.transition(recall.clone()).await.unwrap();
+    h.store.transition(recall_held.clone()).await.unwrap();
+    for (cast, id) in [(&c, m.msg_id), (&held, k.msg_id)] {
+        h.store
+            .transition(cast.request(Action::Restore, &cast.alice, id))
+            .await
+            .unwrap();
+    }
+    h.clock.advance(PAST_RETENTION);
+    let replay = |r: &imstore_core::TransitionRequest| imstore_core::TransitionRequest {
+        client_ts: h.clock.now(),
+        ..r.clone()
+    };
+    // No purge yet: the first outcome is still the answer, as in the reference store.
+    let out = h.store.transition(replay(&recall)).await.unwrap();
+    assert!(out.replayed && out.status == Status::Recalled);
+    h.store
+        .purge_all(PurgeOptions { batch_size: 10 })
+        .await
+        .unwrap();
+    // Purged record: the request is planned afresh, and the recall window is long closed.
+    assert_eq!(
+        h.store
+            .transition(replay(&recall))
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::WindowExpired
+    );
+    // Under legal hold the record stays.
+    let out = h.store.transition(replay(&recall_held)).await.unwrap();
+    assert!(out.replayed);
     h.finish().await;
 }
