@@ -48,9 +48,15 @@ source .servers/env
 echo "[test.sh] $(cargo --version), $(rustc --version)" >&2
 
 status=0
-cargo test --workspace --all-features </dev/null || status=$?
-
-# ---- benches: compile-check them here (e.g. `cargo bench --no-run --workspace`),
-# ---- keeping `|| status=$?` so a failure is reported without skipping cleanup.
+# Each step runs even when an earlier one failed, so one run reports every problem; the exit
+# status is the first failure's.
+step() {
+  echo "[test.sh] $*" >&2
+  "$@" </dev/null || { local rc=$?; if ((status == 0)); then status=$rc; fi; }
+}
+step cargo fmt --all --check
+step cargo test --workspace --all-features
+step cargo clippy --workspace --all-targets --all-features -- -D warnings
+step cargo bench --workspace --all-features --no-run
 
 exit "$status"
