@@ -5,14 +5,14 @@
 
 use std::hint::black_box;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use imstore_core::codec::Compression;
 use imstore_core::{ContentCodec, ConversationId, EncryptionKey, KeyId, KeyRing, MsgId};
 
 fn chat_text(len: usize) -> Vec<u8> {
     const WORDS: &[&str] = &[
-        "the", "launch", "moves", "to", "friday", "please", "review", "plan", "and", "send", "notes",
-        "before", "standup", "thanks", "ok", "see", "you", "there", "🙂", "meeting",
+        "the", "launch", "moves", "to", "friday", "please", "review", "plan", "and", "send",
+        "notes", "before", "standup", "thanks", "ok", "see", "you", "there", "🙂", "meeting",
     ];
     let mut out = Vec::with_capacity(len + 16);
     let mut state = 0x2545_f491_4f6c_dd1du64;
@@ -31,9 +31,15 @@ fn modes() -> Vec<(&'static str, ContentCodec)> {
     let ring = || KeyRing::new(EncryptionKey::new(KeyId(1), [0x42; 32]));
     vec![
         ("plain", ContentCodec::plain()),
-        ("compress", ContentCodec::plain().with_compression(Some(Compression::default()))),
+        (
+            "compress",
+            ContentCodec::plain().with_compression(Some(Compression::default())),
+        ),
         ("encrypt", ContentCodec::plain().with_encryption(ring())),
-        ("compress+encrypt", ContentCodec::default().with_encryption(ring())),
+        (
+            "compress+encrypt",
+            ContentCodec::default().with_encryption(ring()),
+        ),
     ]
 }
 
