@@ -34,6 +34,12 @@ pub trait Raw: Send + Sync {
     async fn mirror(&self, _ms: &[NewMessage]) -> R<()> {
         Ok(())
     }
+    /// Writes a history conversation's messages directly as the backend lays them out (content
+    /// through the plain codec), when loading through imstore would take minutes; returns false
+    /// when it does not (then imstore loads them).
+    async fn bulk_history(&self, _ms: &[NewMessage]) -> R<bool> {
+        Ok(false)
+    }
     /// Creates `n` change events in the baseline's own structure, when it has one.
     async fn seed_feed(&self, _conv: &str, _n: u64) -> R<()> {
         Ok(())
@@ -63,10 +69,14 @@ pub struct Scale {
     pub recall_pool: u64,
     /// Change events in the feed conversation.
     pub feed_events: u64,
+    /// Events per change-feed page read.
+    pub feed_page: u32,
     /// Recalls counted per conversation in the write-count measurement.
     pub counted_recalls: u64,
     /// Members of the big group.
     pub members_big: u64,
+    /// Workers of the mixed workload.
+    pub mixed_concurrency: usize,
     /// Bytes of content per message.
     pub content_len: usize,
 }

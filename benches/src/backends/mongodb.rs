@@ -68,11 +68,8 @@ impl MongoTarget {
         let admin = client.database("admin");
         let info = admin.run_command(doc! {"buildInfo": 1}).await?;
         let mut version = info.get_str("version").unwrap_or("?").to_owned();
-        if let Ok(f) = info.get_document("ferretdb") {
-            version = format!(
-                "{version} (FerretDB {})",
-                f.get_str("version").unwrap_or("?")
-            );
+        if let Ok(f) = info.get_str("ferretdbVersion") {
+            version = format!("{version} (FerretDB {f})");
         }
         let config = MongoConfig::new(url, db_name.clone());
         // Opening a store once builds the collections' indexes before anything is loaded.
@@ -302,4 +299,19 @@ impl Raw for MongoRaw {
         }
         Ok(())
     }
+}
+
+/// Drops every `bench_mongo_*` database (left behind by interrupted runs); returns their names.
+pub async fn drop_leftovers(url: &str) -> R<Vec<String>> {
+    let client = Client::with_uri_str(url).await?;
+    let names: Vec<String> = client
+        .list_database_names()
+        .await?
+        .into_iter()
+        .filter(|n| n.starts_with("bench_mongo_"))
+        .collect();
+    for n in &names {
+        client.database(n).drop().await?;
+    }
+    Ok(names)
 }

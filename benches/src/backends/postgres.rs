@@ -255,3 +255,21 @@ impl Raw for PgRaw {
         Ok(rows.len())
     }
 }
+
+/// Drops every `bench_*` schema (left behind by interrupted runs); returns their names.
+pub async fn drop_leftovers(url: &str) -> R<Vec<String>> {
+    let admin = PgPoolOptions::new().max_connections(1).connect(url).await?;
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'bench\\_pg\\_%'",
+    )
+    .fetch_all(&admin)
+    .await?;
+    for n in &names {
+        imstore_postgres::validate_schema_name(n)?;
+        sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {n} CASCADE")))
+            .execute(&admin)
+            .await?;
+    }
+    admin.close().await;
+    Ok(names)
+}

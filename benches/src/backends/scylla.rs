@@ -124,6 +124,7 @@ pub struct ScyllaRaw {
     recall: PreparedStatement,
     restore: PreparedStatement,
     feed: PreparedStatement,
+    bucket_add: PreparedStatement,
 }
 
 impl ScyllaRaw {
@@ -160,6 +161,10 @@ impl ScyllaRaw {
             feed: p(format!(
                 "SELECT k, msg_id, status, version FROM {ks}.conversation_state \
                  WHERE conversation_id = ? AND kind = 1 AND k > ? LIMIT ?"
+            ))
+            .await?,
+            bucket_add: p(format!(
+                "INSERT INTO {ks}.buckets (conversation_id, bucket) VALUES (?, ?)"
             ))
             .await?,
             session,
@@ -204,6 +209,44 @@ impl Raw for ScyllaRaw {
             .try_collect::<Vec<()>>()
             .await?;
         Ok(())
+    }
+    async fn bulk_history(&self, ms: &[NewMessage]) -> R<bool> {
+        // The rows imstore's insert writes (message row with plain-codec content, bucket index
+        // row), without its IF NOT EXISTS: history loads in seconds instead of minutes.
+        let codec = imstore_core::ContentCodec::plain();
+        let mut buckets = std::collections::BTreeSet::new();
+        for m in ms {
+            buckets.insert((m.conversation_id.as_str(), self.bucket(m.msg_id)));
+        }
+        for (c, b) in buckets {
+            self.session
+                .execute_unpaged(&self.bucket_add, (c, b))
+                .await?;
+        }
+        let encoded = ms
+            .iter()
+            .map(|m| codec.encode(&m.conversation_id, m.msg_id, &m.content))
+            .collect::<imstore_core::Result<Vec<_>>>()?;
+        futures::stream::iter(0..ms.len())
+            .map(|i| {
+                let m = &ms[i];
+                self.session.execute_unpaged(
+                    &self.insert,
+                    (
+                        m.conversation_id.as_str(),
+                        self.bucket(m.msg_id),
+                        m.msg_id.as_i64(),
+                        m.sender_id.as_str(),
+                        m.msg_type.code(),
+                        encoded[i].as_slice(),
+                        now_ms(),
+                    ),
+                )
+            })
+            .buffer_unordered(64)
+            .try_collect::<Vec<_>>()
+            .await?;
+        Ok(true)
     }
     async fn get(&self, conv: &str, id: i64) -> R<()> {
         let mid = MsgId::from_i64(id)?;
@@ -252,4 +295,25 @@ impl Raw for ScyllaRaw {
             .into_rows_result()?;
         Ok(rows.rows_num())
     }
+}
+
+/// Drops every `bench_scylla_*` keyspace (left behind by interrupted runs); returns their names.
+pub async fn drop_leftovers(nodes: &str) -> R<Vec<String>> {
+    let config = ScyllaConfig::from_node_list(nodes, "bench_probe");
+    let session = session_for(&config).await?;
+    let rows = session
+        .query_unpaged("SELECT keyspace_name FROM system_schema.keyspaces", &[])
+        .await?
+        .into_rows_result()?;
+    let mut names = Vec::new();
+    for r in rows.rows::<(String,)>()? {
+        let (n,) = r?;
+        if n.starts_with("bench_scylla_") {
+            names.push(n);
+        }
+    }
+    for n in &names {
+        imstore_scylla::schema::drop_keyspace(&session, n).await?;
+    }
+    Ok(names)
 }
