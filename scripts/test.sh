@@ -56,6 +56,8 @@ step() {
 }
 step cargo fmt --all --check
 step cargo test --workspace --all-features
+# The smoke tests again, uncaptured, so the log shows each server's own version string.
+step cargo test --all-features -p imstore-postgres -p imstore-mongodb -p imstore-scylla --test smoke -- --nocapture
 step cargo clippy --workspace --all-targets --all-features -- -D warnings
 step cargo bench --workspace --all-features --no-run
 
