@@ -305,12 +305,7 @@ impl MessageStore for MemoryStore {
                 .take(limit)
                 .map(|e| self.view(e, viewer, now))
                 .collect::<Result<Vec<_>>>()?;
-            let next = if more {
-                items.last().map(|v| v.msg_id)
-            } else {
-                None
-            };
-            Ok(Page { items, next })
+            Ok(Page::new(items, more))
         })
         .await
     }

@@ -422,6 +422,19 @@ pub struct Page {
     pub next: Option<MsgId>,
 }
 
+impl Page {
+    /// A page of `items` (at most the requested limit); when `more` (a row beyond the limit
+    /// was seen), `next` is the last item's id, else the walk is over.
+    pub fn new(items: Vec<MessageView>, more: bool) -> Self {
+        let next = if more {
+            items.last().map(|v| v.msg_id)
+        } else {
+            None
+        };
+        Page { items, next }
+    }
+}
+
 /// A position in a conversation's change feed; `FeedCursor::START` is before the first event.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
 pub struct FeedCursor(pub u64);

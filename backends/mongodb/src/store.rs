@@ -536,12 +536,7 @@ impl MongoStore {
             .take(limit)
             .map(|doc| self.view(d::row_of(doc)?, viewer, now))
             .collect::<Result<Vec<_>>>()?;
-        let next = if more {
-            items.last().map(|v| v.msg_id)
-        } else {
-            None
-        };
-        Ok(Page { items, next })
+        Ok(Page::new(items, more))
     }
 
     async fn changes_inner(

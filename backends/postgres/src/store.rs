@@ -795,12 +795,7 @@ impl MessageStore for PostgresStore {
                 .take(options.limit as usize)
                 .map(|row| self.view(decode_message(conversation, row)?, viewer, now))
                 .collect::<Result<Vec<_>>>()?;
-            let next = if more {
-                items.last().map(|v| v.msg_id)
-            } else {
-                None
-            };
-            Ok(Page { items, next })
+            Ok(Page::new(items, more))
         })
         .await
     }

@@ -1078,12 +1078,7 @@ impl ScyllaStore {
             };
             items.push(self.view(stored, viewer, now)?);
         }
-        let next = if more {
-            items.last().map(|v| v.msg_id)
-        } else {
-            None
-        };
-        Ok(Page { items, next })
+        Ok(Page::new(items, more))
     }
 
     // ---------------------------------------------------------------- feed
