@@ -136,21 +136,12 @@ impl MemoryStore {
     }
 
     fn view(&self, entry: &Entry, viewer: &UserId, now: Timestamp) -> Result<MessageView> {
-        let policy = &self.settings.policy;
-        let shows = view::visibility(
-            &entry.message.sender_id,
-            &entry.lifecycle,
-            viewer,
-            policy,
-            now,
-        )
-        .shows_content;
-        Ok(view::render(
-            self.decoded(entry, shows)?,
-            viewer,
-            policy,
-            now,
-        ))
+        let stored = StoredMessage {
+            message: entry.message.clone(),
+            lifecycle: entry.lifecycle.clone(),
+        };
+        let s = &self.settings;
+        view::render_encoded(stored, viewer, &s.policy, &s.codec, now)
     }
 
     /// Inserts one validated message into the locked state.

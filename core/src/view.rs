@@ -103,6 +103,25 @@ pub fn render(
     }
 }
 
+/// The view of `stored`, whose content is still as the codec stored it: the content is decoded
+/// only when `viewer` may see it, so tombstones never pay for (or fail on) decoding.
+pub fn render_encoded(
+    mut stored: StoredMessage,
+    viewer: &UserId,
+    policy: &Policy,
+    codec: &crate::codec::ContentCodec,
+    now: Timestamp,
+) -> crate::Result<MessageView> {
+    let m = &stored.message;
+    stored.message.content =
+        if visibility(&m.sender_id, &stored.lifecycle, viewer, policy, now).shows_content {
+            codec.decode(&m.conversation_id, m.msg_id, &m.content)?
+        } else {
+            Vec::new()
+        };
+    Ok(render(stored, viewer, policy, now))
+}
+
 /// Whether `viewer` may download the attachment of `stored`: only while they may see its content.
 /// The file itself is never released here; only the purge releases it.
 pub fn attachment_access(

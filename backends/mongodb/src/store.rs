@@ -160,26 +160,12 @@ impl MongoStore {
     }
 
     fn view(&self, row: Row, viewer: &UserId, now: Timestamp) -> Result<MessageView> {
-        let policy = &self.settings.policy;
-        let shows = view::visibility(&row.message.sender_id, &row.lifecycle, viewer, policy, now)
-            .shows_content;
-        let message = if shows {
-            self.decode(&row.message)?
-        } else {
-            NewMessage {
-                content: Vec::new(),
-                ..row.message
-            }
+        let stored = StoredMessage {
+            message: row.message,
+            lifecycle: row.lifecycle,
         };
-        Ok(view::render(
-            StoredMessage {
-                message,
-                lifecycle: row.lifecycle,
-            },
-            viewer,
-            policy,
-            now,
-        ))
+        let s = &self.settings;
+        view::render_encoded(stored, viewer, &s.policy, &s.codec, now)
     }
 
     /// What a duplicate key on insert means: the same message again, or a conflicting one;

@@ -269,27 +269,9 @@ impl PostgresStore {
     }
 
     /// How `viewer` sees `stored` (content still encoded): decoded only when it is shown.
-    fn view(
-        &self,
-        mut stored: StoredMessage,
-        viewer: &UserId,
-        now: Timestamp,
-    ) -> Result<MessageView> {
-        let policy = &self.settings.policy;
-        let shows = view::visibility(
-            &stored.message.sender_id,
-            &stored.lifecycle,
-            viewer,
-            policy,
-            now,
-        )
-        .shows_content;
-        if shows {
-            stored = self.decode_content(stored)?;
-        } else {
-            stored.message.content = Vec::new();
-        }
-        Ok(view::render(stored, viewer, policy, now))
+    fn view(&self, stored: StoredMessage, viewer: &UserId, now: Timestamp) -> Result<MessageView> {
+        let s = &self.settings;
+        view::render_encoded(stored, viewer, &s.policy, &s.codec, now)
     }
 
     async fn fetch_message(

@@ -399,21 +399,8 @@ impl ScyllaStore {
     }
 
     fn view(&self, stored: StoredMessage, viewer: &UserId, now: Timestamp) -> Result<MessageView> {
-        let policy = self.policy();
-        let shows = view::visibility(
-            &stored.message.sender_id,
-            &stored.lifecycle,
-            viewer,
-            policy,
-            now,
-        )
-        .shows_content;
-        Ok(view::render(
-            self.decoded(stored, shows)?,
-            viewer,
-            policy,
-            now,
-        ))
+        let s = &self.inner.settings;
+        view::render_encoded(stored, viewer, &s.policy, &s.codec, now)
     }
 
     // ---------------------------------------------------------------- writes
