@@ -331,14 +331,22 @@ async fn main() -> ExitCode {
         let task = async move {
             let t0 = Instant::now();
             let target = connect(&b).await.map_err(|e| e.to_string())?;
+            let connect_seconds = t0.elapsed().as_secs_f64();
             let result = suite::run(target.clone(), scale, timing, quiet).await;
+            let dropping = Instant::now();
             if let Err(e) = target.drop_namespace().await {
                 eprintln!("warning: {b}: could not drop {}: {e}", target.namespace());
             }
+            let drop_seconds = dropping.elapsed().as_secs_f64();
             if !quiet {
                 eprintln!("{b}: done in {:.1}s", t0.elapsed().as_secs_f64());
             }
-            result.map_err(|e| e.to_string())
+            result.map_err(|e| e.to_string()).map(|mut r| {
+                r.phases.insert(0, ("connect", connect_seconds));
+                r.phases.push(("drop", drop_seconds));
+                r.phases.push(("total", t0.elapsed().as_secs_f64()));
+                r
+            })
         };
         if parallel {
             tasks.push(tokio::spawn(task));

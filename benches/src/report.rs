@@ -148,6 +148,7 @@ pub fn to_json(header: Value, reports: &[BackendReport], failures: &[(String, St
                 "namespace": r.namespace,
                 "server": r.server,
                 "load_seconds": (r.load_seconds * 10.0).round() / 10.0,
+                "phase_seconds": r.phases.iter().map(|(k, v)| (k.to_string(), json!((v * 10.0).round() / 10.0))).collect::<serde_json::Map<_, _>>(),
                 "scale": {
                     "small_conversation_messages": r.scale.small,
                     "big_conversation_messages": r.scale.big,
@@ -240,7 +241,7 @@ pub fn table(header: &Value, reports: &[BackendReport], failures: &[(String, Str
         let g = goals(r);
         let _ = writeln!(
             s,
-            "scale: small {} msgs, big {} msgs{}; load {:.1}s",
+            "scale: small {} msgs, big {} msgs{}; wall time {}",
             r.scale.small,
             r.scale.big,
             r.scale
@@ -248,7 +249,11 @@ pub fn table(header: &Value, reports: &[BackendReport], failures: &[(String, Str
                 .as_deref()
                 .map(|n| format!(" ({n})"))
                 .unwrap_or_default(),
-            r.load_seconds
+            r.phases
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.1}s"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         let misses: Vec<String> = g["overhead_misses"]
             .as_array()

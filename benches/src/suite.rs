@@ -79,6 +79,8 @@ pub struct BackendReport {
     pub scale: Scale,
     /// Time spent loading data.
     pub load_seconds: f64,
+    /// Wall time of each phase of the backend's run, in order (seconds).
+    pub phases: Vec<(&'static str, f64)>,
     /// The pairs.
     pub paths: Vec<PathResult>,
     /// The recall write counts at 2 and at N members.
@@ -308,12 +310,16 @@ pub async fn run(
         quiet,
     };
     let name = target.name();
+    let mut phases: Vec<(&'static str, f64)> = Vec::new();
+    let open_started = Instant::now();
     let mut stores: BTreeMap<&'static str, Arc<dyn MessageStore>> = BTreeMap::new();
     for (label, codec) in codecs() {
         stores.insert(label, target.open(settings(codec)).await?.store);
     }
     let plain = stores["off"].clone();
     let alice = vec!["alice".to_owned(), "bob".to_owned()];
+
+    phases.push(("open", open_started.elapsed().as_secs_f64()));
 
     // ---- Load ----
     let load_started = Instant::now();
@@ -376,6 +382,8 @@ pub async fn run(
         ctx.raw.seed_feed("feed", scale.feed_events).await?;
     }
     let load_seconds = load_started.elapsed().as_secs_f64();
+    phases.push(("load", load_seconds));
+    let paths_started = Instant::now();
 
     let mut out = Vec::new();
     let viewer = user("carol");
@@ -659,8 +667,12 @@ pub async fn run(
         .await?;
     }
 
+    phases.push(("paths", paths_started.elapsed().as_secs_f64()));
+
     // ---- Writes of one recall at 2 and at N members ----
+    let counting_started = Instant::now();
     let recall_writes = count_recall_writes(&ctx).await?;
+    phases.push(("recall_writes", counting_started.elapsed().as_secs_f64()));
 
     Ok(BackendReport {
         backend: name.into(),
@@ -668,6 +680,7 @@ pub async fn run(
         server: target.server_version(),
         scale,
         load_seconds,
+        phases,
         paths: out,
         recall_writes,
     })

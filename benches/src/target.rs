@@ -92,7 +92,8 @@ pub trait Target: Send + Sync {
     fn server_version(&self) -> Option<String>;
     /// A store over the namespace with these settings, sharing connections with earlier ones.
     async fn open(&self, settings: StoreSettings) -> R<Handle>;
-    /// A store with connections of its own, closed by `Handle::close`.
+    /// A store with connections of its own, closed by `Handle::close` (MongoDB: in a database of
+    /// its own, so the write count does not read through the whole run's data).
     async fn open_isolated(&self, settings: StoreSettings) -> R<Handle> {
         self.open(settings).await
     }

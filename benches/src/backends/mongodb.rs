@@ -60,6 +60,11 @@ async fn opcounters(db: &Database) -> R<Option<BTreeMap<String, u64>>> {
 }
 
 impl MongoTarget {
+    /// The database of the isolated stores that count a recall's writes.
+    fn counting_db(&self) -> String {
+        format!("{}_w", self.db_name)
+    }
+
     /// Connects imstore (which builds its indexes) and the baseline to a fresh database.
     pub async fn connect(url: &str, db_name: String) -> R<Self> {
         let client = Client::with_uri_str(url)
@@ -171,7 +176,10 @@ impl Target for MongoTarget {
             }
         }));
         let client = Client::with_options(options)?;
-        let config = MongoConfig::new(&self.url, self.db_name.clone());
+        // A database of its own: FerretDB v1 reads by scanning the collection, and by the time
+        // writes are counted the send paths have added thousands of messages to the shared one.
+        // Writes per recall do not depend on the other conversations, on MongoDB or FerretDB.
+        let config = MongoConfig::new(&self.url, self.counting_db());
         let store = MongoStore::with_client(client.clone(), config, settings).await?;
         Ok(Handle {
             store: Arc::new(store),
@@ -202,6 +210,7 @@ impl Target for MongoTarget {
     }
     async fn drop_namespace(&self) -> R<()> {
         self.client.database(&self.db_name).drop().await?;
+        self.client.database(&self.counting_db()).drop().await?;
         Ok(())
     }
 }
