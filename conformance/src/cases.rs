@@ -52,6 +52,8 @@ macro_rules! __with_cases {
             repeated_restore_and_delete_are_applied_once,
             recall_from_two_devices_changes_the_message_once,
             concurrent_recalls_make_exactly_one_transition,
+            concurrent_retries_of_one_request_apply_it_once,
+            concurrent_reuse_of_a_request_id_applies_one_request,
             recall_racing_restore_ends_consistent,
             recall_racing_delete_ends_consistent,
             recipients_see_a_recall_tombstone_without_content,
@@ -1128,6 +1130,67 @@ pub async fn recall_from_two_devices_changes_the_message_once<F: StoreFactory>(f
     assert!(phone.changed && !laptop.changed && !laptop.replayed);
     assert_eq!((laptop.status, laptop.version), (Status::Recalled, 2));
     assert_eq!(all_events(&h, &c.conv).await.len(), 1);
+    h.finish().await;
+}
+
+/// 16 copies of one recall request (a client retrying while the first is in flight) racing each
+/// other: every copy succeeds with the first outcome, exactly one applies it, one event.
+pub async fn concurrent_retries_of_one_request_apply_it_once<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    let id = sent(&h, c.text("x")).await;
+    let req = c.request(Action::Recall, &c.alice, id);
+    let outs: Vec<_> = race(&h, vec![req; 16])
+        .await
+        .into_iter()
+        .map(|r| r.expect("every copy of the request succeeds"))
+        .collect();
+    assert_eq!(
+        outs.iter().filter(|o| !o.replayed).count(),
+        1,
+        "exactly one copy applies the request, the others replay it: {outs:?}"
+    );
+    assert!(
+        outs.iter()
+            .all(|o| o.changed && (o.status, o.version) == (Status::Recalled, 2)),
+        "every copy answers with the first outcome: {outs:?}"
+    );
+    let events = all_events(&h, &c.conv).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!((events[0].msg_id, events[0].version), (id, 2));
+    h.finish().await;
+}
+
+/// One request id used at the same time for recalls of two different messages: one recall
+/// applies, the other is refused as a conflict, and only one message changes.
+pub async fn concurrent_reuse_of_a_request_id_applies_one_request<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    let x = sent(&h, c.text("x")).await;
+    let y = sent(&h, c.text("y")).await;
+    let on_x = c.request(Action::Recall, &c.alice, x);
+    let mut on_y = c.request(Action::Recall, &c.alice, y);
+    on_y.request_id = on_x.request_id.clone();
+    let results = race(&h, vec![on_x, on_y]).await;
+    let applied: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(applied.len(), 1, "{results:?}");
+    assert!(applied[0].changed && !applied[0].replayed);
+    assert_eq!(
+        results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .map(Error::kind)
+            .collect::<Vec<_>>(),
+        vec![ErrorKind::Conflict]
+    );
+    let mut recalled = 0;
+    for id in [x, y] {
+        if h.store.get(&c.conv, id, &c.alice).await.unwrap().status == Status::Recalled {
+            recalled += 1;
+        }
+    }
+    assert_eq!(recalled, 1);
+    let events = all_events(&h, &c.conv).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].msg_id, applied[0].msg_id);
     h.finish().await;
 }
 
