@@ -17,6 +17,13 @@ pub(crate) fn is_retryable(err: &sqlx::Error) -> bool {
     sqlstate(err).is_some_and(|c| c == SERIALIZATION_FAILURE || c == DEADLOCK_DETECTED)
 }
 
+/// True when `err` is a unique violation (23505) on `table`: a concurrent writer inserted the
+/// same key first.
+pub(crate) fn is_unique_violation_on(err: &sqlx::Error, table: &str) -> bool {
+    err.as_database_error()
+        .is_some_and(|db| db.code().as_deref() == Some("23505") && db.table() == Some(table))
+}
+
 fn sqlstate(err: &sqlx::Error) -> Option<String> {
     err.as_database_error()
         .and_then(|db| db.code())

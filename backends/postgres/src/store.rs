@@ -1,8 +1,9 @@
-//! `PostgresStore`: the lifecycle contract on PostgreSQL, one transaction per transition.
+//! `PostgresStore`: the lifecycle contract on PostgreSQL, one atomic statement per transition.
 //!
-//! The recall path (any transition) is [`PostgresStore::try_transition`]: read the request record,
-//! read the lifecycle, let `lifecycle::plan` decide, compare-and-set on the version read, take the
-//! conversation's next feed seq, append the event and the request record, commit.
+//! The recall path (any transition) is [`PostgresStore::try_transition`]: one read returns the
+//! request record and the lifecycle, `lifecycle::plan` decides, and one statement does the
+//! compare-and-set on the version read, takes the conversation's next feed seq, appends the event
+//! and inserts the request record: two round trips, one commit.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -18,10 +19,10 @@ use imstore_core::{
     TransitionRequest, UserId, view,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Postgres, Row};
 
 use crate::config::PostgresConfig;
-use crate::error::{BACKEND, corrupt, is_retryable, map};
+use crate::error::{BACKEND, corrupt, is_retryable, is_unique_violation_on, map};
 
 /// The embedded schema migrations (`backends/postgres/migrations`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -43,7 +44,7 @@ macro_rules! message_columns {
     };
 }
 
-/// A [`MessageStore`] on PostgreSQL: every transition is one transaction with its change event and
+/// A [`MessageStore`] on PostgreSQL: every transition commits atomically with its change event and
 /// request record; reads and pages cost the same whatever the conversation's length.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
@@ -160,17 +161,18 @@ fn decode_message(conversation: &ConversationId, row: &PgRow) -> Result<StoredMe
     })
 }
 
-fn decode_record(req: &TransitionRequest, row: &PgRow) -> Result<RequestRecord> {
+fn decode_record(req: &TransitionRequest, row: &PgRow, prefix: &str) -> Result<RequestRecord> {
+    let name = |c: &str| format!("{prefix}{c}");
     Ok(RequestRecord {
         conversation_id: req.conversation_id.clone(),
         request_id: req.request_id.clone(),
-        action: Action::parse(&column::<String>(row, "action")?)?,
-        msg_id: msg_id_column(row, "msg_id")?,
-        requester: user_column(row, "requester")?,
-        status: Status::from_code(column(row, "status")?)?,
-        version: version_column(row, "version")?,
-        changed: column(row, "changed")?,
-        at: Timestamp::from_millis(column(row, "at")?),
+        action: Action::parse(&column::<String>(row, &name("action"))?)?,
+        msg_id: msg_id_column(row, &name("msg_id"))?,
+        requester: user_column(row, &name("requester"))?,
+        status: Status::from_code(column(row, &name("status"))?)?,
+        version: version_column(row, &name("version"))?,
+        changed: column(row, &name("changed"))?,
+        at: Timestamp::from_millis(column(row, &name("at"))?),
     })
 }
 
@@ -465,10 +467,17 @@ impl PostgresStore {
         Ok(missing)
     }
 
-    /// One attempt at a transition, in one READ COMMITTED transaction.
+    /// One attempt at a transition in at most two round trips, each one autocommitted statement.
     ///
-    /// `Ok(None)` means another writer won a race (the version moved, or a duplicate of this
-    /// request committed first): the caller runs the attempt again, which then sees the winner.
+    /// 1. One read returns the request record (if this request id was seen) and the lifecycle.
+    /// 2. Core decides (`lifecycle::plan`). `Apply`: one statement does the version
+    ///    compare-and-set, takes the conversation's next feed seq, appends the event and inserts
+    ///    the request record; being one statement, it all commits or none of it does.
+    ///    `Unchanged`: one insert of the request record.
+    ///
+    /// `Ok(None)` means a race was lost and the caller runs this again from the top: the CAS
+    /// matched no row (a concurrent writer committed first), or a duplicate of this request
+    /// committed its record first (the next attempt replays that record).
     async fn try_transition(
         &self,
         req: &TransitionRequest,
@@ -476,109 +485,121 @@ impl PostgresStore {
     ) -> std::result::Result<Option<TransitionOutcome>, Fail> {
         let conv = req.conversation_id.as_str();
         let msg_id = req.msg_id.as_i64();
-        let mut tx: Transaction<'static, Postgres> = self.pool.begin().await?;
 
-        // 1. A request id seen before is answered with its first outcome.
-        let record = sqlx::query(
-            "SELECT action, msg_id, requester, status, version, changed, at \
-             FROM requests WHERE conversation_id = $1 AND request_id = $2",
-        )
-        .bind(conv)
-        .bind(req.request_id.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(row) = record {
-            tx.rollback().await?;
-            return Ok(Some(decode_record(req, &row)?.replay(req)?));
-        }
-
-        // 2. The lifecycle as committed now; core decides what the request does to it.
+        // 1. The request record, if any (its columns prefixed `r_`), and the lifecycle as
+        //    committed now, from one snapshot.
         let row = sqlx::query(
-            "SELECT sender_id, status, version, created_at, recalled_at, recalled_by, \
-                 restored_at, deleted_at, deleted_by \
-             FROM messages WHERE conversation_id = $1 AND msg_id = $2",
+            "SELECT r.request_id IS NOT NULL AS seen, r.action AS r_action, \
+                 r.msg_id AS r_msg_id, r.requester AS r_requester, r.status AS r_status, \
+                 r.version AS r_version, r.changed AS r_changed, r.at AS r_at, \
+                 m.msg_id IS NOT NULL AS found, m.sender_id, m.status, m.version, m.created_at, \
+                 m.recalled_at, m.recalled_by, m.restored_at, m.deleted_at, m.deleted_by \
+             FROM (VALUES (1)) AS one (x) \
+             LEFT JOIN requests r ON r.conversation_id = $1 AND r.request_id = $3 \
+             LEFT JOIN messages m ON m.conversation_id = $1 AND m.msg_id = $2",
         )
         .bind(conv)
         .bind(msg_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| not_found(req.msg_id))?;
+        .bind(req.request_id.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        // A request id seen before is answered with its first outcome.
+        if column::<bool>(&row, "seen")? {
+            return Ok(Some(decode_record(req, &row, "r_")?.replay(req)?));
+        }
+        if !column::<bool>(&row, "found")? {
+            return Err(not_found(req.msg_id).into());
+        }
         let sender = user_column(&row, "sender_id")?;
         let state = decode_lifecycle(&row)?;
         let plan = lifecycle::plan(req, &sender, &state, &self.settings.policy, now)?;
         let outcome = lifecycle::outcome(req.msg_id, &state, &plan);
 
-        if let Plan::Apply(next) = &plan {
-            // 3. Compare-and-set on the version read. A concurrent writer holding the row makes
-            //    this wait; once it commits, the WHERE is re-checked on the new row version and
-            //    matches nothing: we lost, and run again from the top.
-            let updated = sqlx::query(
-                "UPDATE messages SET status = $3, version = $4, recalled_at = $5, \
-                     recalled_by = $6, restored_at = $7, deleted_at = $8, deleted_by = $9 \
-                 WHERE conversation_id = $1 AND msg_id = $2 AND version = $10",
+        let Plan::Apply(next) = &plan else {
+            // 2b. Nothing changes; the request record keeps the answer. If a duplicate of this
+            //     request recorded first, ours is not inserted: run again and replay the winner's.
+            let recorded = sqlx::query(
+                "INSERT INTO requests (conversation_id, request_id, action, msg_id, requester, \
+                     status, version, changed, at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 ON CONFLICT (conversation_id, request_id) DO NOTHING",
             )
             .bind(conv)
+            .bind(req.request_id.as_str())
+            .bind(req.action.as_str())
             .bind(msg_id)
-            .bind(next.status.code())
-            .bind(i64::from(next.version))
-            .bind(next.recalled_at.map(Timestamp::as_millis))
-            .bind(next.recalled_by.as_ref().map(UserId::as_str))
-            .bind(next.restored_at.map(Timestamp::as_millis))
-            .bind(next.deleted_at.map(Timestamp::as_millis))
-            .bind(next.deleted_by.as_ref().map(UserId::as_str))
-            .bind(i64::from(state.version))
-            .execute(&mut *tx)
-            .await?;
-            if updated.rows_affected() == 0 {
-                return Ok(None);
-            }
-
-            // 4. The conversation's next feed seq, and the event under it. The upsert locks the
-            //    conversation row until commit, so the next writer's seq is handed out only
-            //    after this event is visible: seq order is commit order.
-            sqlx::query(
-                "WITH next AS ( \
-                     INSERT INTO conversations (conversation_id, feed_seq) VALUES ($1, 1) \
-                     ON CONFLICT (conversation_id) \
-                     DO UPDATE SET feed_seq = conversations.feed_seq + 1 \
-                     RETURNING feed_seq) \
-                 INSERT INTO change_events (conversation_id, seq, msg_id, status, version, at, by_user) \
-                 SELECT $1, next.feed_seq, $2, $3, $4, $5, $6 FROM next",
-            )
-            .bind(conv)
-            .bind(msg_id)
+            .bind(req.requester.as_str())
             .bind(outcome.status.code())
             .bind(i64::from(outcome.version))
+            .bind(outcome.changed)
             .bind(now.as_millis())
-            .bind(req.requester.as_str())
-            .execute(&mut *tx)
+            .execute(&self.pool)
             .await?;
-        }
+            return Ok((recorded.rows_affected() == 1).then_some(outcome));
+        };
 
-        // 5. The request record, also for `Unchanged`. If a duplicate of this request committed
-        //    its record first, ours is not inserted: roll back and replay the winner's.
-        let recorded = sqlx::query(
-            "INSERT INTO requests (conversation_id, request_id, action, msg_id, requester, \
-                 status, version, changed, at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-             ON CONFLICT (conversation_id, request_id) DO NOTHING",
+        // 2a. One statement, so one atomic commit:
+        //   * `cas`: compare-and-set on the version read. A concurrent writer holding the row
+        //     makes it wait; once that commits, the WHERE is re-checked on the new row version
+        //     and matches nothing: every later step then reads no row and writes nothing.
+        //   * `seq`: the conversation's next feed seq. The upsert locks the conversation row
+        //     until commit, so the next writer's seq is handed out only after this event is
+        //     visible: seq order is commit order.
+        //   * `event`: the change event under that seq.
+        //   * `record`: the request record. No ON CONFLICT: a duplicate of this request that
+        //     recorded first makes the whole statement fail with a unique violation on
+        //     `requests`, undoing the CAS and the event; the next attempt replays the winner.
+        let applied = sqlx::query(
+            "WITH cas AS ( \
+                 UPDATE messages SET status = $3, version = $4, recalled_at = $5, \
+                     recalled_by = $6, restored_at = $7, deleted_at = $8, deleted_by = $9 \
+                 WHERE conversation_id = $1 AND msg_id = $2 AND version = $10 \
+                 RETURNING 1), \
+             seq AS ( \
+                 INSERT INTO conversations (conversation_id, feed_seq) SELECT $1, 1 FROM cas \
+                 ON CONFLICT (conversation_id) \
+                 DO UPDATE SET feed_seq = conversations.feed_seq + 1 \
+                 RETURNING feed_seq), \
+             event AS ( \
+                 INSERT INTO change_events \
+                     (conversation_id, seq, msg_id, status, version, at, by_user) \
+                 SELECT $1, seq.feed_seq, $2, $3, $4, $11, $12 FROM seq \
+                 RETURNING 1), \
+             record AS ( \
+                 INSERT INTO requests (conversation_id, request_id, action, msg_id, requester, \
+                     status, version, changed, at) \
+                 SELECT $1, $13, $14, $2, $12, $3, $4, true, $11 FROM cas \
+                 RETURNING 1) \
+             SELECT (SELECT count(*) FROM cas) + (SELECT count(*) FROM event) \
+                 + (SELECT count(*) FROM record) AS writes",
         )
         .bind(conv)
+        .bind(msg_id)
+        .bind(next.status.code())
+        .bind(i64::from(next.version))
+        .bind(next.recalled_at.map(Timestamp::as_millis))
+        .bind(next.recalled_by.as_ref().map(UserId::as_str))
+        .bind(next.restored_at.map(Timestamp::as_millis))
+        .bind(next.deleted_at.map(Timestamp::as_millis))
+        .bind(next.deleted_by.as_ref().map(UserId::as_str))
+        .bind(i64::from(state.version))
+        .bind(now.as_millis())
+        .bind(req.requester.as_str())
         .bind(req.request_id.as_str())
         .bind(req.action.as_str())
-        .bind(msg_id)
-        .bind(req.requester.as_str())
-        .bind(outcome.status.code())
-        .bind(i64::from(outcome.version))
-        .bind(outcome.changed)
-        .bind(now.as_millis())
-        .execute(&mut *tx)
-        .await?;
-        if recorded.rows_affected() == 0 {
-            return Ok(None);
+        .fetch_one(&self.pool)
+        .await;
+        let writes: i64 = match applied {
+            Ok(row) => row.try_get("writes")?,
+            Err(e) if is_unique_violation_on(&e, "requests") => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        match writes {
+            // Lost the compare-and-set: nothing was written.
+            0 => Ok(None),
+            3 => Ok(Some(outcome)),
+            n => Err(corrupt(format!("a transition wrote {n} of its 3 rows")).into()),
         }
-        tx.commit().await?;
-        Ok(Some(outcome))
     }
 
     /// One purge batch in one transaction (see the README for why two workers never collide).
