@@ -10,50 +10,16 @@
 //!     [--out DIR] [--rounds N] [--round-ms MS] [--big N] [--quiet]
 //! ```
 
-mod backends;
-mod harness;
-mod report;
-mod suite;
-mod target;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::harness::{R, Timing};
-use crate::suite::BackendReport;
-use crate::target::{Scale, Target};
-
-/// Milliseconds since the Unix epoch (the baseline's timestamps).
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// Every backend this binary knows, with its server variable (None for memory).
-const KNOWN: &[(&str, Option<&str>, bool)] = &[
-    ("memory", None, true),
-    (
-        "postgres",
-        Some("IMSTORE_POSTGRES_URL"),
-        cfg!(feature = "postgres"),
-    ),
-    (
-        "mongodb",
-        Some("IMSTORE_MONGODB_URL"),
-        cfg!(feature = "mongodb"),
-    ),
-    (
-        "scylla",
-        Some("IMSTORE_SCYLLA_NODES"),
-        cfg!(feature = "scylla"),
-    ),
-];
+use imstore_bench::harness::Timing;
+use imstore_bench::suite::{self, BackendReport};
+use imstore_bench::target::Scale;
+use imstore_bench::{connect, drop_leftovers, report, select_backends};
 
 struct Args {
     quick: bool,
@@ -160,16 +126,16 @@ fn scale(backend: &str, quick: bool, big: Option<u64>) -> Scale {
         // documents in the collection (and ~1.5 s with 30k), on the raw driver as on imstore:
         // every read costs the collection's size. Histories are kept tiny so a run ends.
         "mongodb" => {
-            s.small = if quick { 300 } else { 10_000 };
-            s.big = if quick { 1_500 } else { 50_000 };
+            s.small = if quick { 300 } else { 2_000 };
+            s.big = if quick { 1_500 } else { 10_000 };
             s.big_note = Some(format!(
                 "FerretDB v1 over SQLite scans the collection on every read{}: {} instead of 1,000,000 (and {} instead of 10,000 for the small one)",
                 if quick { ", quick mode" } else { "" },
                 s.big,
                 s.small
             ));
-            s.read_pool = if quick { 50 } else { 1_000 };
-            s.recall_pool = if quick { 40 } else { 1_000 };
+            s.read_pool = if quick { 50 } else { 300 };
+            s.recall_pool = if quick { 40 } else { 300 };
             s.feed_events = if quick { 25 } else { 300 };
             s.feed_page = if quick { 20 } else { 50 };
             s.counted_recalls = if quick { 5 } else { 10 };
@@ -198,53 +164,6 @@ fn scale(backend: &str, quick: bool, big: Option<u64>) -> Scale {
     s
 }
 
-fn namespace(prefix: &str) -> String {
-    let r: u32 = rand::random();
-    format!(
-        "bench_{prefix}_{}_{:06x}",
-        std::process::id(),
-        r & 0xff_ffff
-    )
-}
-
-async fn connect(name: &str) -> R<Arc<dyn Target>> {
-    Ok(match name {
-        "memory" => Arc::new(backends::memory::MemoryTarget::new()),
-        #[cfg(feature = "postgres")]
-        "postgres" => {
-            let url = std::env::var("IMSTORE_POSTGRES_URL")?;
-            Arc::new(backends::postgres::PgTarget::connect(&url, namespace("pg")).await?)
-        }
-        #[cfg(feature = "mongodb")]
-        "mongodb" => {
-            let url = std::env::var("IMSTORE_MONGODB_URL")?;
-            Arc::new(backends::mongodb::MongoTarget::connect(&url, namespace("mongo")).await?)
-        }
-        #[cfg(feature = "scylla")]
-        "scylla" => {
-            let nodes = std::env::var("IMSTORE_SCYLLA_NODES")?;
-            Arc::new(backends::scylla::ScyllaTarget::connect(&nodes, namespace("scylla")).await?)
-        }
-        other => return Err(format!("backend {other} is not compiled in").into()),
-    })
-}
-
-async fn drop_leftovers(name: &str) -> R<Vec<String>> {
-    match name {
-        #[cfg(feature = "postgres")]
-        "postgres" => {
-            backends::postgres::drop_leftovers(&std::env::var("IMSTORE_POSTGRES_URL")?).await
-        }
-        #[cfg(feature = "mongodb")]
-        "mongodb" => {
-            backends::mongodb::drop_leftovers(&std::env::var("IMSTORE_MONGODB_URL")?).await
-        }
-        #[cfg(feature = "scylla")]
-        "scylla" => backends::scylla::drop_leftovers(&std::env::var("IMSTORE_SCYLLA_NODES")?).await,
-        _ => Ok(Vec::new()),
-    }
-}
-
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> ExitCode {
     let args = match parse_args() {
@@ -255,39 +174,13 @@ async fn main() -> ExitCode {
         }
     };
     // Which backends, and are their servers configured? Refuse loudly before doing anything.
-    let compiled: Vec<&str> = KNOWN.iter().filter(|k| k.2).map(|k| k.0).collect();
-    let selected: Vec<String> = match &args.backends {
-        Some(list) => list.clone(),
-        None => compiled.iter().map(|s| s.to_string()).collect(),
+    let selected = match select_backends(args.backends.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
     };
-    for b in &selected {
-        let Some(known) = KNOWN.iter().find(|k| k.0 == b) else {
-            eprintln!("error: unknown backend {b:?} (known: memory, postgres, mongodb, scylla)");
-            return ExitCode::from(2);
-        };
-        if !known.2 {
-            eprintln!(
-                "error: backend {b} is not compiled in: build with `--features {b}` (or leave it out of --backends)"
-            );
-            return ExitCode::from(2);
-        }
-        if let Some(var) = known.1
-            && std::env::var(var).map(|v| v.is_empty()).unwrap_or(true)
-        {
-            eprintln!(
-                "error: {var} is not set, so backend {b} cannot run.\n  Start the servers: \
-                     `scripts/servers.sh start && source .servers/env`,\n  or leave {b} out: \
-                     `--backends {}`",
-                selected
-                    .iter()
-                    .filter(|s| *s != b)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(",")
-            );
-            return ExitCode::from(2);
-        }
-    }
 
     if args.drop_leftovers {
         let mut code = ExitCode::SUCCESS;

@@ -102,7 +102,8 @@ fn bench_policy() -> Policy {
         .expect("a valid policy")
 }
 
-fn settings(codec: ContentCodec) -> StoreSettings {
+/// The settings every benched store uses: `codec`, a day's recall window, the system clock.
+pub fn settings(codec: ContentCodec) -> StoreSettings {
     StoreSettings {
         policy: bench_policy(),
         codec,
@@ -275,7 +276,8 @@ impl Ctx {
     }
 }
 
-fn recall_request(
+/// A recall of `id` in `c` by `by`, with a request id unique per `side`, `i` and message.
+pub fn recall_request(
     c: &ConversationId,
     id: MsgId,
     by: &UserId,

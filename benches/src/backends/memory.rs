@@ -10,19 +10,10 @@ use crate::harness::R;
 use crate::target::{Handle, Raw, Target};
 
 /// The in-memory target: one MemoryStore shared by every codec (reconfigured per codec).
+#[derive(Default)]
 pub struct MemoryTarget {
     base: MemoryStore,
     raw: Arc<MemoryRaw>,
-}
-
-impl MemoryTarget {
-    /// A fresh, empty store.
-    pub fn new() -> Self {
-        MemoryTarget {
-            base: MemoryStore::default(),
-            raw: Arc::new(MemoryRaw::default()),
-        }
-    }
 }
 
 #[async_trait]
