@@ -115,6 +115,7 @@ fn scale(backend: &str, quick: bool, big: Option<u64>) -> Scale {
         content_len: 300,
         mixed_concurrency: 16,
         feed_page: 50,
+        write_cap: None,
     };
     if quick {
         s.big = 100_000;
@@ -155,6 +156,8 @@ fn scale(backend: &str, quick: bool, big: Option<u64>) -> Scale {
                 s.big_note = Some("histories written as imstore's rows with plain CQL (imstore's inserts are LWTs)".into());
             }
         }
+        // In process memory every written message stays: cap what a round may add.
+        "memory" => s.write_cap = Some(20_000),
         _ => {}
     }
     if let Some(b) = big {

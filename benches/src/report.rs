@@ -158,6 +158,7 @@ pub fn to_json(header: Value, reports: &[BackendReport], failures: &[(String, St
                     "feed_events": r.scale.feed_events,
                     "content_bytes": r.scale.content_len,
                     "members_big": r.scale.members_big,
+                    "write_cap_messages_per_side_per_round": r.scale.write_cap,
                 },
                 "paths": r.paths.iter().map(PathResult::to_json).collect::<Vec<_>>(),
                 "recall_writes": r.recall_writes,

@@ -276,6 +276,15 @@ impl Ctx {
     }
 }
 
+/// The runner of a write path whose op writes `per_op` messages: capped per round when the
+/// backend's scale caps writes.
+fn writer(op: OpFn, per_op: u64, scale: &Scale) -> Runner {
+    match scale.write_cap {
+        Some(cap) => Runner::capped(op, cap / per_op),
+        None => Runner::new(op),
+    }
+}
+
 /// A recall of `id` in `c` by `by`, with a request id unique per `side`, `i` and message.
 pub fn recall_request(
     c: &ConversationId,
@@ -606,8 +615,8 @@ pub async fn run(
                 label,
                 conc,
                 format!("{} B content, 256 conversations", scale.content_len),
-                Runner::new(a),
-                Runner::new(b),
+                writer(a, 1, &scale),
+                writer(b, 1, &scale),
                 &mut out,
             )
             .await?;
@@ -646,8 +655,8 @@ pub async fn run(
             "off",
             1,
             "1,000 messages per call".into(),
-            Runner::new(a),
-            Runner::new(b),
+            writer(a, 1_000, &scale),
+            writer(b, 1_000, &scale),
             &mut out,
         )
         .await?;
@@ -662,8 +671,8 @@ pub async fn run(
             "off",
             scale.mixed_concurrency,
             "60% send, 30% latest page (10k history), 5% recall, 5% restore".into(),
-            Runner::new(a),
-            Runner::new(b),
+            writer(a, 1, &scale),
+            writer(b, 1, &scale),
             &mut out,
         )
         .await?;

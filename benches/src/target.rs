@@ -79,6 +79,9 @@ pub struct Scale {
     pub mixed_concurrency: usize,
     /// Bytes of content per message.
     pub content_len: usize,
+    /// At most this many messages written per side and round by the write paths (the memory
+    /// backend: at ~300k sends/s a full run would otherwise hold tens of millions of messages).
+    pub write_cap: Option<u64>,
 }
 
 /// One backend under test, over a namespace of its own.
