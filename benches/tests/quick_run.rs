@@ -1,0 +1,139 @@
+//! The bench command end to end against the real servers: a shortened `--quick` run of every
+//! backend compiled in writes the table, the JSON and the chart, and the JSON holds, per backend
+//! and path, imstore's and the baseline's throughput, p50 and p99, and their ratio.
+//!
+//! Needs the servers of `scripts/servers.sh` (`source .servers/env`); a compiled-in backend whose
+//! server variable is unset makes the bench refuse to start, and this test fail.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+/// Every (path, codec, concurrency) the bench reports for each backend.
+const PATHS: &[(&str, &str)] = &[
+    ("point_read", "off"),
+    ("point_read", "zstd"),
+    ("point_read", "aes"),
+    ("point_read", "zstd+aes"),
+    ("latest_page_small", "off"),
+    ("latest_page_big", "off"),
+    ("recall", "off"),
+    ("feed_page", "off"),
+    ("send", "off"),
+    ("send", "zstd"),
+    ("send", "aes"),
+    ("send", "zstd+aes"),
+    ("batch_send_1000", "off"),
+    ("mixed", "off"),
+];
+
+fn out_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("imstore-bench-quick-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn side_is_measured(side: &Value, what: &str) {
+    let ops_per_s = side["ops_per_s"].as_f64().unwrap_or(0.0);
+    let p50 = side["p50_us"].as_u64().unwrap_or(0);
+    let p99 = side["p99_us"].as_u64().unwrap_or(0);
+    assert!(ops_per_s > 0.0, "{what}: no throughput in {side}");
+    assert!(
+        side["ops"].as_u64().unwrap_or(0) > 0,
+        "{what}: no ops in {side}"
+    );
+    assert!(p50 > 0 && p99 >= p50, "{what}: percentiles {p50} / {p99}");
+}
+
+#[test]
+fn quick_run_writes_table_json_and_chart_for_every_backend() {
+    let out = out_dir();
+    let run = Command::new(env!("CARGO_BIN_EXE_imstore-bench"))
+        .args(["--quick", "--quiet", "--rounds", "1", "--round-ms", "30"])
+        .args(["--big", "2000", "--out"])
+        .arg(&out)
+        .output()
+        .expect("the bench command starts");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "bench failed: {stderr}");
+
+    let json: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("latest.json")).expect("latest.json written"),
+    )
+    .expect("latest.json is JSON");
+    let table = std::fs::read_to_string(out.join("latest.txt")).expect("latest.txt written");
+    let chart = std::fs::read_to_string(out.join("latest.svg")).expect("latest.svg written");
+    assert!(chart.trim_start().starts_with("<svg") && chart.trim_end().ends_with("</svg>"));
+    let stamped: Vec<_> = std::fs::read_dir(&out)
+        .expect("out dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("quick-"))
+        .collect();
+    assert_eq!(
+        stamped.len(),
+        3,
+        "quick-<stamp>.{{json,txt,svg}}: {stamped:?}"
+    );
+
+    assert_eq!(json["mode"], "quick");
+    assert_eq!(json["failures"].as_array().map(Vec::len), Some(0));
+    let compiled: Vec<&str> = imstore_bench::KNOWN
+        .iter()
+        .filter(|k| k.2)
+        .map(|k| k.0)
+        .collect();
+    let backends = json["backends"].as_array().expect("backends");
+    assert_eq!(
+        backends
+            .iter()
+            .map(|b| b["backend"].as_str().unwrap_or("?"))
+            .collect::<Vec<_>>(),
+        compiled
+    );
+    for b in backends {
+        let name = b["backend"].as_str().unwrap_or("?");
+        assert!(table.contains(&format!("== {name} ")), "table lacks {name}");
+        let paths = b["paths"].as_array().expect("paths");
+        for (path, codec) in PATHS {
+            let p = paths
+                .iter()
+                .find(|p| p["path"] == *path && p["codec"] == *codec)
+                .unwrap_or_else(|| panic!("{name}: no {path} ({codec})"));
+            let what = format!("{name} {path} {codec}");
+            side_is_measured(&p["imstore"], &format!("{what} imstore"));
+            side_is_measured(&p["baseline"], &format!("{what} baseline"));
+            let expect = p["imstore"]["ops_per_s"].as_f64().unwrap()
+                / p["baseline"]["ops_per_s"].as_f64().unwrap();
+            let ratio = p["ratio"].as_f64().expect("ratio");
+            assert!(
+                (ratio - expect).abs() <= 0.01 * expect.max(1.0),
+                "{what}: ratio {ratio}, throughputs give {expect}"
+            );
+        }
+        assert!(
+            paths
+                .iter()
+                .any(|p| p["path"] == "send" && p["concurrency"] == 64),
+            "{name}: no send at concurrency 64"
+        );
+        // The recall write count: on a server, the same writes at 2 and at 2,000 members.
+        let rw = &b["recall_writes"];
+        if name == "memory" {
+            assert_eq!(rw["same_writes"], Value::Null);
+        } else {
+            let groups = rw["groups"].as_array().expect("groups");
+            let members: Vec<_> = groups.iter().map(|g| g["members"].as_u64()).collect();
+            assert_eq!(members, vec![Some(2), Some(2000)]);
+            let writes: Vec<f64> = groups
+                .iter()
+                .map(|g| g["writes_per_recall"].as_f64().expect("writes counted"))
+                .collect();
+            assert!(writes[0] > 0.0, "{name}: no write counted for a recall");
+            assert_eq!(writes[0], writes[1], "{name}: writes grow with members");
+            assert_eq!(rw["same_writes"], true);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
