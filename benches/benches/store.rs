@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use imstore_bench::harness::R;
-use imstore_bench::suite::{chat_text, recall_request, settings};
+use imstore_bench::suite::{chat_text, recall_request, settings, write_batch};
 use imstore_bench::target::{Raw, Target, codecs};
 use imstore_bench::{connect, select_backends};
 use imstore_core::{
@@ -82,10 +82,7 @@ impl Bed {
             let batch: Vec<NewMessage> = (0..left.min(1_000)).map(|_| self.message(&c)).collect();
             left -= batch.len() as u64;
             ids.extend(batch.iter().map(|m| m.msg_id));
-            self.raw.mirror(&batch).await?;
-            if !(history && self.raw.bulk_history(&batch).await?) {
-                store.insert_batch(batch).await?;
-            }
+            write_batch(&self.raw, store, batch, history).await?;
         }
         Ok(ids)
     }

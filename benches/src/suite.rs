@@ -220,10 +220,7 @@ impl Ctx {
                 let pb = pb.clone();
                 async move {
                     let len = batch.len() as u64;
-                    raw.mirror(&batch).await?;
-                    if !(history && raw.bulk_history(&batch).await?) {
-                        store.insert_batch(batch).await?;
-                    }
+                    write_batch(&raw, &store, batch, history).await?;
                     pb.inc(len);
                     R::Ok(())
                 }
@@ -274,6 +271,22 @@ impl Ctx {
         out.push(r);
         Ok(())
     }
+}
+
+/// Writes `batch` through `store`, mirrored into the baseline's own structure; when `history`
+/// and the baseline can write the rows as the backend lays them out, it writes them instead
+/// (loading a 1M history through Cassandra LWTs would take the run).
+pub async fn write_batch(
+    raw: &Arc<dyn Raw>,
+    store: &Arc<dyn MessageStore>,
+    batch: Vec<NewMessage>,
+    history: bool,
+) -> R<()> {
+    raw.mirror(&batch).await?;
+    if !(history && raw.bulk_history(&batch).await?) {
+        store.insert_batch(batch).await?;
+    }
+    Ok(())
 }
 
 /// The runner of a write path whose op writes `per_op` messages: capped per round when the
