@@ -176,7 +176,8 @@ impl ScyllaRaw {
         self.store.bucket_of(id)
     }
 
-    async fn insert_one(&self, m: &NewMessage) -> R<()> {
+    /// One plain INSERT of `m`'s message row, with `content` as the stored bytes.
+    async fn insert_row(&self, m: &NewMessage, content: &[u8]) -> R<()> {
         self.session
             .execute_unpaged(
                 &self.insert,
@@ -186,12 +187,16 @@ impl ScyllaRaw {
                     m.msg_id.as_i64(),
                     m.sender_id.as_str(),
                     m.msg_type.code(),
-                    m.content.as_slice(),
+                    content,
                     now_ms(),
                 ),
             )
             .await?;
         Ok(())
+    }
+
+    async fn insert_one(&self, m: &NewMessage) -> R<()> {
+        self.insert_row(m, &m.content).await
     }
 }
 
@@ -228,21 +233,7 @@ impl Raw for ScyllaRaw {
             .map(|m| codec.encode(&m.conversation_id, m.msg_id, &m.content))
             .collect::<imstore_core::Result<Vec<_>>>()?;
         futures::stream::iter(0..ms.len())
-            .map(|i| {
-                let m = &ms[i];
-                self.session.execute_unpaged(
-                    &self.insert,
-                    (
-                        m.conversation_id.as_str(),
-                        self.bucket(m.msg_id),
-                        m.msg_id.as_i64(),
-                        m.sender_id.as_str(),
-                        m.msg_type.code(),
-                        encoded[i].as_slice(),
-                        now_ms(),
-                    ),
-                )
-            })
+            .map(|i| self.insert_row(&ms[i], &encoded[i]))
             .buffer_unordered(64)
             .try_collect::<Vec<_>>()
             .await?;
