@@ -39,7 +39,9 @@ impl StoreFactory for MemoryFactory {
     }
 
     async fn open(&self, namespace: &str, settings: StoreSettings) -> MemoryStore {
-        self.store(namespace).reconfigured(settings)
+        self.store(namespace)
+            .reconfigured(settings)
+            .expect("the memory backend accepts every valid policy")
     }
 
     async fn raw_content(
@@ -48,7 +50,9 @@ impl StoreFactory for MemoryFactory {
         conversation: &ConversationId,
         msg_id: MsgId,
     ) -> Option<Vec<u8>> {
-        self.store(namespace).raw_content(conversation, msg_id)
+        self.store(namespace)
+            .inner()
+            .raw_content(conversation, msg_id)
     }
 
     async fn set_raw_content(
@@ -60,6 +64,7 @@ impl StoreFactory for MemoryFactory {
     ) {
         assert!(
             self.store(namespace)
+                .inner()
                 .set_raw_content(conversation, msg_id, bytes)
         );
     }

@@ -192,6 +192,19 @@ impl ContentCodec {
         self.keys.is_some()
     }
 
+    /// The most bytes [`ContentCodec::encode`] writes for `content_len` bytes of content: the
+    /// envelope's header, key id, nonce and tag around the body (compression is only kept when it
+    /// makes the body smaller).
+    pub fn max_encoded_len(&self, content_len: usize) -> usize {
+        let header = 3 + 4;
+        let sealed = if self.keys.is_some() {
+            4 + NONCE_LEN + TAG_LEN
+        } else {
+            0
+        };
+        content_len.saturating_add(header + sealed)
+    }
+
     /// The stored form of `content` for message `msg_id` of `conversation`.
     pub fn encode(
         &self,

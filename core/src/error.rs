@@ -46,6 +46,27 @@ impl ErrorKind {
     }
 }
 
+impl ErrorKind {
+    /// Every kind, for parsing and exhaustive tests.
+    pub const ALL: [ErrorKind; 10] = [
+        ErrorKind::NotFound,
+        ErrorKind::Forbidden,
+        ErrorKind::WindowExpired,
+        ErrorKind::InvalidState,
+        ErrorKind::StaleRequest,
+        ErrorKind::InvalidInput,
+        ErrorKind::Conflict,
+        ErrorKind::Decode,
+        ErrorKind::Unavailable,
+        ErrorKind::Backend,
+    ];
+
+    /// The kind whose [`ErrorKind::as_str`] is `s` (as stored in a request record).
+    pub fn parse(s: &str) -> Option<ErrorKind> {
+        ErrorKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
 impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -126,6 +147,7 @@ pub struct Error {
     field: Option<&'static str>,
     message: String,
     source: Option<Source>,
+    persistent: bool,
 }
 
 /// The result type of every store call.
@@ -141,7 +163,26 @@ impl Error {
             field: None,
             message: message.into(),
             source: None,
+            persistent: false,
         }
+    }
+
+    /// [`ErrorKind::NotFound`] for a message that does not exist (or was purged).
+    pub fn not_found(msg_id: crate::ids::MsgId) -> Self {
+        Error::new(ErrorKind::NotFound, format!("message {msg_id} not found"))
+    }
+
+    /// [`ErrorKind::Backend`] for a stored field that cannot be what the store wrote (corruption,
+    /// or a row written by something else): retrying will not fix it.
+    pub fn corrupt(what: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Backend, what)
+    }
+
+    /// Marks an error whose retries were already spent inside the store: even if its kind is
+    /// [`ErrorKind::Unavailable`], an immediate retry by the caller is not expected to help.
+    pub fn persistent(mut self) -> Self {
+        self.persistent = true;
+        self
     }
 
     /// An [`ErrorKind::InvalidInput`] naming the offending field and why it was refused.
@@ -198,9 +239,15 @@ impl Error {
         &self.message
     }
 
-    /// True when the same call may succeed if retried later (the backend was unavailable or timed out).
+    /// True when the same call may succeed if retried soon: the backend was unavailable or timed
+    /// out, and the store did not already spend its own retries on it (see [`Error::persistent`]).
     pub fn is_temporary(&self) -> bool {
-        matches!(self.kind, ErrorKind::Unavailable)
+        matches!(self.kind, ErrorKind::Unavailable) && !self.persistent
+    }
+
+    /// True when the store already retried this failure itself and gave up.
+    pub fn is_persistent(&self) -> bool {
+        self.persistent
     }
 }
 
@@ -211,7 +258,8 @@ impl fmt::Debug for Error {
             .field("operation", &self.operation)
             .field("backend", &self.backend)
             .field("field", &self.field)
-            .field("message", &self.message);
+            .field("message", &self.message)
+            .field("persistent", &self.persistent);
         if let Some(source) = &self.source {
             d.field("source", source);
         }
@@ -231,11 +279,9 @@ impl fmt::Display for Error {
         if let Some(field) = self.field {
             write!(f, " (field `{field}`)")?;
         }
-        write!(f, ": {}", self.message)?;
-        if let Some(source) = &self.source {
-            write!(f, ": {source}")?;
-        }
-        Ok(())
+        // The cause is reachable through `source()`; printing it here too would repeat it in
+        // every report that walks the chain.
+        write!(f, ": {}", self.message)
     }
 }
 
@@ -262,6 +308,24 @@ mod tests {
         ] {
             assert!(!Error::new(kind, "x").is_temporary(), "{kind}");
         }
+    }
+
+    #[test]
+    fn exhausted_retries_are_not_temporary() {
+        let e = Error::new(ErrorKind::Unavailable, "gave up").persistent();
+        assert!(!e.is_temporary());
+        assert!(e.is_persistent());
+    }
+
+    #[test]
+    fn display_does_not_repeat_the_source() {
+        let io = std::io::Error::other("connection reset");
+        let e = Error::new(ErrorKind::Unavailable, "lost the server").with_source(io);
+        assert_eq!(e.to_string(), "unavailable: lost the server");
+        assert_eq!(
+            std::error::Error::source(&e).unwrap().to_string(),
+            "connection reset"
+        );
     }
 
     #[test]

@@ -87,19 +87,31 @@ pub fn validate_batch(msgs: &[NewMessage], policy: &Policy) -> Result<()> {
     Ok(())
 }
 
-/// Checks a transition request's ids and that its client timestamp is within the allowed skew.
-pub fn validate_request(req: &TransitionRequest, policy: &Policy, now: Timestamp) -> Result<()> {
+/// Checks a transition request's ids (the caller's fault when wrong; nothing is recorded).
+pub fn validate_request(req: &TransitionRequest, policy: &Policy) -> Result<()> {
     check_id_len("conversation_id", req.conversation_id.as_str(), policy)?;
     check_id_len("requester", req.requester.as_str(), policy)?;
-    check_id_len("request_id", req.request_id.as_str(), policy)?;
-    let skew = (req.client_ts.as_millis() - now.as_millis()).unsigned_abs();
-    if u128::from(skew) > policy.max_clock_skew().as_millis() {
+    check_id_len("request_id", req.request_id.as_str(), policy)
+}
+
+/// Checks that a request's client timestamp is within the allowed skew of the store's clock.
+///
+/// Runs after the replay lookup (a retry of a recorded request is answered whatever its age);
+/// the arithmetic is checked, so no client timestamp can overflow it.
+pub fn check_skew(req: &TransitionRequest, policy: &Policy, now: Timestamp) -> Result<()> {
+    let skew = i128::from(req.client_ts.as_millis()) - i128::from(now.as_millis());
+    if skew.unsigned_abs() > policy.max_clock_skew().as_millis() {
         return Err(Error::new(
             ErrorKind::StaleRequest,
             format!("client timestamp is {skew} ms from the store's clock"),
         ));
     }
     Ok(())
+}
+
+/// Checks a user id given to a read (the viewer).
+pub fn validate_viewer(viewer: &UserId, policy: &Policy) -> Result<()> {
+    check_id_len("viewer", viewer.as_str(), policy)
 }
 
 /// Checks a conversation id given to a read.
@@ -192,6 +204,15 @@ pub fn plan(
                         ErrorKind::InvalidState,
                         "a deleted message cannot be recalled",
                     ));
+                }
+                // A moderator's recall stands over the sender's own: it takes the recall over
+                // (recorded, with its event), so the sender can no longer restore it.
+                Status::Recalled
+                    if is_moderator && !is_sender && state.recalled_by.as_ref() == Some(sender) =>
+                {
+                    next.recalled_at = Some(now);
+                    next.recalled_by = Some(req.requester.clone());
+                    return Ok(Plan::Apply(next));
                 }
                 Status::Recalled => return Ok(Plan::Unchanged),
                 Status::Normal => {}
@@ -292,6 +313,9 @@ pub struct RequestRecord {
     pub changed: bool,
     /// When the first outcome was committed (for purging old records).
     pub at: Timestamp,
+    /// When the first outcome was a refusal, its kind; `status` and `version` are then the state
+    /// the request was judged against (`Normal`, 0 when the message did not exist).
+    pub refusal: Option<ErrorKind>,
 }
 
 impl RequestRecord {
@@ -307,7 +331,48 @@ impl RequestRecord {
             version: outcome.version,
             changed: outcome.changed,
             at,
+            refusal: None,
         }
+    }
+
+    /// The record of `req`'s first outcome when it was refused with `kind`, judged against a
+    /// message at `status`/`version` (0 when it did not exist).
+    pub fn refused(
+        req: &TransitionRequest,
+        kind: ErrorKind,
+        status: Status,
+        version: u32,
+        at: Timestamp,
+    ) -> Self {
+        RequestRecord {
+            conversation_id: req.conversation_id.clone(),
+            request_id: req.request_id.clone(),
+            action: req.action,
+            msg_id: req.msg_id,
+            requester: req.requester.clone(),
+            status,
+            version,
+            changed: false,
+            at,
+            refusal: Some(kind),
+        }
+    }
+
+    /// The answer this record stands for, as first given (a refusal is the same error kind).
+    pub fn answer(&self) -> Result<TransitionOutcome> {
+        if let Some(kind) = self.refusal {
+            return Err(Error::new(
+                kind,
+                format!("request {} was refused with {kind}", self.request_id),
+            ));
+        }
+        Ok(TransitionOutcome {
+            msg_id: self.msg_id,
+            status: self.status,
+            version: self.version,
+            changed: self.changed,
+            replayed: false,
+        })
     }
 
     /// The answer to a repeat of this request; a request id reused for another request is a conflict.
@@ -320,12 +385,9 @@ impl RequestRecord {
             )
             .with_field("request_id"));
         }
-        Ok(TransitionOutcome {
-            msg_id: self.msg_id,
-            status: self.status,
-            version: self.version,
-            changed: self.changed,
+        self.answer().map(|o| TransitionOutcome {
             replayed: true,
+            ..o
         })
     }
 }
@@ -432,18 +494,74 @@ mod tests {
         let p = Policy::default();
         let mut r = req(Action::Recall, "a", Authority::Member);
         r.client_ts = Timestamp::from_millis(1_000_000);
-        assert!(validate_request(&r, &p, Timestamp::from_millis(1_000_000 + 300_000)).is_ok());
+        assert!(check_skew(&r, &p, Timestamp::from_millis(1_000_000 + 300_000)).is_ok());
         assert_eq!(
-            validate_request(&r, &p, Timestamp::from_millis(1_000_000 + 300_001))
+            check_skew(&r, &p, Timestamp::from_millis(1_000_000 + 300_001))
                 .unwrap_err()
                 .kind(),
             ErrorKind::StaleRequest
         );
         assert_eq!(
-            validate_request(&r, &p, Timestamp::from_millis(1_000_000 - 300_001))
+            check_skew(&r, &p, Timestamp::from_millis(1_000_000 - 300_001))
                 .unwrap_err()
                 .kind(),
             ErrorKind::StaleRequest
+        );
+    }
+
+    #[test]
+    fn extreme_client_timestamps_do_not_overflow() {
+        let p = Policy::default();
+        for ts in [i64::MIN, i64::MAX] {
+            let mut r = req(Action::Recall, "a", Authority::Member);
+            r.client_ts = Timestamp::from_millis(ts);
+            for now in [i64::MIN, 0, i64::MAX] {
+                let got = check_skew(&r, &p, Timestamp::from_millis(now));
+                assert!(got.is_ok() == (ts == now), "{ts} at {now}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_moderator_takes_over_the_senders_recall() {
+        let p = Policy::default();
+        let mut state = Lifecycle::new(Timestamp::from_millis(0));
+        state.status = Status::Recalled;
+        state.version = 2;
+        state.recalled_by = Some(user("alice"));
+        state.recalled_at = Some(Timestamp::from_millis(10));
+        let m = req(Action::Recall, "mod", Authority::Moderator);
+        let Ok(Plan::Apply(next)) =
+            plan(&m, &user("alice"), &state, &p, Timestamp::from_millis(20))
+        else {
+            panic!("a moderator's recall must stand");
+        };
+        assert_eq!(next.recalled_by, Some(user("mod")));
+        assert_eq!(next.version, 3);
+        // A second moderator finds it already recalled by a moderator.
+        let again = req(Action::Recall, "mod2", Authority::Moderator);
+        assert!(matches!(
+            plan(
+                &again,
+                &user("alice"),
+                &next,
+                &p,
+                Timestamp::from_millis(30)
+            ),
+            Ok(Plan::Unchanged)
+        ));
+        let restore = req(Action::Restore, "alice", Authority::Member);
+        assert_eq!(
+            plan(
+                &restore,
+                &user("alice"),
+                &next,
+                &p,
+                Timestamp::from_millis(40)
+            )
+            .unwrap_err()
+            .kind(),
+            ErrorKind::Forbidden
         );
     }
 }
