@@ -13,6 +13,7 @@
 pub mod cases;
 pub mod fixtures;
 pub mod harness;
+pub mod history;
 pub mod memory;
 
 pub use harness::{DynFactory, Harness, Setup, StoreFactory, require_env, unique_namespace};
