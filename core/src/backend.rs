@@ -57,6 +57,9 @@ impl EncodedMessage {
 }
 
 /// What a backend found when it tried to insert one message.
+// `Existing` is large, `New` is the common case; both are moved once per insert and never
+// stored, so boxing would only add an allocation to the retry path.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Inserted {
     /// The message was written.

@@ -1,0 +1,189 @@
+//! Bad input: typed `InvalidInput` naming the field, never a panic or a silent truncation (CONTRACT.md, "Errors").
+
+use super::*;
+
+/// Content over the policy's limit is InvalidInput naming `content`, and nothing is stored.
+pub async fn oversized_content_is_invalid_input<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    let max = h.settings.policy.max_content_bytes();
+    let at_limit = NewMessage {
+        content: vec![7u8; max],
+        ..c.text("")
+    };
+    sent(&h, at_limit).await;
+    let over = NewMessage {
+        content: vec![7u8; max + 1],
+        ..c.text("")
+    };
+    let err = h.store.insert(over.clone()).await.unwrap_err();
+    assert_eq!(
+        (err.kind(), err.field()),
+        (ErrorKind::InvalidInput, Some("content"))
+    );
+    assert_eq!(
+        kind(h.store.get(&c.conv, over.msg_id, &c.bob).await),
+        ErrorKind::NotFound
+    );
+    h.finish().await;
+}
+
+/// Ids over the policy's length are InvalidInput naming the field, on writes and reads alike.
+pub async fn oversized_ids_are_invalid_input<F: StoreFactory>(f: &F) {
+    let setup = Setup {
+        policy: Policy::builder().max_id_bytes(32).build().unwrap(),
+        ..Setup::default()
+    };
+    let (h, c) = start_with(f, setup).await;
+    let long = "x".repeat(33);
+    let m = NewMessage {
+        conversation_id: conv(&long),
+        ..c.text("x")
+    };
+    let err = h.store.insert(m).await.unwrap_err();
+    assert_eq!(
+        (err.kind(), err.field()),
+        (ErrorKind::InvalidInput, Some("conversation_id"))
+    );
+    let m = NewMessage {
+        sender_id: user(&long),
+        ..c.text("x")
+    };
+    assert_eq!(
+        h.store.insert(m).await.unwrap_err().field(),
+        Some("sender_id")
+    );
+    let id = sent(&h, c.text("ok")).await;
+    let req = TransitionRequest {
+        request_id: RequestId::new(long.clone()).unwrap(),
+        ..c.request(Action::Recall, &c.alice, id)
+    };
+    assert_eq!(
+        h.store.transition(req).await.unwrap_err().field(),
+        Some("request_id")
+    );
+    let err = h
+        .store
+        .list(&conv(&long), &c.bob, ListOptions::newest(10))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.kind(), err.field()),
+        (ErrorKind::InvalidInput, Some("conversation_id"))
+    );
+    h.finish().await;
+}
+
+/// Empty, non-UTF-8 and control-character ids are refused with InvalidInput before reaching a store.
+pub async fn malformed_ids_are_refused_before_reaching_the_store<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    let bad: [(&[u8], &str); 4] = [
+        (b"", "must not be empty"),
+        (&[0xc3, 0x28], "invalid UTF-8"),
+        (b"a\0b", "NUL"),
+        (b"line\nbreak", "newline"),
+    ];
+    for (bytes, why) in bad {
+        for err in [
+            ConversationId::from_bytes(bytes).unwrap_err(),
+            UserId::from_bytes(bytes).unwrap_err(),
+            RequestId::from_bytes(bytes).unwrap_err(),
+        ] {
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{why}");
+            assert!(err.field().is_some(), "{why}");
+        }
+    }
+    assert_eq!(MsgId::new(0).unwrap_err().kind(), ErrorKind::InvalidInput);
+    assert_eq!(
+        MsgId::new(u64::MAX).unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+    // The store is untouched and usable.
+    sent(&h, c.text("still fine")).await;
+    h.finish().await;
+}
+
+/// Strings that look like SQL, CQL or query-operator injection are stored and read back verbatim.
+pub async fn injection_looking_strings_are_stored_verbatim<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    let nasty = [
+        "'; DROP TABLE messages; --",
+        "\" OR 1=1 --",
+        "{\"$gt\": \"\"}",
+        "$where",
+        "a.b.c",
+        "robert'); DELETE FROM conversations WHERE ('1'='1",
+        "🙂 ünïcödé 中文 עברית",
+        "%s%n%x",
+    ];
+    for s in nasty {
+        let cast = Cast::in_conversation(&h.settings, s);
+        let m = NewMessage {
+            sender_id: user(s),
+            attachment: Some(Attachment {
+                key: s.to_string(),
+                size: 1,
+                mime: s.to_string(),
+            }),
+            ..cast.text(s)
+        };
+        sent(&h, m.clone()).await;
+        let v = h.store.get(&cast.conv, m.msg_id, &user(s)).await.unwrap();
+        assert_eq!(v.conversation_id.as_str(), s);
+        assert_eq!(v.sender_id.as_str(), s);
+        let body = v.body.unwrap();
+        assert_eq!(body.content, s.as_bytes());
+        assert_eq!(body.attachment, m.attachment);
+        let req = TransitionRequest {
+            request_id: RequestId::new(s).unwrap(),
+            ..cast.request(Action::Recall, &user(s), m.msg_id)
+        };
+        assert!(h.store.transition(req).await.unwrap().changed);
+        assert_eq!(
+            h.store
+                .list(&cast.conv, &c.bob, ListOptions::newest(5))
+                .await
+                .unwrap()
+                .items
+                .len(),
+            1
+        );
+    }
+    h.finish().await;
+}
+
+/// An attachment with an empty key is InvalidInput naming `attachment.key`.
+pub async fn attachment_with_an_empty_key_is_invalid_input<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    let m = NewMessage {
+        attachment: Some(Attachment {
+            key: String::new(),
+            size: 1,
+            mime: "a/b".into(),
+        }),
+        ..c.text("x")
+    };
+    let err = h.store.insert(m).await.unwrap_err();
+    assert_eq!(
+        (err.kind(), err.field()),
+        (ErrorKind::InvalidInput, Some("attachment.key"))
+    );
+    h.finish().await;
+}
+
+/// Errors carry the operation and the backend that produced them.
+pub async fn errors_name_their_operation_and_backend<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    let err = h.store.get(&c.conv, c.next_id(), &c.bob).await.unwrap_err();
+    assert_eq!(err.operation(), Some(Operation::Get));
+    assert_eq!(err.backend(), Some(h.store.backend()));
+    assert!(!err.is_temporary());
+    let id = sent(&h, c.text("x")).await;
+    let err = h
+        .store
+        .transition(c.request(Action::Recall, &c.bob, id))
+        .await
+        .unwrap_err();
+    assert_eq!(err.operation(), Some(Operation::Recall));
+    assert_eq!(err.backend(), Some(h.store.backend()));
+    h.finish().await;
+}

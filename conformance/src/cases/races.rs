@@ -1,0 +1,234 @@
+//! Races and retries: duplicate requests, concurrent devices, recall racing restore or delete (CONTRACT.md, "Races and retries").
+
+use super::*;
+
+/// The same recall sent twice succeeds twice, changes the message once and records one event.
+pub async fn repeated_recall_succeeds_twice_with_one_event<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    let id = sent(&h, c.text("x")).await;
+    let req = c.request(Action::Recall, &c.alice, id);
+    let first = h.store.transition(req.clone()).await.unwrap();
+    let second = h.store.transition(req).await.unwrap();
+    assert!(first.changed && !first.replayed);
+    assert!(second.replayed);
+    assert_eq!(
+        (second.status, second.version),
+        (first.status, first.version)
+    );
+    assert_eq!(all_events(&h, &c.conv).await.len(), 1);
+    h.finish().await;
+}
+
+/// Repeated restores and deletes (same request id) are likewise applied once, with one event each.
+pub async fn repeated_restore_and_delete_are_applied_once<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    let id = sent(&h, c.text("x")).await;
+    h.store
+        .transition(c.request(Action::Recall, &c.alice, id))
+        .await
+        .unwrap();
+    let restore = c.request(Action::Restore, &c.alice, id);
+    let delete = c.request(Action::Delete, &c.alice, id);
+    for req in [restore, delete] {
+        let a = h.store.transition(req.clone()).await.unwrap();
+        let b = h.store.transition(req).await.unwrap();
+        assert_eq!((a.status, a.version), (b.status, b.version));
+        assert!(b.replayed);
+    }
+    let events = all_events(&h, &c.conv).await;
+    assert_eq!(
+        events.iter().map(|e| e.version).collect::<Vec<_>>(),
+        vec![2, 3, 4]
+    );
+    h.finish().await;
+}
+
+/// Two devices recalling with their own request ids: both succeed, one transition, one event.
+pub async fn recall_from_two_devices_changes_the_message_once<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    let id = sent(&h, c.text("x")).await;
+    let phone = h
+        .store
+        .transition(c.request(Action::Recall, &c.alice, id))
+        .await
+        .unwrap();
+    let laptop = h
+        .store
+        .transition(c.request(Action::Recall, &c.alice, id))
+        .await
+        .unwrap();
+    assert!(phone.changed && !laptop.changed && !laptop.replayed);
+    assert_eq!((laptop.status, laptop.version), (Status::Recalled, 2));
+    assert_eq!(all_events(&h, &c.conv).await.len(), 1);
+    h.finish().await;
+}
+
+/// 16 copies of one recall request (a client retrying while the first is in flight) racing each
+/// other: every copy succeeds with the first outcome, exactly one applies it, one event.
+pub async fn concurrent_retries_of_one_request_apply_it_once<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    let id = sent(&h, c.text("x")).await;
+    let req = c.request(Action::Recall, &c.alice, id);
+    let outs: Vec<_> = race(&h, vec![req; 16])
+        .await
+        .into_iter()
+        .map(|r| r.expect("every copy of the request succeeds"))
+        .collect();
+    assert_eq!(
+        outs.iter().filter(|o| !o.replayed).count(),
+        1,
+        "exactly one copy applies the request, the others replay it: {outs:?}"
+    );
+    assert!(
+        outs.iter()
+            .all(|o| o.changed && (o.status, o.version) == (Status::Recalled, 2)),
+        "every copy answers with the first outcome: {outs:?}"
+    );
+    let events = all_events(&h, &c.conv).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!((events[0].msg_id, events[0].version), (id, 2));
+    h.finish().await;
+}
+
+/// One request id used at the same time for recalls of two different messages: one recall
+/// applies, the other is refused as a conflict, and only one message changes.
+pub async fn concurrent_reuse_of_a_request_id_applies_one_request<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    let x = sent(&h, c.text("x")).await;
+    let y = sent(&h, c.text("y")).await;
+    let on_x = c.request(Action::Recall, &c.alice, x);
+    let mut on_y = c.request(Action::Recall, &c.alice, y);
+    on_y.request_id = on_x.request_id.clone();
+    let results = race(&h, vec![on_x, on_y]).await;
+    let applied: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(applied.len(), 1, "{results:?}");
+    assert!(applied[0].changed && !applied[0].replayed);
+    assert_eq!(
+        results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .map(Error::kind)
+            .collect::<Vec<_>>(),
+        vec![ErrorKind::Conflict]
+    );
+    let mut recalled = 0;
+    for id in [x, y] {
+        if h.store.get(&c.conv, id, &c.alice).await.unwrap().status == Status::Recalled {
+            recalled += 1;
+        }
+    }
+    assert_eq!(recalled, 1);
+    let events = all_events(&h, &c.conv).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].msg_id, applied[0].msg_id);
+    h.finish().await;
+}
+
+/// 64 concurrent recalls of one message: all succeed, exactly one transition and one event, one final state.
+pub async fn concurrent_recalls_make_exactly_one_transition<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    let id = sent(&h, c.text("x")).await;
+    let reqs: Vec<_> = (0..64)
+        .map(|_| c.request(Action::Recall, &c.alice, id))
+        .collect();
+    let results = futures::future::join_all(reqs.into_iter().map(|r| h.store.transition(r))).await;
+    let outs: Vec<_> = results
+        .into_iter()
+        .map(|r| r.expect("every recall succeeds"))
+        .collect();
+    assert_eq!(outs.iter().filter(|o| o.changed).count(), 1);
+    assert!(
+        outs.iter()
+            .all(|o| (o.status, o.version) == (Status::Recalled, 2))
+    );
+    let events = all_events(&h, &c.conv).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!((events[0].msg_id, events[0].version), (id, 2));
+    h.finish().await;
+}
+
+pub(crate) async fn race<F: StoreFactory>(
+    h: &Harness<'_, F>,
+    reqs: Vec<TransitionRequest>,
+) -> Vec<Result<TransitionOutcome>> {
+    futures::future::join_all(reqs.into_iter().map(|r| h.store.transition(r))).await
+}
+
+pub(crate) fn assert_feed_matches(events: &[ChangeEvent], final_view: &MessageView) {
+    let versions: Vec<u32> = events.iter().map(|e| e.version).collect();
+    let want: Vec<u32> = (2..=final_view.version).collect();
+    assert_eq!(versions, want, "one event per version, in order");
+    if let Some(last) = events.last() {
+        assert_eq!(
+            (last.status, last.version),
+            (final_view.status, final_view.version)
+        );
+    }
+}
+
+/// A recall racing a restore ends in one consistent state whose events match its version history.
+pub async fn recall_racing_restore_ends_consistent<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    for round in 0..8 {
+        let id = sent(&h, c.text(&format!("round {round}"))).await;
+        h.store
+            .transition(c.request(Action::Recall, &c.alice, id))
+            .await
+            .unwrap();
+        let results = race(
+            &h,
+            vec![
+                c.request(Action::Restore, &c.alice, id),
+                c.request(Action::Recall, &c.alice, id),
+                c.request(Action::Restore, &c.alice, id),
+            ],
+        )
+        .await;
+        assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+        let v = h.store.get(&c.conv, id, &c.alice).await.unwrap();
+        let events: Vec<_> = all_events(&h, &c.conv)
+            .await
+            .into_iter()
+            .filter(|e| e.msg_id == id)
+            .collect();
+        assert_feed_matches(&events, &v);
+    }
+    h.finish().await;
+}
+
+/// A recall racing a delete ends Deleted or consistent, never torn, with events matching its versions.
+pub async fn recall_racing_delete_ends_consistent<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    for round in 0..8 {
+        let id = sent(&h, c.text(&format!("round {round}"))).await;
+        let results = race(
+            &h,
+            vec![
+                c.request(Action::Recall, &c.alice, id),
+                c.moderator_request(Action::Delete, &c.mia, id),
+                c.request(Action::Recall, &c.alice, id),
+            ],
+        )
+        .await;
+        for r in &results {
+            match r {
+                Ok(_) => {}
+                Err(e) => assert_eq!(
+                    e.kind(),
+                    ErrorKind::InvalidState,
+                    "a recall that lost to the delete"
+                ),
+            }
+        }
+        let v = h.store.get(&c.conv, id, &c.alice).await.unwrap();
+        assert_eq!(v.status, Status::Deleted);
+        assert!(v.body.is_none());
+        let events: Vec<_> = all_events(&h, &c.conv)
+            .await
+            .into_iter()
+            .filter(|e| e.msg_id == id)
+            .collect();
+        assert_feed_matches(&events, &v);
+    }
+    h.finish().await;
+}
