@@ -69,6 +69,19 @@ impl<B: Backend> Store<B> {
             .with_operation(Operation::Connect)
             .with_backend(B::NAME));
         }
+        if policy.max_content_bytes() > settings.codec.decode_limit() {
+            return Err(Error::invalid_input(
+                "max_content_bytes",
+                format!(
+                    "{} bytes is more than the codec decodes ({} bytes): such a message would be \
+                     acknowledged and never readable",
+                    policy.max_content_bytes(),
+                    settings.codec.decode_limit()
+                ),
+            )
+            .with_operation(Operation::Connect)
+            .with_backend(B::NAME));
+        }
         if policy.max_batch_size() > limits.max_batch_size {
             return Err(Error::invalid_input(
                 "max_batch_size",

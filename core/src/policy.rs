@@ -201,10 +201,21 @@ impl PolicyBuilder {
                 format!("must be between 1 and {MAX_ID_BYTES}"),
             ));
         }
-        if p.restore_window > p.retention {
+        // The purge removes a recalled message `retention` after its recall, and its sender may
+        // restore it until `restore_window` after: equal windows would let both happen at once.
+        if p.restore_window >= p.retention {
             return Err(Error::invalid_input(
                 "restore_window",
-                "must not be longer than retention: a restorable message would be purged",
+                "must be shorter than retention: a restorable message would be purged",
+            ));
+        }
+        // Request records live for `retention`; a request is accepted up to `max_clock_skew` from
+        // the store's clock. A skew as long as retention would accept a replay whose record is
+        // already gone.
+        if p.max_clock_skew >= p.retention {
+            return Err(Error::invalid_input(
+                "max_clock_skew",
+                "must be shorter than retention: replays would outlive their request records",
             ));
         }
         if let Some(limit) = p.history_limit
@@ -230,6 +241,27 @@ mod tests {
         assert_eq!(p.moderator_recall_window(), None);
         assert_eq!(p.restore_window(), Duration::from_secs(7 * 86_400));
         assert_eq!(p.retention(), Duration::from_secs(30 * 86_400));
+    }
+
+    #[test]
+    fn windows_that_the_purge_would_cut_short_are_refused() {
+        let day = Duration::from_secs(86_400);
+        let e = Policy::builder()
+            .restore_window(30 * day)
+            .build()
+            .unwrap_err();
+        assert_eq!(e.field(), Some("restore_window"));
+        let e = Policy::builder()
+            .max_clock_skew(30 * day)
+            .build()
+            .unwrap_err();
+        assert_eq!(e.field(), Some("max_clock_skew"));
+        assert!(
+            Policy::builder()
+                .restore_window(30 * day - Duration::from_millis(1))
+                .build()
+                .is_ok()
+        );
     }
 
     #[test]

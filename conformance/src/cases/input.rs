@@ -187,3 +187,184 @@ pub async fn errors_name_their_operation_and_backend<F: StoreFactory>(f: &F) {
     assert_eq!(err.backend(), Some(h.store.backend()));
     h.finish().await;
 }
+
+/// A message with the largest msg_id the type accepts is stored, read and listed from both ends.
+pub async fn the_largest_msg_id_is_stored_and_listed<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    let small = sent(&h, c.text("first")).await;
+    let top = MsgId::new(i64::MAX as u64).unwrap();
+    let m = NewMessage::text(top, c.conv.clone(), c.alice.clone(), "last");
+    assert_eq!(h.store.insert(m).await.unwrap(), InsertOutcome::Inserted);
+    assert_eq!(h.store.get(&c.conv, top, &c.bob).await.unwrap().msg_id, top);
+    let newest = h
+        .store
+        .list(&c.conv, &c.bob, ListOptions::newest(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        newest.items.iter().map(|v| v.msg_id).collect::<Vec<_>>(),
+        vec![top, small]
+    );
+    let oldest = h
+        .store
+        .list(&c.conv, &c.bob, ListOptions::oldest(1))
+        .await
+        .unwrap();
+    assert_eq!(oldest.next, Some(small));
+    let rest = h
+        .store
+        .list(&c.conv, &c.bob, ListOptions::oldest(1).after(small))
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.items.iter().map(|v| v.msg_id).collect::<Vec<_>>(),
+        vec![top]
+    );
+    let after_top = h
+        .store
+        .list(&c.conv, &c.bob, ListOptions::oldest(5).after(top))
+        .await
+        .unwrap();
+    assert!(after_top.items.is_empty() && after_top.next.is_none());
+    let below_top = h
+        .store
+        .list(&c.conv, &c.bob, ListOptions::newest(5).after(top))
+        .await
+        .unwrap();
+    assert_eq!(
+        below_top.items.iter().map(|v| v.msg_id).collect::<Vec<_>>(),
+        vec![small]
+    );
+    h.finish().await;
+}
+
+/// Client timestamps at the ends of the range are stale requests, never an overflow or a panic.
+pub async fn extreme_client_timestamps_are_stale_requests<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    let id = sent(&h, c.text("x")).await;
+    for ts in [i64::MIN, i64::MIN + 1, -1, 0, i64::MAX - 1, i64::MAX] {
+        for action in [Action::Recall, Action::Restore, Action::Delete] {
+            let mut r = c.request(action, &c.alice, id);
+            r.client_ts = Timestamp::from_millis(ts);
+            assert_eq!(
+                kind(h.store.transition(r).await),
+                ErrorKind::StaleRequest,
+                "{action:?} at {ts}"
+            );
+        }
+    }
+    assert_eq!(h.store.get(&c.conv, id, &c.bob).await.unwrap().version, 1);
+    h.finish().await;
+}
+
+/// A feed cursor beyond the feed's head is invalid input naming the cursor, on an empty feed and
+/// a busy one alike, up to the largest cursor.
+pub async fn feed_cursor_beyond_the_head_is_invalid_input<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    for cursor in [1, u64::MAX] {
+        let e = h
+            .store
+            .changes_since(&c.conv, FeedCursor(cursor), 10)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.kind(), e.field()),
+            (ErrorKind::InvalidInput, Some("cursor"))
+        );
+    }
+    let id = sent(&h, c.text("x")).await;
+    h.store
+        .transition(c.request(Action::Recall, &c.alice, id))
+        .await
+        .unwrap();
+    let head = h
+        .store
+        .changes_since(&c.conv, FeedCursor::START, 10)
+        .await
+        .unwrap()
+        .next;
+    assert!(
+        h.store
+            .changes_since(&c.conv, head, 10)
+            .await
+            .unwrap()
+            .events
+            .is_empty()
+    );
+    for cursor in [head.0 + 1, u64::MAX / 2, u64::MAX] {
+        assert_eq!(
+            kind(h.store.changes_since(&c.conv, FeedCursor(cursor), 10).await),
+            ErrorKind::InvalidInput
+        );
+    }
+    h.finish().await;
+}
+
+/// Over-long ids given to reads are invalid input naming the field on every read, the same kind
+/// on every store.
+pub async fn oversized_ids_on_reads_are_invalid_input<F: StoreFactory>(f: &F) {
+    let setup = Setup {
+        policy: Policy::builder().max_id_bytes(16).build().unwrap(),
+        ..Setup::default()
+    };
+    let (h, c) = start_with(f, setup).await;
+    let long_conv = conv(&"c".repeat(17));
+    let long_user = user(&"u".repeat(17));
+    let id = c.next_id();
+    let field = |e: Error| (e.kind(), e.field());
+    let want_conv = (ErrorKind::InvalidInput, Some("conversation_id"));
+    let want_viewer = (ErrorKind::InvalidInput, Some("viewer"));
+    assert_eq!(
+        field(h.store.get(&long_conv, id, &c.bob).await.unwrap_err()),
+        want_conv
+    );
+    assert_eq!(
+        field(h.store.get(&c.conv, id, &long_user).await.unwrap_err()),
+        want_viewer
+    );
+    assert_eq!(
+        field(h.store.audit(&long_conv, id).await.unwrap_err()),
+        want_conv
+    );
+    assert_eq!(
+        field(
+            h.store
+                .attachment_access(&long_conv, id, &c.bob)
+                .await
+                .unwrap_err()
+        ),
+        want_conv
+    );
+    assert_eq!(
+        field(
+            h.store
+                .attachment_access(&c.conv, id, &long_user)
+                .await
+                .unwrap_err()
+        ),
+        want_viewer
+    );
+    assert_eq!(
+        field(
+            h.store
+                .list(&c.conv, &long_user, ListOptions::newest(5))
+                .await
+                .unwrap_err()
+        ),
+        want_viewer
+    );
+    assert_eq!(
+        field(
+            h.store
+                .changes_since(&long_conv, FeedCursor::START, 5)
+                .await
+                .unwrap_err()
+        ),
+        want_conv
+    );
+    assert_eq!(
+        field(h.store.set_legal_hold(&long_conv, true).await.unwrap_err()),
+        want_conv
+    );
+    h.finish().await;
+}

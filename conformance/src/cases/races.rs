@@ -232,3 +232,157 @@ pub async fn recall_racing_delete_ends_consistent<F: StoreFactory>(f: &F) {
     }
     h.finish().await;
 }
+
+/// A moderator's recall racing the sender's restore of the sender's own recall ends recalled by
+/// the moderator, whichever runs first, with one event per version.
+pub async fn moderator_recall_racing_the_senders_restore_ends_recalled<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    let id = sent(&h, c.text("x")).await;
+    h.store
+        .transition(c.request(Action::Recall, &c.alice, id))
+        .await
+        .unwrap();
+    let results = race(
+        &h,
+        vec![
+            c.request(Action::Restore, &c.alice, id),
+            c.moderator_request(Action::Recall, &c.mia, id),
+        ],
+    )
+    .await;
+    let moderator = results[1]
+        .as_ref()
+        .expect("the moderator's recall succeeds");
+    assert!(moderator.changed);
+    let v = h.store.get(&c.conv, id, &c.bob).await.unwrap();
+    assert_eq!(v.status, Status::Recalled, "{results:?}");
+    assert_eq!(v.tombstone.as_ref().unwrap().by, c.mia);
+    assert_feed_matches(&all_events(&h, &c.conv).await, &v);
+    h.finish().await;
+}
+
+/// Copies of one no-op request racing a change to its message all get the same answer: the one
+/// recorded (an outcome and its record are one fact).
+pub async fn retries_in_flight_of_a_no_op_all_get_the_recorded_answer<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    for _ in 0..8 {
+        let id = sent(&h, c.text("x")).await;
+        h.store
+            .transition(c.request(Action::Recall, &c.alice, id))
+            .await
+            .unwrap();
+        // A second device's recall finds it recalled (a no-op), while the sender restores.
+        let second = c.request(Action::Recall, &c.alice, id);
+        let mut reqs = vec![second.clone(); 6];
+        reqs.insert(3, c.request(Action::Restore, &c.alice, id));
+        let results = race(&h, reqs).await;
+        let copies: Vec<_> = results
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 3)
+            .map(|(_, r)| r.as_ref().expect("a recall by the sender succeeds"))
+            .map(|o| (o.status, o.version, o.changed))
+            .collect();
+        assert!(
+            copies.windows(2).all(|w| w[0] == w[1]),
+            "every copy of one request answers alike: {results:?}"
+        );
+        let recorded = h.store.transition(second).await.unwrap();
+        assert!(recorded.replayed);
+        assert_eq!(
+            (recorded.status, recorded.version, recorded.changed),
+            copies[0],
+            "and the record says the same"
+        );
+    }
+    h.finish().await;
+}
+
+/// A reused request id is answered `Conflict` only once the request it collides with has taken
+/// effect: right after the conflict, the winner's change is visible.
+pub async fn conflict_on_a_reused_id_follows_the_winners_effect<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    for _ in 0..8 {
+        let x = sent(&h, c.text("x")).await;
+        let y = sent(&h, c.text("y")).await;
+        let on_x = c.request(Action::Recall, &c.alice, x);
+        let mut on_y = c.request(Action::Recall, &c.alice, y);
+        on_y.request_id = on_x.request_id.clone();
+        let (rx, ry) = futures::join!(
+            async {
+                let r = h.store.transition(on_x).await;
+                let seen = h.store.get(&c.conv, y, &c.bob).await.unwrap().status;
+                (r, seen)
+            },
+            async {
+                let r = h.store.transition(on_y).await;
+                let seen = h.store.get(&c.conv, x, &c.bob).await.unwrap().status;
+                (r, seen)
+            }
+        );
+        for (result, other_seen) in [&rx, &ry] {
+            if let Err(e) = result {
+                assert_eq!(e.kind(), ErrorKind::Conflict);
+                assert_eq!(
+                    *other_seen,
+                    Status::Recalled,
+                    "a conflict was answered before the winning recall took effect"
+                );
+            }
+        }
+        assert_eq!(
+            [&rx.0, &ry.0].iter().filter(|r| r.is_ok()).count(),
+            1,
+            "{rx:?} {ry:?}"
+        );
+    }
+    h.finish().await;
+}
+
+/// A device that pulls an event and reads the message right after sees at least that version:
+/// what the feed told it is never contradicted by a later read.
+pub async fn read_after_feed_sees_the_change<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        ids.push(sent(&h, c.text(&format!("m{i}"))).await);
+    }
+    let writers = async {
+        let reqs = ids
+            .iter()
+            .map(|id| c.request(Action::Recall, &c.alice, *id))
+            .collect();
+        race(&h, reqs).await
+    };
+    let reader = async {
+        let mut cursor = FeedCursor::START;
+        let mut seen = 0;
+        let mut polls = 0;
+        while seen < ids.len() && polls < 2_000 {
+            polls += 1;
+            let page = h.store.changes_since(&c.conv, cursor, 50).await.unwrap();
+            for e in &page.events {
+                let v = h.store.get(&c.conv, e.msg_id, &c.bob).await.unwrap();
+                assert!(
+                    v.version >= e.version,
+                    "the feed showed version {} of {} but a later get shows {}",
+                    e.version,
+                    e.msg_id,
+                    v.version
+                );
+                if v.version == e.version {
+                    assert_eq!(v.status, e.status);
+                    assert!(v.body.is_none(), "a recalled message shows no content");
+                }
+                seen += 1;
+            }
+            cursor = page.next;
+            tokio::task::yield_now().await;
+        }
+        seen
+    };
+    let (results, seen) = futures::join!(writers, reader);
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    assert_eq!(seen, ids.len());
+    h.finish().await;
+}

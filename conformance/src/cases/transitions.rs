@@ -463,3 +463,198 @@ pub async fn transition_of_a_missing_message_is_not_found<F: StoreFactory>(f: &F
     );
     h.finish().await;
 }
+
+/// A refused restore is recorded: replayed after the sender recalls, it is refused again and the
+/// recall stands.
+pub async fn refused_restore_replayed_after_a_recall_is_refused_again<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    let id = sent(&h, c.text("x")).await;
+    let restore = c.request(Action::Restore, &c.alice, id);
+    assert_eq!(
+        kind(h.store.transition(restore.clone()).await),
+        ErrorKind::InvalidState
+    );
+    h.store
+        .transition(c.request(Action::Recall, &c.alice, id))
+        .await
+        .unwrap();
+    h.clock.advance(MINUTE);
+    assert_eq!(
+        kind(h.store.transition(restore).await),
+        ErrorKind::InvalidState,
+        "the captured restore is answered with its first outcome"
+    );
+    let v = h.store.get(&c.conv, id, &c.bob).await.unwrap();
+    assert_eq!((v.status, v.version), (Status::Recalled, 2));
+    assert_eq!(all_events(&h, &c.conv).await.len(), 1);
+    h.finish().await;
+}
+
+/// The identical retry of an applied recall that arrives after the skew window is answered with
+/// its outcome, not refused as stale (the replay lookup comes before the staleness check).
+pub async fn retry_of_an_applied_recall_after_the_skew_window_is_replayed<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    let id = sent(&h, c.text("x")).await;
+    let recall = c.request(Action::Recall, &c.alice, id);
+    h.store.transition(recall.clone()).await.unwrap();
+    h.clock
+        .advance(h.settings.policy.max_clock_skew() + std::time::Duration::from_secs(1));
+    let out = h.store.transition(recall).await.unwrap();
+    assert!(out.replayed && out.changed);
+    assert_eq!((out.status, out.version), (Status::Recalled, 2));
+    h.finish().await;
+}
+
+/// A request refused as stale because its client clock ran ahead stays refused when retried once
+/// the store's clock has caught up: the refusal was its first outcome.
+pub async fn stale_refusal_is_the_first_outcome_of_its_request_id<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    let id = sent(&h, c.text("x")).await;
+    let mut recall = c.request(Action::Recall, &c.alice, id);
+    recall.client_ts = h
+        .clock
+        .now()
+        .saturating_add(h.settings.policy.max_clock_skew() + MINUTE);
+    assert_eq!(
+        kind(h.store.transition(recall.clone()).await),
+        ErrorKind::StaleRequest
+    );
+    h.clock.advance(MINUTE + MINUTE);
+    assert_eq!(
+        kind(h.store.transition(recall).await),
+        ErrorKind::StaleRequest
+    );
+    let v = h.store.get(&c.conv, id, &c.bob).await.unwrap();
+    assert_eq!((v.status, v.version), (Status::Normal, 1));
+    assert!(all_events(&h, &c.conv).await.is_empty());
+    h.finish().await;
+}
+
+/// A recall of a message that did not exist yet is refused as not found, and its retry after the
+/// message arrives is refused the same way: a request id is judged once.
+pub async fn not_found_refusal_is_the_first_outcome_of_its_request_id<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    let m = c.text("late");
+    let recall = c.request(Action::Recall, &c.alice, m.msg_id);
+    assert_eq!(
+        kind(h.store.transition(recall.clone()).await),
+        ErrorKind::NotFound
+    );
+    sent(&h, m.clone()).await;
+    assert_eq!(kind(h.store.transition(recall).await), ErrorKind::NotFound);
+    let v = h.store.get(&c.conv, m.msg_id, &c.bob).await.unwrap();
+    assert_eq!(v.status, Status::Normal);
+    // A fresh request id recalls it.
+    let out = h
+        .store
+        .transition(c.request(Action::Recall, &c.alice, m.msg_id))
+        .await
+        .unwrap();
+    assert!(out.changed);
+    h.finish().await;
+}
+
+/// A bystander's refused recall is recorded: the same request id then used for another request
+/// is a conflict, and replaying the refused one is refused again.
+pub async fn refused_request_ids_are_taken<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    let id = sent(&h, c.text("x")).await;
+    let bystander = c.request(Action::Recall, &c.bob, id);
+    assert_eq!(
+        kind(h.store.transition(bystander.clone()).await),
+        ErrorKind::Forbidden
+    );
+    let mut reuse = c.request(Action::Recall, &c.alice, id);
+    reuse.request_id = bystander.request_id.clone();
+    let e = h.store.transition(reuse).await.unwrap_err();
+    assert_eq!(
+        (e.kind(), e.field()),
+        (ErrorKind::Conflict, Some("request_id"))
+    );
+    assert_eq!(
+        kind(h.store.transition(bystander).await),
+        ErrorKind::Forbidden
+    );
+    assert_eq!(
+        h.store.get(&c.conv, id, &c.bob).await.unwrap().status,
+        Status::Normal
+    );
+    h.finish().await;
+}
+
+/// A moderator's recall of a message its sender had recalled stands: it is applied with its
+/// event, and the sender can no longer restore it.
+pub async fn moderator_recall_takes_over_the_senders_recall<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    let id = sent(&h, c.text("abuse")).await;
+    h.store
+        .transition(c.request(Action::Recall, &c.alice, id))
+        .await
+        .unwrap();
+    h.clock.advance(MINUTE);
+    let out = h
+        .store
+        .transition(c.moderator_request(Action::Recall, &c.mia, id))
+        .await
+        .unwrap();
+    assert!(out.changed && !out.replayed, "{out:?}");
+    assert_eq!((out.status, out.version), (Status::Recalled, 3));
+    assert_eq!(
+        kind(
+            h.store
+                .transition(c.request(Action::Restore, &c.alice, id))
+                .await
+        ),
+        ErrorKind::Forbidden
+    );
+    let v = h.store.get(&c.conv, id, &c.bob).await.unwrap();
+    assert_eq!((v.status, v.version), (Status::Recalled, 3));
+    assert!(v.body.is_none());
+    assert_eq!(v.tombstone.unwrap().by, c.mia);
+    // The sender no longer sees re-edit content: the recall is not theirs to restore.
+    assert!(
+        h.store
+            .get(&c.conv, id, &c.alice)
+            .await
+            .unwrap()
+            .body
+            .is_none()
+    );
+    let events = all_events(&h, &c.conv).await;
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.version, e.by.clone()))
+            .collect::<Vec<_>>(),
+        vec![(2, c.alice.clone()), (3, c.mia.clone())]
+    );
+    h.finish().await;
+}
+
+/// A sender's recall of a message a moderator already recalled changes nothing, and the sender
+/// still cannot restore it.
+pub async fn sender_recall_after_a_moderators_recall_changes_nothing<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    let id = sent(&h, c.text("x")).await;
+    h.store
+        .transition(c.moderator_request(Action::Recall, &c.mia, id))
+        .await
+        .unwrap();
+    let out = h
+        .store
+        .transition(c.request(Action::Recall, &c.alice, id))
+        .await
+        .unwrap();
+    assert!(!out.changed);
+    assert_eq!((out.status, out.version), (Status::Recalled, 2));
+    assert_eq!(
+        kind(
+            h.store
+                .transition(c.request(Action::Restore, &c.alice, id))
+                .await
+        ),
+        ErrorKind::Forbidden
+    );
+    assert_eq!(all_events(&h, &c.conv).await.len(), 1);
+    h.finish().await;
+}
