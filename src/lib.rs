@@ -16,9 +16,14 @@
 
 pub use imstore_core::*;
 
+// The README's usage snippet is a doctest of this crate, so it is compiled and run in CI.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 /// The in-memory reference store: complete, concurrency-safe, not durable.
 pub mod memory {
-    pub use imstore_core::memory::MemoryStore;
+    pub use imstore_core::memory::{MemoryBackend, MemoryStore};
 }
 
 /// The PostgreSQL backend (feature `postgres`).
