@@ -248,9 +248,12 @@ impl<B: Backend> MessageStore for Store<B> {
             let more = rows.len() > limit;
             rows.truncate(limit);
             let now = self.now();
+            let s = &self.settings;
             let items = rows
                 .into_iter()
-                .map(|stored| self.render(stored, viewer, now))
+                .map(|stored| {
+                    view::render_encoded_or_mark(stored, viewer, &s.policy, &s.codec, now)
+                })
                 .collect::<Result<Vec<_>>>()?;
             Ok(Page::new(items, more))
         })

@@ -276,6 +276,10 @@ pub struct MessageView {
     pub tombstone: Option<Tombstone>,
     /// The content, when this viewer may see it.
     pub body: Option<Body>,
+    /// True when this viewer may see the content but the stored bytes could not be decoded
+    /// (tampered, truncated, foreign, unknown key): a page still serves the message without its
+    /// body, while `get` of it is the `Decode` error. One bad row never hides a conversation.
+    pub undecodable: bool,
 }
 
 /// A status change a request asks for.

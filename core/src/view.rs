@@ -100,6 +100,7 @@ pub fn render(
             content: m.content,
             attachment: m.attachment,
         }),
+        undecodable: false,
     }
 }
 
@@ -120,6 +121,37 @@ pub fn render_encoded(
             Vec::new()
         };
     Ok(render(stored, viewer, policy, now))
+}
+
+/// Like [`render_encoded`], but content that fails to decode yields the view without its body,
+/// marked [`MessageView::undecodable`], instead of an error (for pages: one bad row must not make
+/// a conversation unreadable). Other errors are returned.
+pub fn render_encoded_or_mark(
+    mut stored: StoredMessage,
+    viewer: &UserId,
+    policy: &Policy,
+    codec: &crate::codec::ContentCodec,
+    now: Timestamp,
+) -> crate::Result<MessageView> {
+    let m = &stored.message;
+    if !visibility(&m.sender_id, &stored.lifecycle, viewer, policy, now).shows_content {
+        stored.message.content = Vec::new();
+        return Ok(render(stored, viewer, policy, now));
+    }
+    match codec.decode(&m.conversation_id, m.msg_id, &m.content) {
+        Ok(content) => {
+            stored.message.content = content;
+            Ok(render(stored, viewer, policy, now))
+        }
+        Err(e) if e.kind() == crate::ErrorKind::Decode => {
+            stored.message.content = Vec::new();
+            let mut v = render(stored, viewer, policy, now);
+            v.body = None;
+            v.undecodable = true;
+            Ok(v)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Whether `viewer` may download the attachment of `stored`: only while they may see its content.

@@ -155,3 +155,57 @@ pub async fn large_content_is_compressed_at_rest<F: StoreFactory>(f: &F) {
     );
     h.finish().await;
 }
+
+/// One undecodable stored row does not make its conversation unreadable: a page serves the other
+/// messages and marks that one undecodable (no body), while `get` and `audit` of it are `Decode`.
+pub async fn an_undecodable_row_is_marked_in_its_page_not_fatal<F: StoreFactory>(f: &F) {
+    let setup = Setup {
+        codec: sealed_codec(1, [0x31; 32]),
+        ..Setup::default()
+    };
+    let (h, c) = start_with(f, setup).await;
+    let before = sent(&h, c.text("before")).await;
+    let bad = sent(&h, c.text("tampered")).await;
+    let after = sent(&h, c.text("after")).await;
+    let mut raw = h.raw_content(&c.conv, bad).await.unwrap();
+    let last = raw.len() - 1;
+    raw[last] ^= 0x01;
+    h.set_raw_content(&c.conv, bad, raw).await;
+    for opts in [ListOptions::newest(10), ListOptions::oldest(10)] {
+        let newest = opts.direction == Direction::NewestFirst;
+        let page = h.store.list(&c.conv, &c.bob, opts).await.unwrap();
+        let got: Vec<_> = page
+            .items
+            .iter()
+            .map(|v| {
+                (
+                    v.msg_id,
+                    v.undecodable,
+                    v.body.as_ref().map(|b| b.content.clone()),
+                )
+            })
+            .collect();
+        let mut want = vec![
+            (before, false, Some(b"before".to_vec())),
+            (bad, true, None),
+            (after, false, Some(b"after".to_vec())),
+        ];
+        if newest {
+            want.reverse();
+        }
+        assert_eq!(got, want);
+    }
+    assert_eq!(
+        kind(h.store.get(&c.conv, bad, &c.bob).await),
+        ErrorKind::Decode
+    );
+    assert_eq!(kind(h.store.audit(&c.conv, bad).await), ErrorKind::Decode);
+    // A viewer who may not see the content is not affected at all.
+    h.store
+        .transition(c.request(Action::Delete, &c.alice, bad))
+        .await
+        .unwrap();
+    let v = h.store.get(&c.conv, bad, &c.bob).await.unwrap();
+    assert!(!v.undecodable && v.body.is_none());
+    h.finish().await;
+}

@@ -119,6 +119,7 @@ macro_rules! __with_cases {
             ciphertext_swapped_between_messages_fails_to_decode,
             key_rotation_keeps_old_messages_readable,
             large_content_is_compressed_at_rest,
+            an_undecodable_row_is_marked_in_its_page_not_fatal,
             oversized_content_is_invalid_input,
             oversized_ids_are_invalid_input,
             malformed_ids_are_refused_before_reaching_the_store,
