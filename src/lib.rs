@@ -14,6 +14,8 @@
 //! Every backend passes the same conformance suite (`imstore-conformance`), which you can run
 //! against your own deployment.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub use imstore_core::*;
 
 // The README's usage snippet is a doctest of this crate, so it is compiled and run in CI.
@@ -28,12 +30,15 @@ pub mod memory {
 
 /// The PostgreSQL backend (feature `postgres`).
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use imstore_postgres as postgres;
 
 /// The MongoDB backend (feature `mongodb`).
 #[cfg(feature = "mongodb")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mongodb")))]
 pub use imstore_mongodb as mongodb;
 
 /// The ScyllaDB / Cassandra backend (feature `scylla`).
 #[cfg(feature = "scylla")]
+#[cfg_attr(docsrs, doc(cfg(feature = "scylla")))]
 pub use imstore_scylla as scylla;
