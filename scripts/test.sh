@@ -60,5 +60,7 @@ step cargo test --workspace --all-features
 step cargo test --all-features -p imstore-postgres -p imstore-mongodb -p imstore-scylla --test smoke -- --nocapture
 step cargo clippy --workspace --all-targets --all-features -- -D warnings
 step cargo bench --workspace --all-features --no-run
+# The content decoder under libFuzzer for a bounded time (nightly, cargo-fuzz).
+step bash scripts/fuzz.sh "${IMSTORE_FUZZ_SECONDS:-60}"
 
 exit "$status"
