@@ -5,6 +5,11 @@
 #   scripts/servers.sh stop    [postgres|cassandra|ferretdb ...]
 #   scripts/servers.sh restart [postgres|cassandra|ferretdb ...]
 #   scripts/servers.sh status  [postgres|cassandra|ferretdb ...]
+#   scripts/servers.sh kill    [postgres|cassandra|ferretdb ...]
+#
+# `kill` sends SIGKILL to the server (a crash, for fault tests: no shutdown,
+# no flush) and waits until the process is gone; `start` brings it back on
+# its existing data.
 #
 # With no names, all three. `start` installs what is missing (PostgreSQL from
 # Debian's packages, Cassandra's jars with Maven, FerretDB built with Go),
@@ -697,7 +702,7 @@ EOF
 }
 
 usage() {
-  echo "usage: $0 start|stop|restart|status [postgres|cassandra|ferretdb ...]" >&2
+  echo "usage: $0 start|stop|restart|status|kill [postgres|cassandra|ferretdb ...]" >&2
   exit 2
 }
 
@@ -739,6 +744,31 @@ do_stop() {
   if want postgres; then pg_stop; fi
 }
 
+# kill_pid NAME PID: SIGKILL (a crash, not a shutdown), then wait until it is gone.
+kill_pid() {
+  local name=$1 pid=$2
+  [[ -n $pid ]] || { log "$name is not running"; return 0; }
+  # The children too (PostgreSQL's backends), at once, as a machine crash would.
+  local kids
+  kids=$(pgrep -P "$pid" | tr '\n' ' ' || true)
+  log "killing $name (pid $pid${kids:+, children $kids}) with SIGKILL"
+  # shellcheck disable=SC2086 # word splitting of the child pids is intended
+  kill -KILL "$pid" $kids 2>/dev/null || true
+  wait_gone "$pid" 30 || die "$name (pid $pid) survived SIGKILL"
+  local k
+  for k in $kids; do wait_gone "$k" 30 || true; done
+}
+
+do_kill() {
+  lock
+  if want ferretdb; then kill_pid ferretdb "$(fdb_pid || true)"; fi
+  if want cassandra; then kill_pid cassandra "$(cass_pid || true)"; fi
+  if want postgres; then
+    pg_layout
+    kill_pid postgres "$(pg_pid || true)"
+  fi
+}
+
 do_status() {
   local rc=0
   if want postgres; then pg_status || rc=3; fi
@@ -761,5 +791,6 @@ case $cmd in
   stop) do_stop ;;
   restart) do_stop && do_start ;;
   status) do_status ;;
+  kill) do_kill ;;
   *) usage ;;
 esac
