@@ -46,7 +46,8 @@ impl MsgId {
 
     /// The id from its parts; used by the generator and by tests that need a given creation time.
     pub fn from_parts(at: Timestamp, node: u16, seq: u16) -> Result<Self> {
-        let ms = at.as_millis() - MSG_ID_EPOCH_MS;
+        // Checked: `at` may come from a client, and i64::MIN minus the epoch overflows.
+        let ms = at.as_millis().checked_sub(MSG_ID_EPOCH_MS).unwrap_or(-1);
         if !(0..(1i64 << TIME_BITS)).contains(&ms) {
             return Err(Error::invalid_input("msg_id", "time outside the id range"));
         }
@@ -119,8 +120,27 @@ impl MsgIdGenerator {
     }
 
     /// The next id: greater than every id this generator (and its clones) returned before.
+    ///
+    /// # Panics
+    /// When the clock is outside the ids' time range (before 2024 or after about 2093); use
+    /// [`MsgIdGenerator::try_next_id`] to get that as an error instead.
     pub fn next_id(&self) -> MsgId {
-        let now = self.clock.now().as_millis() - MSG_ID_EPOCH_MS;
+        match self.try_next_id() {
+            Ok(id) => id,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// The next id, or `InvalidState` when the clock (or the logical time the generator moved to)
+    /// is outside the 41-bit millisecond range of ids: never an id that [`MsgId::new`] refuses.
+    pub fn try_next_id(&self) -> Result<MsgId> {
+        let now = self.clock.now().as_millis().saturating_sub(MSG_ID_EPOCH_MS);
+        if now < 0 {
+            return Err(Error::new(
+                crate::error::ErrorKind::InvalidState,
+                "the clock is before the msg_id epoch (2024-01-01)",
+            ));
+        }
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let (last_ms, last_seq) = *last;
         let (ms, seq) = if now > last_ms {
@@ -131,9 +151,16 @@ impl MsgIdGenerator {
             // Sequence exhausted in this millisecond (or the clock went back): move logical time on.
             (last_ms + 1, 0)
         };
+        if !(0..(1i64 << TIME_BITS)).contains(&ms) {
+            return Err(Error::new(
+                crate::error::ErrorKind::InvalidState,
+                "the clock is outside the msg_id time range (2024 to about 2093)",
+            ));
+        }
         *last = (ms, seq);
-        let ms = ms.max(0) as u64;
-        MsgId(((ms) << (NODE_BITS + SEQ_BITS)) | ((self.node as u64) << SEQ_BITS) | seq)
+        Ok(MsgId(
+            ((ms as u64) << (NODE_BITS + SEQ_BITS)) | ((self.node as u64) << SEQ_BITS) | seq,
+        ))
     }
 }
 
@@ -289,6 +316,43 @@ mod tests {
             }
         }
         assert_eq!(all.len(), 40_000);
+    }
+
+    #[test]
+    fn the_generator_refuses_outside_its_time_range() {
+        let end = MSG_ID_EPOCH_MS + (1i64 << TIME_BITS);
+        let clock = ManualClock::new(Timestamp::from_millis(end - 1));
+        let g = MsgIdGenerator::new(3, Arc::new(clock.clone())).unwrap();
+        let last = g.try_next_id().unwrap();
+        assert!(MsgId::new(last.get()).is_ok());
+        // Exhaust the last millisecond's sequence: the logical time would move past the range.
+        let mut refused = None;
+        for _ in 0..=MAX_SEQ {
+            if let Err(e) = g.try_next_id() {
+                refused = Some(e);
+                break;
+            }
+        }
+        assert_eq!(
+            refused.expect("refused once the range is spent").kind(),
+            crate::error::ErrorKind::InvalidState
+        );
+        clock.set(Timestamp::from_millis(end + 1_000));
+        assert!(
+            MsgIdGenerator::new(3, Arc::new(clock.clone()))
+                .unwrap()
+                .try_next_id()
+                .is_err()
+        );
+        clock.set(Timestamp::from_millis(i64::MIN));
+        assert!(
+            MsgIdGenerator::new(3, Arc::new(clock))
+                .unwrap()
+                .try_next_id()
+                .is_err()
+        );
+        assert!(MsgId::from_parts(Timestamp::from_millis(i64::MIN), 0, 0).is_err());
+        assert!(MsgId::from_parts(Timestamp::from_millis(i64::MAX), 0, 0).is_err());
     }
 
     #[test]

@@ -5,6 +5,11 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::ids::MAX_ID_BYTES;
 
+/// The largest page size a policy may allow.
+pub const MAX_PAGE_SIZE: u32 = 10_000;
+/// The largest insert batch a policy may allow.
+pub const MAX_BATCH_SIZE: usize = 10_000;
+
 /// Who sees a restored message again.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
 pub enum RestoreVisibility {
@@ -78,6 +83,11 @@ impl Policy {
     pub fn history_limit(&self) -> Option<Duration> {
         self.history_limit
     }
+    /// The largest page size a policy may allow.
+    pub const MAX_PAGE_SIZE: u32 = 10_000;
+    /// The largest insert batch a policy may allow.
+    pub const MAX_BATCH_SIZE: usize = 10_000;
+
     /// Who sees a restored message again.
     pub fn restore_visibility(&self) -> RestoreVisibility {
         self.restore_visibility
@@ -189,11 +199,19 @@ impl PolicyBuilder {
         if p.max_content_bytes == 0 {
             return Err(zero("max_content_bytes"));
         }
-        if p.max_page_size == 0 {
-            return Err(zero("max_page_size"));
+        // Bounded so that a page or a batch is always a bounded amount of work and its
+        // arithmetic (a page asks for limit + 1 rows) cannot overflow.
+        if p.max_page_size == 0 || p.max_page_size > MAX_PAGE_SIZE {
+            return Err(Error::invalid_input(
+                "max_page_size",
+                format!("must be between 1 and {MAX_PAGE_SIZE}"),
+            ));
         }
-        if p.max_batch_size == 0 {
-            return Err(zero("max_batch_size"));
+        if p.max_batch_size == 0 || p.max_batch_size > MAX_BATCH_SIZE {
+            return Err(Error::invalid_input(
+                "max_batch_size",
+                format!("must be between 1 and {MAX_BATCH_SIZE}"),
+            ));
         }
         if p.max_id_bytes == 0 || p.max_id_bytes > MAX_ID_BYTES {
             return Err(Error::invalid_input(
