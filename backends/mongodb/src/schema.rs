@@ -6,8 +6,8 @@
 //! * `log`: every decision, one document each, inserted under three unique indexes at once:
 //!   `{conversation_id: 1, seq: 1}` (the feed position), `{msg: 1, version: 1}` (the message
 //!   version it creates) and `{conversation_id: 1, request_id: 1}` (the request it answers).
-//!   An entry with no use for a slot fills it with a value no other entry has. `{todo: 1}` finds
-//!   unfinished follow-up writes, `{kind: 1, at: 1}` and `{kind: 1, wall: 1}` old entries.
+//!   An entry with no use for a slot fills it with a value no other entry has. `{todo: 1,
+//!   conversation_id: 1}` finds unfinished follow-up writes (a conversation's, for the feed), `{kind: 1, at: 1}` and `{kind: 1, wall: 1}` old entries.
 //! * `legal_holds`: `_id` = conversation id, `held` flag.
 //!
 //! No TTL index is created: a TTL monitor would delete messages without reporting their
@@ -70,7 +70,11 @@ fn wanted() -> [(&'static str, Vec<IndexModel>); 2] {
                     doc! {"conversation_id": 1, "request_id": 1},
                     true,
                 ),
-                index("todo", doc! {"todo": 1}, false),
+                index(
+                    "todo_conversation",
+                    doc! {"todo": 1, "conversation_id": 1},
+                    false,
+                ),
                 index("kind_at", doc! {"kind": 1, "at": 1}, false),
                 index("kind_wall", doc! {"kind": 1, "wall": 1}, false),
             ],

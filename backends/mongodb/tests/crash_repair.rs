@@ -276,7 +276,8 @@ async fn a_dead_transition_does_not_keep_the_purge_busy() {
 }
 
 /// A purge whose purger died after committing hides the message at once (reads and transitions
-/// answer NotFound), and the next purge finishes it and reports its attachment, once counted.
+/// answer NotFound, the feed no longer shows its events), and the next purge finishes it and
+/// reports its attachment, once counted.
 #[tokio::test]
 async fn a_purge_whose_purger_died_is_finished_by_the_next() {
     let f = fixture().await;
@@ -300,6 +301,7 @@ async fn a_purge_whose_purger_died_is_finished_by_the_next() {
         f.store.get(&f.conv, id, &f.alice).await.unwrap_err().kind(),
         ErrorKind::NotFound
     );
+    assert_eq!(f.versions_in_feed().await, vec![]);
     let e = f
         .store
         .transition(f.request(Action::Delete, id, "r-del-2"))
