@@ -31,30 +31,38 @@ pub(crate) enum Freshness {
     Purged,
 }
 
+/// At most this many `$or` branches per query (a page or a purge batch may hold 10,000 rows;
+/// MongoDB plans every branch).
+const MAX_BRANCHES: usize = 500;
+
 /// `rows` brought up to their log: each row's lifecycle replaced by the latest commit after its
 /// document's version, in one query over the `{msg, version}` index.
 pub(crate) async fn current(b: &MongoBackend, mut rows: Vec<Row>) -> Result<Vec<(Row, Freshness)>> {
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let mut branches: Vec<Document> = rows
-        .iter()
-        .map(|r| doc! {"msg": r.id, "version": {"$gt": i64::from(r.stored.lifecycle.version)}})
-        .collect();
-    let filter = if branches.len() == 1 {
-        branches.remove(0)
-    } else {
-        doc! {"$or": branches}
-    };
-    let entries: Vec<Document> = b
-        .log
-        .find(filter)
-        .projection(doc! {"msg": 1, "version": 1, "kind": 1, "next": 1})
-        .await
-        .map_err(map)?
-        .try_collect()
-        .await
-        .map_err(map)?;
+    let mut entries: Vec<Document> = Vec::new();
+    for chunk in rows.chunks(MAX_BRANCHES) {
+        let mut branches: Vec<Document> = chunk
+            .iter()
+            .map(|r| doc! {"msg": r.id, "version": {"$gt": i64::from(r.stored.lifecycle.version)}})
+            .collect();
+        let filter = if branches.len() == 1 {
+            branches.remove(0)
+        } else {
+            doc! {"$or": branches}
+        };
+        let found: Vec<Document> = b
+            .log
+            .find(filter)
+            .projection(doc! {"msg": 1, "version": 1, "kind": 1, "next": 1})
+            .await
+            .map_err(map)?
+            .try_collect()
+            .await
+            .map_err(map)?;
+        entries.extend(found);
+    }
     let mut latest: HashMap<ObjectId, (u32, &Document)> = HashMap::new();
     for e in &entries {
         let (msg, version) = (d::get_oid(e, "msg")?, d::get_version(e, "version")?);
