@@ -225,9 +225,30 @@ async fn bucket_page(
     Ok(out)
 }
 
-/// Up to `query.fetch` messages after the cursor, walking only the non-empty buckets a few at
-/// a time, then ONE range read of the page's lifecycle rows; messages a purge marked are left
-/// out.
+/// The live messages among `found` (one bucket's rows, in page order): the lifecycle rows of
+/// their msg_id range in ONE range read, and messages a purge marked left out.
+async fn live(
+    b: &ScyllaBackend,
+    conversation: &ConversationId,
+    found: Vec<MessageRow>,
+) -> Result<Vec<StoredMessage>> {
+    let ids = found.iter().map(|m| m.message.msg_id.as_i64());
+    let states = match (ids.clone().min(), ids.max()) {
+        (Some(lo), Some(hi)) => states_between(b, conversation, lo, hi).await?,
+        _ => return Ok(Vec::new()),
+    };
+    Ok(found
+        .into_iter()
+        .filter_map(|m| {
+            let state = states.get(&m.message.msg_id.as_i64());
+            stored(m, state)
+        })
+        .collect())
+}
+
+/// Up to `query.fetch` live messages after the cursor, walking only the non-empty buckets a few
+/// at a time; messages a purge is removing are skipped and the walk goes on past them, so a
+/// page is never cut short by them.
 pub(crate) async fn page(
     b: &ScyllaBackend,
     conversation: &ConversationId,
@@ -235,19 +256,31 @@ pub(crate) async fn page(
 ) -> Result<Vec<StoredMessage>> {
     let want = query.fetch as usize;
     let dir = query.direction;
-    let (mut from, bound) = match (dir, query.cursor) {
-        (_, Some(c)) => (b.bucket_of(c), Some(c.as_i64())),
-        (Direction::NewestFirst, None) => (i32::MAX, None),
-        (Direction::OldestFirst, None) => (i32::MIN, None),
+    let cursor = query.cursor.map(MsgId::as_i64);
+    let mut from = match (dir, query.cursor) {
+        (_, Some(c)) => b.bucket_of(c),
+        (Direction::NewestFirst, None) => i32::MAX,
+        (Direction::OldestFirst, None) => i32::MIN,
     };
-    let mut found: Vec<MessageRow> = Vec::new();
+    let mut out: Vec<StoredMessage> = Vec::new();
     'walk: loop {
         let chunk = bucket_chunk(b, conversation, from, dir).await?;
         for &bucket in &chunk {
-            let need = i32::try_from(want - found.len()).unwrap_or(i32::MAX);
-            found.extend(bucket_page(b, conversation, bucket, bound, need, dir).await?);
-            if found.len() >= want {
-                break 'walk;
+            // The cursor bounds its own bucket; every other bucket lies wholly past it.
+            let mut bound = cursor;
+            loop {
+                let need = want - out.len();
+                let limit = i32::try_from(need).unwrap_or(i32::MAX);
+                let rows = bucket_page(b, conversation, bucket, bound, limit, dir).await?;
+                let full = rows.len() >= need;
+                bound = rows.last().map(|m| m.message.msg_id.as_i64());
+                out.extend(live(b, conversation, rows).await?);
+                if out.len() >= want {
+                    break 'walk;
+                }
+                if !full {
+                    break;
+                }
             }
         }
         let (Some(&last), true) = (chunk.last(), chunk.len() == BUCKET_CHUNK as usize) else {
@@ -264,18 +297,8 @@ pub(crate) async fn page(
             },
         };
     }
-    let ids = found.iter().map(|m| m.message.msg_id.as_i64());
-    let states = match (ids.clone().min(), ids.max()) {
-        (Some(lo), Some(hi)) => states_between(b, conversation, lo, hi).await?,
-        _ => HashMap::new(),
-    };
-    Ok(found
-        .into_iter()
-        .filter_map(|m| {
-            let state = states.get(&m.message.msg_id.as_i64());
-            stored(m, state)
-        })
-        .collect())
+    out.truncate(want);
+    Ok(out)
 }
 
 /// The feed head (the last seq handed out), if any.

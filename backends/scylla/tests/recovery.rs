@@ -221,3 +221,56 @@ async fn request_records_live_until_a_purge_removes_them_except_under_legal_hold
     assert!(out.replayed);
     h.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_messages_being_purged_does_not_end_the_walk() {
+    let f = ScyllaFactory::from_env();
+    let h = Harness::start(&f, Setup::default()).await;
+    let c = Cast::new(&h.settings);
+    let oldest = c.text("oldest");
+    h.store.insert(oldest.clone()).await.unwrap();
+    let mut doomed = Vec::new();
+    for i in 0..3 {
+        let m = c.text(&format!("doomed {i}"));
+        h.store.insert(m.clone()).await.unwrap();
+        h.store
+            .transition(c.request(Action::Delete, &c.alice, m.msg_id))
+            .await
+            .unwrap();
+        doomed.push(m.msg_id);
+    }
+    let newest = c.text("newest");
+    h.store.insert(newest.clone()).await.unwrap();
+    // A purger marked the three deleted messages, which now fill whole pages of the walk.
+    for id in &doomed {
+        cql(
+            &h,
+            "UPDATE {ks}.conversation_state SET purging = true WHERE conversation_id = 'group-1' AND kind = 0 AND k = ? AND request_id = '' IF version = 2",
+            (id.as_i64(),),
+        )
+        .await;
+    }
+    for (opts, want) in [
+        (
+            imstore_core::ListOptions::newest(1),
+            vec![newest.msg_id, oldest.msg_id],
+        ),
+        (
+            imstore_core::ListOptions::oldest(1),
+            vec![oldest.msg_id, newest.msg_id],
+        ),
+    ] {
+        let mut seen = Vec::new();
+        let mut opts = opts;
+        loop {
+            let page = h.store.list(&c.conv, &c.bob, opts.clone()).await.unwrap();
+            seen.extend(page.items.iter().map(|v| v.msg_id));
+            match page.next {
+                Some(next) => opts = opts.after(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, want);
+    }
+    h.finish().await;
+}
