@@ -460,25 +460,38 @@ impl<'a, 'j> Run<'a, 'j> {
         }
     }
 
-    /// Unlists a bucket the purge emptied, so page walks stop reading its tombstones; re-lists
-    /// it if a message landed in the meantime.
+    /// Unlists a bucket the purge emptied, so page walks stop reading its tombstones.
+    ///
+    /// The removal carries the time just before the purge saw the bucket empty: an insert
+    /// re-lists its bucket after writing its message, so any insert this check did not see
+    /// re-lists it later than that and wins; one that landed meanwhile is re-listed here.
     async fn drop_bucket_if_empty(&self, conv: &ConversationId, bucket: i32) -> Result<()> {
         let b = self.b;
+        let seen_at = now_micros();
         if !is_empty(b, &b.st().msg_any, (conv.as_str(), bucket)).await? {
             return Ok(());
         }
         b.session()
-            .execute_unpaged(&b.st().bucket_remove, (conv.as_str(), bucket))
+            .execute_unpaged(&b.st().bucket_remove, (seen_at, conv.as_str(), bucket))
             .await
             .map_err(error::execution)?;
         if !is_empty(b, &b.st().msg_any, (conv.as_str(), bucket)).await? {
+            let mut add = b.st().bucket_add.clone();
+            add.set_timestamp(Some(seen_at + 1));
             b.session()
-                .execute_unpaged(&b.st().bucket_add, (conv.as_str(), bucket))
+                .execute_unpaged(&add, (conv.as_str(), bucket))
                 .await
                 .map_err(error::execution)?;
         }
         Ok(())
     }
+}
+
+/// The wall clock in microseconds, the unit of CQL write timestamps.
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 /// One purge batch: the retention queue, then the history index, at most `batch_size` messages.

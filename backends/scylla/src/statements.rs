@@ -94,7 +94,8 @@ statements! {
 
     // --- buckets: the non-empty buckets of a conversation.
     bucket_add: Idempotent => "INSERT INTO {ks}.buckets (conversation_id, bucket) VALUES (?, ?)",
-    bucket_remove: Idempotent => "DELETE FROM {ks}.buckets WHERE conversation_id = ? AND bucket = ?",
+    // Removal at the time the purge saw the bucket empty, so any add after that wins.
+    bucket_remove: Idempotent => "DELETE FROM {ks}.buckets USING TIMESTAMP ? WHERE conversation_id = ? AND bucket = ?",
     buckets_desc: Idempotent => "SELECT bucket FROM {ks}.buckets WHERE conversation_id = ? AND bucket <= ? LIMIT ?",
     buckets_asc: Idempotent => "SELECT bucket FROM {ks}.buckets WHERE conversation_id = ? AND bucket >= ? ORDER BY bucket ASC LIMIT ?",
 
