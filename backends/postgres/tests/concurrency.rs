@@ -5,17 +5,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use imstore_conformance::StoreFactory;
 use imstore_conformance::fixtures::Cast;
-use imstore_conformance::{require_env, unique_namespace};
 use imstore_core::{
     Action, ErrorKind, FeedCursor, ManualClock, MessageStore, MessageStoreExt, Policy,
     PurgeOptions, Status, StoreSettings,
 };
-use imstore_postgres::{PostgresConfig, PostgresStore};
+use imstore_postgres::PostgresStore;
+use imstore_postgres::testing::PgFactory;
 use sqlx::AssertSqlSafe;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 
 struct Scratch {
+    factory: PgFactory,
     admin: PgPool,
     schema: String,
     store: PostgresStore,
@@ -24,30 +26,20 @@ struct Scratch {
 }
 
 async fn scratch(pool_size: u32) -> Scratch {
-    let url = require_env("IMSTORE_POSTGRES_URL");
-    let admin = PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&url)
-        .await
-        .expect("connect");
-    let schema = unique_namespace("imspg_conc");
-    sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&admin)
-        .await
-        .expect("create schema");
+    let factory = PgFactory::from_env()
+        .with_prefix("imspg_conc")
+        .with_pool_size(pool_size);
+    let schema = factory.create_namespace().await;
     let clock = ManualClock::starting_now();
     let settings = StoreSettings {
         policy: Policy::default(),
         clock: Arc::new(clock.clone()),
         ..StoreSettings::default()
     };
-    let config = PostgresConfig::new(&url)
-        .with_schema(&schema)
-        .with_max_connections(pool_size);
-    let store = PostgresStore::connect(config, settings.clone())
-        .await
-        .expect("connect store");
+    let store = factory.open(&schema, settings.clone()).await;
+    let admin = factory.admin().await.clone();
     Scratch {
+        factory,
         admin,
         schema,
         store,
@@ -58,13 +50,8 @@ async fn scratch(pool_size: u32) -> Scratch {
 
 impl Scratch {
     async fn drop_schema(self) {
-        sqlx::query(AssertSqlSafe(format!(
-            "DROP SCHEMA {} CASCADE",
-            self.schema
-        )))
-        .execute(&self.admin)
-        .await
-        .expect("drop schema");
+        self.store.inner().pool().close().await;
+        self.factory.drop_namespace(&self.schema).await;
     }
 }
 
