@@ -10,7 +10,8 @@
 //!
 //! Removing one message: (1) mark its lifecycle `purging = true` `IF version = <read> AND
 //! purging = null AND legal_hold != true` (this fences transitions, other purgers and a legal
-//! hold placed after the purge looked; readers treat the mark as not found); (2) `DELETE FROM
+//! hold placed after the purge looked; readers treat the mark as not found), and in the same
+//! batch stamp its bucket's sentinel with a new epoch (see `read`); (2) `DELETE FROM
 //! messages ... IF EXISTS` (applied: this purger counts the message and reports its attachment
 //! key); (3) one conditional batch deletes the lifecycle row `IF purging = true` and its events
 //! (applied: this purger counts the events); (4) drop the queue entry. A purger that dies after
@@ -29,7 +30,7 @@ use scylla::serialize::row::SerializeRow;
 
 use crate::error;
 use crate::handle::ScyllaBackend;
-use crate::read::{self, day_of};
+use crate::read::{self, day_of, sentinel_key};
 use crate::rows::{self, StateRow};
 
 /// `purge_days` shard of `purge_queue` days.
@@ -248,7 +249,7 @@ impl<'a, 'j> Run<'a, 'j> {
         let b = self.b;
         let (row, state) = futures::try_join!(
             read::message(b, conv, msg_id, Fields::NoContent, false),
-            read::state(b, conv, msg_id, false)
+            read::state(b, conv, msg_id)
         )?;
         let resuming = matches!(state, Some(StateRow::Purging { .. }));
         if !resuming {
@@ -264,15 +265,25 @@ impl<'a, 'j> Run<'a, 'j> {
             }
             let mut mark = b.conditional_batch();
             mark.append_statement(b.st().state_mark.clone());
-            let values: Vec<BoxedRow> = vec![Box::new((
-                conv.as_str().to_string(),
-                msg_id.as_i64(),
-                state
-                    .as_ref()
-                    .and_then(StateRow::version)
-                    .map(crate::transition::version_col)
-                    .transpose()?,
-            ))];
+            mark.append_statement(b.st().sentinel_set.clone());
+            let values: Vec<BoxedRow> = vec![
+                Box::new((
+                    conv.as_str().to_string(),
+                    msg_id.as_i64(),
+                    state
+                        .as_ref()
+                        .and_then(StateRow::version)
+                        .map(crate::transition::version_col)
+                        .transpose()?,
+                )),
+                // A reader that finds no lifecycle in a bucket with a sentinel re-checks the
+                // message row, and a transition of a never-changed message is fenced by it.
+                Box::new((
+                    rand::random::<i64>(),
+                    conv.as_str().to_string(),
+                    sentinel_key(b.bucket_of(msg_id)),
+                )),
+            ];
             if !crate::transition::run_batch(b, &mark, values).await? {
                 // A transition or another purger got there first, or a legal hold was just
                 // placed (the mark is conditional on it): the next call looks again.

@@ -1,6 +1,7 @@
 //! Crash recovery specific to this backend's multi-step purge, replayed with raw CQL: a purger
 //! that dies between its conditional steps leaves state that the next purge completes, counting
-//! nothing twice; stale queue entries; request-record lifetime.
+//! nothing twice; a purged bucket's sentinel never hides a live message; stale queue entries;
+//! request-record lifetime.
 
 use std::time::Duration;
 
@@ -171,6 +172,51 @@ async fn a_stale_purge_entry_never_purges_a_live_message() {
         .unwrap()
         .rows_num();
     assert_eq!(left, 0, "the stale entry is dropped");
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_never_changed_message_in_a_purged_bucket_reads_as_normal() {
+    let f = ScyllaFactory::from_env();
+    let h = Harness::start(&f, Setup::default()).await;
+    let c = Cast::new(&h.settings);
+    let gone = c.text("gone");
+    let kept = c.text("kept");
+    h.store.insert(gone.clone()).await.unwrap();
+    h.store.insert(kept.clone()).await.unwrap();
+    assert_eq!(
+        h.store.inner().bucket_of(gone.msg_id),
+        h.store.inner().bucket_of(kept.msg_id)
+    );
+    h.store
+        .transition(c.request(Action::Delete, &c.alice, gone.msg_id))
+        .await
+        .unwrap();
+    h.clock.advance(PAST_RETENTION);
+    let report = h
+        .store
+        .purge_all(PurgeOptions { batch_size: 10 })
+        .await
+        .unwrap();
+    assert_eq!(report.messages, 1);
+    // The bucket's sentinel is set now: an absent lifecycle is re-checked, and still Normal.
+    let v = h.store.get(&c.conv, kept.msg_id, &c.bob).await.unwrap();
+    assert_eq!(v.status, Status::Normal);
+    assert_eq!(v.body.unwrap().content, b"kept");
+    let page = h
+        .store
+        .list(&c.conv, &c.bob, imstore_core::ListOptions::newest(10))
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(page.items[0].msg_id, kept.msg_id);
+    // And a transition of it passes the sentinel's fence.
+    let out = h
+        .store
+        .transition(c.moderator_request(Action::Delete, &c.mia, kept.msg_id))
+        .await
+        .unwrap();
+    assert_eq!((out.status, out.version), (Status::Deleted, 2));
     h.finish().await;
 }
 
