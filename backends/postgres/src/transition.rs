@@ -5,8 +5,9 @@
 //! 1. One read, one snapshot: the request record of this id (if any) and the message's sender
 //!    and lifecycle. [`Decider::decide`] turns them into a [`Decision`].
 //! 2. The decision persisted in one statement, so it commits whole or not at all:
-//!    * `Record` (a no-op or a refusal): the request record is inserted unless a record of the
-//!      id exists; if one does, read and decide again (which replays it).
+//!    * `Record` (a no-op or a refusal): the request record is inserted only if the message is
+//!      still at the version the decision was made at *and* no record of the id exists. If it
+//!      inserts nothing, the decision may be stale: read and decide again.
 //!    * `Apply`: compare-and-set of the version, the conversation's next feed seq, the change
 //!      event and the request record. If the compare-and-set matches nothing, nothing is
 //!      written; if a record of the id appeared, the statement fails on the key and writes
@@ -79,13 +80,18 @@ async fn attempt(pool: &PgPool, decider: &Decider<'_>) -> std::result::Result<An
         Decision::Record {
             record, expected, ..
         } => {
-            // Inserted unless the id has a record: a duplicate of this request that recorded
-            // first wins, and the next attempt replays its record.
-            let _ = expected;
+            // Inserted only if the message is still at `expected` (0: still absent) and the id
+            // has no record. The version check is against this statement's snapshot, taken
+            // after the read above: equal versions mean the same state (every change bumps it),
+            // so the answer holds at that instant, inside this call. A record committed by a
+            // duplicate of this request makes ON CONFLICT skip the insert (after waiting for
+            // it, if still in flight). Either way nothing inserted means: decide again.
             let inserted = sqlx::query(
                 "INSERT INTO requests (conversation_id, request_id, action, msg_id, requester, \
                      status, version, changed, at, refusal) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 \
+                 WHERE COALESCE((SELECT version FROM messages \
+                                 WHERE conversation_id = $1 AND msg_id = $4), 0) = $11 \
                  ON CONFLICT (conversation_id, request_id) DO NOTHING",
             )
             .bind(conv)
@@ -98,6 +104,7 @@ async fn attempt(pool: &PgPool, decider: &Decider<'_>) -> std::result::Result<An
             .bind(record.changed)
             .bind(record.at.as_millis())
             .bind(record.refusal.map(|k| k.as_str()))
+            .bind(i64::from(*expected))
             .execute(pool)
             .await?;
             if inserted.rows_affected() != 1 {

@@ -1,6 +1,7 @@
-//! PostgreSQL-specific guarantees beyond the shared suite: concurrent purge workers split the work
-//! exactly, and a connection killed by the server mid-transition is a temporary error that leaves
-//! nothing half-applied.
+//! PostgreSQL-specific guarantees beyond the shared suite, checked in the tables themselves:
+//! concurrent purge workers split the work exactly; every answer to a request id racing state
+//! changes is the one its request record holds; and a connection killed by the server
+//! mid-transition is a temporary error that leaves nothing half-applied.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -178,5 +179,70 @@ async fn connection_killed_mid_transition_is_temporary_and_atomic() {
     assert!(again.replayed);
     let other = c.request(Action::Recall, &c.alice, m.msg_id);
     assert!(!s.store.transition(other).await.unwrap().changed);
+    s.drop_schema().await;
+}
+
+/// Copies of one request racing a sender who keeps recalling and restoring the message all get
+/// one answer, and it is the one the request record in the table holds (a no-op is recorded
+/// only if the message is still at the version it was decided at).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_answer_to_a_racing_request_is_the_recorded_one() {
+    let s = scratch(8).await;
+    let c = Arc::new(Cast::new(&s.settings));
+    let m = c.text("flip");
+    s.store.insert(m.clone()).await.unwrap();
+    let flipper = {
+        let (store, c, id) = (s.store.clone(), c.clone(), m.msg_id);
+        tokio::spawn(async move {
+            for _ in 0..40 {
+                for action in [Action::Recall, Action::Restore] {
+                    // A restore of a message the racing copies left Normal is refused.
+                    if let Err(e) = store.transition(c.request(action, &c.alice, id)).await {
+                        assert_eq!(e.kind(), ErrorKind::InvalidState, "{e}");
+                    }
+                }
+            }
+        })
+    };
+    for i in 0..40 {
+        let action = if i % 2 == 0 {
+            Action::Recall
+        } else {
+            Action::Restore
+        };
+        let req = c.request(action, &c.alice, m.msg_id);
+        let copies: Vec<_> = (0..3)
+            .map(|_| {
+                let (store, req) = (s.store.clone(), req.clone());
+                tokio::spawn(async move { store.transition(req).await })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for t in copies {
+            answers.push(match t.await.unwrap() {
+                Ok(o) => Ok((o.status, o.version, o.changed)),
+                Err(e) => Err(e.kind()),
+            });
+        }
+        let (status, version, changed, refusal): (i16, i64, bool, Option<String>) =
+            sqlx::query_as(AssertSqlSafe(format!(
+                "SELECT status, version, changed, refusal FROM {}.requests \
+                 WHERE conversation_id = $1 AND request_id = $2",
+                s.schema
+            )))
+            .bind(c.conv.as_str())
+            .bind(req.request_id.as_str())
+            .fetch_one(&s.admin)
+            .await
+            .expect("every decided request is recorded");
+        let recorded = match refusal {
+            Some(kind) => Err(ErrorKind::parse(&kind).unwrap()),
+            None => Ok((Status::from_code(status).unwrap(), version as u32, changed)),
+        };
+        for a in &answers {
+            assert_eq!(a, &recorded, "request {i}: answers {answers:?}");
+        }
+    }
+    flipper.await.unwrap();
     s.drop_schema().await;
 }
