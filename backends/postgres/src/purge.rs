@@ -1,11 +1,24 @@
 //! Purge batches and legal holds: bounded batches that concurrent workers split without
 //! blocking, ordered against holds by an advisory lock.
 //!
-//! A batch is one transaction: `pg_advisory_xact_lock_shared(K)` (shared with other purge
-//! workers, exclusive with a hold being placed, so a hold either committed before this batch's
-//! reads or waits for it), then one statement that locks the candidates with
-//! `FOR UPDATE OF m SKIP LOCKED` (filtered by the job's cutoffs), deletes them and their change
-//! events, and request records past retention.
+//! A batch is one transaction:
+//!
+//! 1. `pg_advisory_xact_lock_shared(K)`: shared with other purge workers, exclusive with a hold
+//!    being placed, so a hold either committed before this batch's reads or waits for it.
+//! 2. Lock the candidates: `SELECT ... FOR UPDATE OF m SKIP LOCKED`, filtered in SQL by the
+//!    job's cutoffs (the partial indexes serve it) and then by `PurgeJob::purgeable`, the rule
+//!    itself, on the rows as locked.
+//! 3. One statement deletes the locked messages, every change event of theirs, and request
+//!    records past retention.
+//!
+//! Why no event of a purged message survives, even while transitions race the batch: an event
+//! is only ever appended by the statement that compare-and-sets its message row, holding that
+//! row's lock until it commits. A row such a statement holds is skipped in step 2; a row locked
+//! in step 2 can get no new event until this batch commits, and then the row is gone, so the
+//! waiting compare-and-set matches nothing and appends nothing. Step 3 takes its snapshot after
+//! step 2 holds the locks, so it sees every event those messages ever got, including one
+//! committed after step 2 began (which a single statement's snapshot would miss: that was the
+//! leak of a history-limit purge racing deletes).
 
 use imstore_core::backend::PurgeJob;
 use imstore_core::{ConversationId, PurgeOptions, PurgeReport, Result, Retry};
@@ -39,27 +52,45 @@ async fn batch(pool: &PgPool, job: &PurgeJob<'_>) -> std::result::Result<PurgeRe
         .await?;
     // No history limit: a cutoff before every possible created_at matches nothing.
     let history_cutoff = job.history_cutoff().map_or(i64::MIN, |t| t.as_millis());
+    let candidates = sqlx::query(
+        "SELECT m.conversation_id, m.status, m.version, m.created_at, m.recalled_at, \
+             m.recalled_by, m.restored_at, m.deleted_at, m.deleted_by, m.msg_id \
+         FROM messages m \
+         WHERE ((m.status = 1 AND m.recalled_at <= $1) \
+             OR (m.status = 2 AND m.deleted_at <= $1) \
+             OR m.created_at <= $2) \
+           AND NOT EXISTS (SELECT 1 FROM conversations c \
+                           WHERE c.conversation_id = m.conversation_id AND c.legal_hold) \
+         LIMIT $3 \
+         FOR UPDATE OF m SKIP LOCKED",
+    )
+    .bind(job.retention_cutoff().as_millis())
+    .bind(history_cutoff)
+    .bind(i64::from(job.batch_size()))
+    .fetch_all(&mut *tx)
+    .await?;
+    let full = candidates.len() >= job.batch_size() as usize;
+    let mut conversations = Vec::with_capacity(candidates.len());
+    let mut ids = Vec::with_capacity(candidates.len());
+    for row in &candidates {
+        // The SQL filter is the index-friendly form of the rule; the rule itself decides.
+        if job.purgeable(&rows::lifecycle(row)?) {
+            conversations.push(column::<String>(row, "conversation_id")?);
+            ids.push(column::<i64>(row, "msg_id")?);
+        }
+    }
     let row = sqlx::query(
-        "WITH doomed AS MATERIALIZED ( \
-             SELECT m.conversation_id, m.msg_id FROM messages m \
-             WHERE ((m.status = 1 AND m.recalled_at <= $1) \
-                 OR (m.status = 2 AND m.deleted_at <= $1) \
-                 OR m.created_at <= $2) \
-               AND NOT EXISTS (SELECT 1 FROM conversations c \
-                               WHERE c.conversation_id = m.conversation_id AND c.legal_hold) \
-             LIMIT $3 \
-             FOR UPDATE OF m SKIP LOCKED), \
-         gone AS ( \
-             DELETE FROM messages m USING doomed d \
-             WHERE m.conversation_id = d.conversation_id AND m.msg_id = d.msg_id \
+        "WITH gone AS ( \
+             DELETE FROM messages m USING UNNEST($1::text[], $2::int8[]) AS d(conv, id) \
+             WHERE m.conversation_id = d.conv AND m.msg_id = d.id \
              RETURNING m.conversation_id, m.msg_id, m.attachment_key), \
          events AS ( \
-             DELETE FROM change_events e USING gone g \
-             WHERE e.conversation_id = g.conversation_id AND e.msg_id = g.msg_id \
+             DELETE FROM change_events e USING UNNEST($1::text[], $2::int8[]) AS d(conv, id) \
+             WHERE e.conversation_id = d.conv AND e.msg_id = d.id \
              RETURNING 1), \
          old AS MATERIALIZED ( \
              SELECT r.conversation_id, r.request_id FROM requests r \
-             WHERE r.at <= $1 \
+             WHERE r.at <= $3 \
                AND NOT EXISTS (SELECT 1 FROM conversations c \
                                WHERE c.conversation_id = r.conversation_id AND c.legal_hold) \
              LIMIT $4 \
@@ -72,20 +103,19 @@ async fn batch(pool: &PgPool, job: &PurgeJob<'_>) -> std::result::Result<PurgeRe
                 (SELECT coalesce(array_agg(attachment_key), '{}') FROM gone \
                  WHERE attachment_key IS NOT NULL) AS released",
     )
+    .bind(&conversations)
+    .bind(&ids)
     .bind(job.retention_cutoff().as_millis())
-    .bind(history_cutoff)
-    .bind(i64::from(job.batch_size()))
     // Request records past retention protect nothing (the skew check refuses requests that
     // old), so they go whatever the message budget, at most this many per batch.
     .bind(i64::from(PurgeOptions::MAX_BATCH))
     .fetch_one(&mut *tx)
     .await?;
-    let messages = rows::count(&row, "messages")?;
     let report = PurgeReport {
-        messages,
+        messages: rows::count(&row, "messages")?,
         events: rows::count(&row, "events")?,
         released_attachments: column(&row, "released")?,
-        more: messages == u64::from(job.batch_size()),
+        more: full,
     };
     tx.commit().await?;
     Ok(report)

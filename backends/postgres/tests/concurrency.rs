@@ -1,7 +1,8 @@
 //! PostgreSQL-specific guarantees beyond the shared suite, checked in the tables themselves:
-//! concurrent purge workers split the work exactly; every answer to a request id racing state
-//! changes is the one its request record holds; and a connection killed by the server
-//! mid-transition is a temporary error that leaves nothing half-applied.
+//! concurrent purge workers split the work exactly; a history-limit purge racing deletes leaves
+//! no change event of a purged message; every answer to a request id racing state changes is
+//! the one its request record holds; and a connection killed by the server mid-transition is a
+//! temporary error that leaves nothing half-applied.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,13 +28,17 @@ struct Scratch {
 }
 
 async fn scratch(pool_size: u32) -> Scratch {
+    scratch_with(pool_size, Policy::default()).await
+}
+
+async fn scratch_with(pool_size: u32, policy: Policy) -> Scratch {
     let factory = PgFactory::from_env()
         .with_prefix("imspg_conc")
         .with_pool_size(pool_size);
     let schema = factory.create_namespace().await;
     let clock = ManualClock::starting_now();
     let settings = StoreSettings {
-        policy: Policy::default(),
+        policy,
         clock: Arc::new(clock.clone()),
         ..StoreSettings::default()
     };
@@ -179,6 +184,73 @@ async fn connection_killed_mid_transition_is_temporary_and_atomic() {
     assert!(again.replayed);
     let other = c.request(Action::Recall, &c.alice, m.msg_id);
     assert!(!s.store.transition(other).await.unwrap().changed);
+    s.drop_schema().await;
+}
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// With a history limit, moderators deleting messages while two purge workers remove them leave
+/// no `change_events` row whose message is gone: the purge deletes a message's events in the
+/// same transaction, after it holds the message's row lock (see `src/purge.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn history_purge_racing_deletes_leaves_no_orphan_event_rows() {
+    let policy = Policy::builder()
+        .history_limit(Some(40 * DAY))
+        .build()
+        .unwrap();
+    let s = scratch_with(8, policy).await;
+    let mut orphans_seen = 0;
+    for round in 0..8 {
+        let c = Cast::in_conversation(&s.settings, &format!("round-{round}"));
+        let messages: Vec<_> = (0..200).map(|i| c.text(&format!("m{i}"))).collect();
+        s.store.insert_batch(messages.clone()).await.unwrap();
+        s.clock.advance(41 * DAY);
+        let deletes = messages.chunks(25).map(|chunk| {
+            let store = s.store.clone();
+            let reqs: Vec<_> = chunk
+                .iter()
+                .map(|m| c.moderator_request(Action::Delete, &c.mia, m.msg_id))
+                .collect();
+            tokio::spawn(async move {
+                for r in reqs {
+                    if let Err(e) = store.transition(r).await {
+                        assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+                    }
+                }
+            })
+        });
+        let deletes: Vec<_> = deletes.collect();
+        let purgers: Vec<_> = (0..2)
+            .map(|_| {
+                let store = s.store.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let r = store.purge(PurgeOptions { batch_size: 3 }).await.unwrap();
+                        if !r.more {
+                            break;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in deletes.into_iter().chain(purgers) {
+            t.await.unwrap();
+        }
+        let orphans: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT count(*) FROM {0}.change_events e WHERE NOT EXISTS \
+             (SELECT 1 FROM {0}.messages m \
+              WHERE m.conversation_id = e.conversation_id AND m.msg_id = e.msg_id)",
+            s.schema
+        )))
+        .fetch_one(&s.admin)
+        .await
+        .unwrap();
+        orphans_seen += orphans;
+    }
+    assert_eq!(
+        orphans_seen, 0,
+        "change events outlived their purged messages"
+    );
     s.drop_schema().await;
 }
 
