@@ -8,15 +8,15 @@
 //!   the policy; the purge job does), without one it drops the days older than the retention
 //!   (a history limit is never shorter than the retention, so they can never become due).
 //!
-//! Removing one message: (1) mark its lifecycle `purging = true` `IF version = <read> AND
-//! purging = null AND legal_hold != true` (this fences transitions, other purgers and a legal
-//! hold placed after the purge looked; readers treat the mark as not found), and in the same
-//! batch stamp its bucket's sentinel with a new epoch (see `read`); (2) `DELETE FROM
-//! messages ... IF EXISTS` (applied: this purger counts the message and reports its attachment
-//! key); (3) one conditional batch deletes the lifecycle row `IF purging = true` and its events
-//! (applied: this purger counts the events); (4) drop the queue entry. A purger that dies after
-//! (1) leaves the mark and the entry, and the next purge resumes at (2). Conversations under
-//! legal hold are skipped and their entries kept.
+//! Removing one message: (1) ONE conditional batch on the conversation's state partition turns
+//! its lifecycle into the purge marker `IF version = <read> AND purging = null AND legal_hold !=
+//! true`, stamps its bucket's sentinel with a new epoch and deletes its change events: this is
+//! the purge's commit, atomic with the feed and fenced by the legal hold and by transitions;
+//! (2) `DELETE FROM messages ... IF EXISTS` (applied: this purger counts the message); (3) delete
+//! the marker `IF purging = true` (applied: this purger reports the attachment key it holds);
+//! (4) drop the queue entry. A purger that dies after (1) leaves the marker and the entry; the
+//! next purge finishes (2)–(4), even under a legal hold placed since (the message was purged
+//! before the hold: readers have seen it gone since (1)).
 
 use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
@@ -27,6 +27,7 @@ use imstore_core::{
 };
 use scylla::response::PagingState;
 use scylla::serialize::row::SerializeRow;
+use scylla::value::MaybeUnset;
 
 use crate::error;
 use crate::handle::ScyllaBackend;
@@ -244,54 +245,16 @@ impl<'a, 'j> Run<'a, 'j> {
         Ok(h)
     }
 
-    /// Removes one message if the job says it is purgeable now (see the module docs).
-    async fn message(&mut self, conv: &ConversationId, msg_id: MsgId) -> Result<Verdict> {
-        let b = self.b;
-        let (row, state) = futures::try_join!(
-            read::message(b, conv, msg_id, Fields::NoContent, false),
-            read::state(b, conv, msg_id)
-        )?;
-        let resuming = matches!(state, Some(StateRow::Purging { .. }));
-        if !resuming {
-            // Gone already, or never written (an insert that failed after indexing it).
-            let Some(row) = &row else {
-                return Ok(Verdict::Done);
-            };
-            let Some(lc) = rows::lifecycle_of(state.as_ref(), row.created_at) else {
-                return Ok(Verdict::Done);
-            };
-            if !self.job.purgeable(&lc) {
-                return Ok(Verdict::NotYet(retention_due(&lc, self.job.policy())));
-            }
-            let mut mark = b.conditional_batch();
-            mark.append_statement(b.st().state_mark.clone());
-            mark.append_statement(b.st().sentinel_set.clone());
-            let values: Vec<BoxedRow> = vec![
-                Box::new((
-                    conv.as_str().to_string(),
-                    msg_id.as_i64(),
-                    state
-                        .as_ref()
-                        .and_then(StateRow::version)
-                        .map(crate::transition::version_col)
-                        .transpose()?,
-                )),
-                // A reader that finds no lifecycle in a bucket with a sentinel re-checks the
-                // message row, and a transition of a never-changed message is fenced by it.
-                Box::new((
-                    rand::random::<i64>(),
-                    conv.as_str().to_string(),
-                    sentinel_key(b.bucket_of(msg_id)),
-                )),
-            ];
-            if !crate::transition::run_batch(b, &mark, values).await? {
-                // A transition or another purger got there first, or a legal hold was just
-                // placed (the mark is conditional on it): the next call looks again.
-                return Ok(Verdict::Busy);
-            }
-        }
-        let bucket = b.bucket_of(msg_id);
-        if let Some(row) = &row {
+    /// Steps (2) and (3) of a committed purge (see the module docs).
+    async fn finish(
+        &mut self,
+        conv: &ConversationId,
+        msg_id: MsgId,
+        row_present: bool,
+        release_key: Option<String>,
+    ) -> Result<()> {
+        let (b, bucket) = (self.b, self.b.bucket_of(msg_id));
+        if row_present {
             let res = b
                 .session()
                 .execute_unpaged(&b.st().msg_delete, (conv.as_str(), bucket, msg_id.as_i64()))
@@ -299,27 +262,87 @@ impl<'a, 'j> Run<'a, 'j> {
                 .map_err(error::execution)?;
             if rows::lwt(res)?.applied {
                 self.report.messages += 1;
-                if let Some(a) = &row.message.attachment {
-                    self.report.released_attachments.push(a.key.clone());
-                }
                 self.touched.insert((conv.clone(), bucket));
             }
         }
-        let seqs = state
-            .as_ref()
-            .map(|s| s.event_seqs().to_vec())
-            .unwrap_or_default();
-        let mut cleanup = b.conditional_batch();
-        let mut values: Vec<BoxedRow> = Vec::with_capacity(seqs.len() + 1);
-        cleanup.append_statement(b.st().state_delete.clone());
-        values.push(Box::new((conv.as_str().to_string(), msg_id.as_i64())));
+        let res = b
+            .session()
+            .execute_unpaged(&b.st().state_delete, (conv.as_str(), msg_id.as_i64()))
+            .await
+            .map_err(error::execution)?;
+        if rows::lwt(res)?.applied {
+            self.report.released_attachments.extend(release_key);
+        }
+        Ok(())
+    }
+
+    /// Finishes a purge a dead purger committed in a held conversation; true when it did.
+    async fn finish_committed(&mut self, conv: &ConversationId, msg_id: MsgId) -> Result<bool> {
+        let state = read::state(self.b, conv, msg_id).await?;
+        let Some(StateRow::Purged { release_key }) = state else {
+            return Ok(false);
+        };
+        let row = read::message(self.b, conv, msg_id, Fields::NoContent, false).await?;
+        self.finish(conv, msg_id, row.is_some(), release_key)
+            .await?;
+        Ok(true)
+    }
+
+    /// Removes one message if the job says it is purgeable now (see the module docs).
+    async fn message(&mut self, conv: &ConversationId, msg_id: MsgId) -> Result<Verdict> {
+        let b = self.b;
+        let (row, state) = futures::try_join!(
+            read::message(b, conv, msg_id, Fields::NoContent, false),
+            read::state(b, conv, msg_id)
+        )?;
+        if let Some(StateRow::Purged { release_key }) = state {
+            self.finish(conv, msg_id, row.is_some(), release_key)
+                .await?;
+            return Ok(Verdict::Done);
+        }
+        // Gone already, or never written (an insert that failed after indexing it).
+        let Some(row) = row else {
+            return Ok(Verdict::Done);
+        };
+        let Some(lc) = rows::lifecycle_of(state.as_ref(), row.created_at) else {
+            return Ok(Verdict::Done);
+        };
+        if !self.job.purgeable(&lc) {
+            return Ok(Verdict::NotYet(retention_due(&lc, self.job.policy())));
+        }
+        let key = row.message.attachment.as_ref().map(|a| a.key.clone());
+        let seqs = match &state {
+            Some(StateRow::Live { event_seqs, .. }) => event_seqs.clone(),
+            _ => Vec::new(),
+        };
+        let mut commit = b.conditional_batch();
+        let mut values: Vec<BoxedRow> = Vec::with_capacity(seqs.len() + 2);
+        commit.append_statement(b.st().purge_commit.clone());
+        values.push(Box::new((
+            key.clone().map_or(MaybeUnset::Unset, MaybeUnset::Set),
+            conv.as_str().to_string(),
+            msg_id.as_i64(),
+            state
+                .as_ref()
+                .and_then(StateRow::version)
+                .map(crate::transition::version_col)
+                .transpose()?,
+        )));
+        commit.append_statement(b.st().sentinel_set.clone());
+        values.push(Box::new((
+            rand::random::<i64>(),
+            conv.as_str().to_string(),
+            sentinel_key(b.bucket_of(msg_id)),
+        )));
         for seq in &seqs {
-            cleanup.append_statement(b.st().event_delete.clone());
+            commit.append_statement(b.st().event_delete.clone());
             values.push(Box::new((conv.as_str().to_string(), *seq)));
         }
-        if crate::transition::run_batch(b, &cleanup, values).await? {
-            self.report.events += seqs.len() as u64;
+        if !crate::transition::run_batch(b, &commit, values).await? {
+            return Ok(Verdict::Busy);
         }
+        self.report.events += seqs.len() as u64;
+        self.finish(conv, msg_id, true, key).await?;
         Ok(Verdict::Done)
     }
 
@@ -351,8 +374,10 @@ impl<'a, 'j> Run<'a, 'j> {
                         let remove = (day, due, conv.as_str().to_string(), msg_id, request_id);
                         let request_id = &remove.4;
                         let keep = if self.held(&conv).await? {
-                            // Kept, record included, until the hold is lifted.
-                            true
+                            // Kept, record included, until the hold is lifted; a purge that
+                            // committed before the hold is finished all the same.
+                            let finished = self.finish_committed(&conv, id).await?;
+                            !finished || !request_id.is_empty()
                         } else {
                             if !request_id.is_empty() {
                                 b.session()
@@ -443,7 +468,7 @@ impl<'a, 'j> Run<'a, 'j> {
                     for (created_at, conv, msg_id) in entries {
                         let (conv, id) = ids(conv, msg_id)?;
                         let keep = if self.held(&conv).await? {
-                            true
+                            !self.finish_committed(&conv, id).await?
                         } else {
                             matches!(self.message(&conv, id).await?, Verdict::Busy)
                         };

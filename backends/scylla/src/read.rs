@@ -6,9 +6,9 @@
 //! message row before the purge deleted it and the lifecycle after the purge deleted that too,
 //! and take the message for a never-changed Normal one. Two things rule that out:
 //!
-//! * the purge first marks the lifecycle (`purging = true`), and deletes the lifecycle only after
-//!   the message row; a mark reads as "not found";
-//! * the same mark stamps its bucket's *sentinel* (kind 0, k = `-(bucket + 1)`) with a new
+//! * the purge first turns the lifecycle into a marker (`purging = true`, the purge's commit), and
+//!   deletes the marker only after the message row; a marker reads as "not found";
+//! * the same commit stamps its bucket's *sentinel* (kind 0, k = `-(bucket + 1)`) with a new
 //!   epoch, and readers read a lifecycle together with its bucket's sentinel in ONE
 //!   single-partition query (one snapshot). A message with no lifecycle row in a bucket whose
 //!   sentinel is set may be one whose purge finished between the two reads, so it is re-checked
@@ -134,6 +134,7 @@ type FencedCols = (
     Option<String>,
     Option<Vec<i64>>,
     Option<bool>,
+    Option<String>,
     Option<i64>,
 );
 
@@ -167,12 +168,12 @@ async fn fenced_chunk(
         .rows::<FencedCols>()
         .map_err(|e| error::decode("lifecycle rows", e))?
     {
-        let (k, a, b2, c, d, e, f, g, h, i, at) =
+        let (k, a, b2, c, d, e, f, g, h, i, j, at) =
             row.map_err(|e| error::decode("lifecycle rows", e))?;
         if k == sentinel {
             epoch = at;
         } else {
-            states.insert(k, rows::state((a, b2, c, d, e, f, g, h, i))?);
+            states.insert(k, rows::state((a, b2, c, d, e, f, g, h, i, j))?);
         }
     }
     Ok((states, epoch))
@@ -460,7 +461,7 @@ pub(crate) async fn request(
         .transpose()
 }
 
-/// A lifecycle row alone (the purge reads it with the message row; its mark is conditional).
+/// A lifecycle row alone (the purge reads it with the message row; its commit is conditional).
 pub(crate) async fn state(
     b: &ScyllaBackend,
     conversation: &ConversationId,

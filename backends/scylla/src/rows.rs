@@ -24,7 +24,7 @@ pub(crate) type MessageCols = (
 );
 
 /// The columns of a lifecycle row of `conversation_state`: status, version, recalled_at,
-/// recalled_by, restored_at, deleted_at, deleted_by, event_seqs, purging.
+/// recalled_by, restored_at, deleted_at, deleted_by, event_seqs, purging, release_key.
 pub(crate) type StateCols = (
     Option<i8>,
     Option<i32>,
@@ -35,6 +35,7 @@ pub(crate) type StateCols = (
     Option<String>,
     Option<Vec<i64>>,
     Option<bool>,
+    Option<String>,
 );
 
 /// The columns of a request record row: action, msg_id, requester, status, version, changed,
@@ -93,34 +94,28 @@ pub(crate) enum StateRow {
         changed: Changed,
         event_seqs: Vec<i64>,
     },
-    /// A purge marked it (step 1 of the purge): gone for readers, fenced against transitions;
-    /// the purge that finishes deletes these events with it.
-    Purging { event_seqs: Vec<i64> },
+    /// The purge committed: the message is gone for every reader, whatever is left of its rows;
+    /// `release_key` is the attachment the purge releases.
+    Purged { release_key: Option<String> },
 }
 
 impl StateRow {
-    /// The version a compare-and-set on this row expects (`None` for a purge mark).
+    /// The version a compare-and-set on this row expects (`None`: a never-transitioned
+    /// message's marker, whose version column is null).
     pub(crate) fn version(&self) -> Option<u32> {
         match self {
             StateRow::Live { changed, .. } => Some(changed.version),
-            StateRow::Purging { .. } => None,
-        }
-    }
-
-    /// The seqs of the message's change events.
-    pub(crate) fn event_seqs(&self) -> &[i64] {
-        match self {
-            StateRow::Live { event_seqs, .. } | StateRow::Purging { event_seqs } => event_seqs,
+            StateRow::Purged { .. } => None,
         }
     }
 }
 
 /// The lifecycle of a live message accepted at `created_at`: its row's fields, or a
-/// never-changed message's initial state. `None` for a message a purge marked.
+/// never-changed message's initial state. `None` for a purge marker.
 pub(crate) fn lifecycle_of(state: Option<&StateRow>, created_at: Timestamp) -> Option<Lifecycle> {
     match state {
         None => Some(Lifecycle::new(created_at)),
-        Some(StateRow::Purging { .. }) => None,
+        Some(StateRow::Purged { .. }) => None,
         Some(StateRow::Live { changed: c, .. }) => Some(Lifecycle {
             status: c.status,
             version: c.version,
@@ -187,12 +182,20 @@ pub(crate) fn message(
 
 /// A lifecycle row.
 pub(crate) fn state(cols: StateCols) -> Result<StateRow> {
-    let (st, ver, recalled_at, recalled_by, restored_at, deleted_at, deleted_by, seqs, purging) =
-        cols;
+    let (
+        st,
+        ver,
+        recalled_at,
+        recalled_by,
+        restored_at,
+        deleted_at,
+        deleted_by,
+        seqs,
+        purging,
+        key,
+    ) = cols;
     if purging == Some(true) {
-        return Ok(StateRow::Purging {
-            event_seqs: seqs.unwrap_or_default(),
-        });
+        return Ok(StateRow::Purged { release_key: key });
     }
     Ok(StateRow::Live {
         changed: Changed {

@@ -65,11 +65,13 @@ pub async fn detect(session: &Session) -> Result<ServerInfo> {
 
 /// Columns added to `conversation_state` after its first release, with their types: created by
 /// the current DDL, added by [`ensure`] to keyspaces made before.
-const ADDED_STATE_COLUMNS: [(&str, &str); 2] = [
+const ADDED_STATE_COLUMNS: [(&str, &str); 3] = [
     // The kind of a recorded refusal (`ErrorKind::as_str`); null for an applied outcome.
     ("refusal", "text"),
     // The random token of the transition call that wrote a request record.
     ("call_token", "bigint"),
+    // On a purge marker: the attachment key the purge releases.
+    ("release_key", "text"),
 ];
 
 /// The DDL of the six tables, in creation order, for `keyspace` on `flavour`.
@@ -107,9 +109,10 @@ pub fn table_ddl(keyspace: &str, flavour: Flavour) -> Vec<String> {
             ) WITH CLUSTERING ORDER BY (bucket DESC){gc}"
         ),
         // Per conversation, one partition that every transition changes with ONE conditional
-        // batch: the message's lifecycle (kind 0, k = msg_id; purging = the purge's mark), the
-        // change event (kind 1, k = feed seq), the request record (kind 2, request_id) and the
-        // feed head (static); the legal hold (static) fences the purge's mark.
+        // batch: the message's lifecycle (kind 0, k = msg_id; purging = the purge's commit
+        // marker), the purge sentinel of a bucket (kind 0, k = -(bucket + 1), at_ms = epoch),
+        // the change event (kind 1, k = feed seq), the request record (kind 2, request_id) and
+        // the feed head (static); the legal hold (static) fences the purge's commit.
         format!(
             "CREATE TABLE IF NOT EXISTS {keyspace}.conversation_state (
                 conversation_id text,
@@ -134,6 +137,7 @@ pub fn table_ddl(keyspace: &str, flavour: Flavour) -> Vec<String> {
                 changed boolean,
                 refusal text,
                 call_token bigint,
+                release_key text,
                 PRIMARY KEY ((conversation_id), kind, k, request_id)
             ) WITH compaction = {{'class': 'LeveledCompactionStrategy'}}{gc}"
         ),
@@ -227,7 +231,7 @@ pub async fn ensure(session: &Session, config: &ScyllaConfig, flavour: Flavour) 
 }
 
 /// Adds the `conversation_state` columns that a keyspace made by an older version lacks
-/// (`refusal`, `call_token`); idempotent.
+/// (`refusal`, `call_token`, `release_key`); idempotent.
 pub async fn migrate(session: &Session, keyspace: &str) -> Result<()> {
     validate_keyspace(keyspace)?;
     let rows = session

@@ -1,7 +1,6 @@
 //! Crash recovery specific to this backend's multi-step purge, replayed with raw CQL: a purger
-//! that dies between its conditional steps leaves state that the next purge completes, counting
-//! nothing twice; a purged bucket's sentinel never hides a live message; stale queue entries;
-//! request-record lifetime.
+//! that dies between its steps leaves state that the next purge completes, counting nothing
+//! twice and never showing a half-purged message; stale queue entries; request-record lifetime.
 
 use std::time::Duration;
 
@@ -44,25 +43,56 @@ async fn cql(h: &H<'_>, stmt: &str, values: impl scylla::serialize::row::Seriali
         .expect("raw CQL");
 }
 
-/// Step (1) of a purger that then died: the lifecycle is marked, nothing deleted yet.
-async fn mark(h: &H<'_>, id: MsgId) {
+/// Step (1) of a purger that then died: the commit batch (marker, sentinel, events).
+async fn commit_purge_of(h: &H<'_>, id: MsgId, key: &str) {
+    let bucket = h.store.inner().bucket_of(id);
     cql(
         h,
-        "UPDATE {ks}.conversation_state SET purging = true WHERE conversation_id = 'group-1' AND kind = 0 AND k = ? AND request_id = '' IF version = 2",
-        (id.as_i64(),),
+        "UPDATE {ks}.conversation_state SET purging = true, release_key = ? WHERE conversation_id = 'group-1' AND kind = 0 AND k = ? AND request_id = '' IF version = 2",
+        (key, id.as_i64()),
+    )
+    .await;
+    cql(
+        h,
+        "UPDATE {ks}.conversation_state SET at_ms = 42 WHERE conversation_id = 'group-1' AND kind = 0 AND k = ? AND request_id = ''",
+        (-i64::from(bucket) - 1,),
+    )
+    .await;
+    cql(
+        h,
+        "DELETE FROM {ks}.conversation_state WHERE conversation_id = 'group-1' AND kind = 1 AND k = 1 AND request_id = ''",
+        (),
     )
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn purge_completes_after_a_purger_died_after_marking() {
-    let f = ScyllaFactory::from_env();
-    let (h, c, id) = recalled_and_expired(&f).await;
-    mark(&h, id).await;
+async fn assert_gone(h: &H<'_>, c: &Cast, id: MsgId) {
     assert_eq!(
         h.store.get(&c.conv, id, &c.alice).await.unwrap_err().kind(),
         ErrorKind::NotFound
     );
+    assert_eq!(
+        h.store.audit(&c.conv, id).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert!(
+        h.store
+            .list(&c.conv, &c.alice, imstore_core::ListOptions::newest(10))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_completes_after_a_purger_died_after_committing() {
+    let f = ScyllaFactory::from_env();
+    let (h, c, id) = recalled_and_expired(&f).await;
+    commit_purge_of(&h, id, "blob-1").await;
+    // Committed: gone for every reader, though the message row is still there.
+    assert!(h.raw_content(&c.conv, id).await.is_some());
+    assert_gone(&h, &c, id).await;
     assert_eq!(
         h.store
             .transition(c.request(Action::Delete, &c.alice, id))
@@ -70,14 +100,18 @@ async fn purge_completes_after_a_purger_died_after_marking() {
             .unwrap_err()
             .kind(),
         ErrorKind::NotFound,
-        "a marked message is fenced against transitions"
+        "a committed purge fences transitions"
     );
     let report = h
         .store
         .purge_all(PurgeOptions { batch_size: 10 })
         .await
         .unwrap();
-    assert_eq!((report.messages, report.events), (1, 1));
+    assert_eq!(
+        (report.messages, report.events),
+        (1, 0),
+        "the events went with the dead purger's commit"
+    );
     assert_eq!(report.released_attachments, vec!["blob-1".to_string()]);
     assert_eq!(h.raw_content(&c.conv, id).await, None);
     let feed = h
@@ -92,6 +126,7 @@ async fn purge_completes_after_a_purger_died_after_marking() {
         .await
         .unwrap();
     assert_eq!((again.messages, again.events), (0, 0));
+    assert!(again.released_attachments.is_empty());
     h.finish().await;
 }
 
@@ -99,8 +134,8 @@ async fn purge_completes_after_a_purger_died_after_marking() {
 async fn purge_completes_after_a_purger_died_after_deleting_the_message() {
     let f = ScyllaFactory::from_env();
     let (h, c, id) = recalled_and_expired(&f).await;
-    // Steps 1 and 2 of a purger that then died (and so never reported the message).
-    mark(&h, id).await;
+    commit_purge_of(&h, id, "blob-1").await;
+    // Step (2) too: the message row is gone, counted by nobody, its key reported by nobody.
     let bucket = h.store.inner().bucket_of(id);
     cql(
         &h,
@@ -108,6 +143,7 @@ async fn purge_completes_after_a_purger_died_after_deleting_the_message() {
         (bucket, id.as_i64()),
     )
     .await;
+    assert_gone(&h, &c, id).await;
     let report = h
         .store
         .purge_all(PurgeOptions { batch_size: 10 })
@@ -115,15 +151,63 @@ async fn purge_completes_after_a_purger_died_after_deleting_the_message() {
         .unwrap();
     assert_eq!(
         (report.messages, report.events),
-        (0, 1),
+        (0, 0),
         "the message was removed (and would have been counted) by the dead purger"
     );
-    let feed = h
+    assert_eq!(
+        report.released_attachments,
+        vec!["blob-1".to_string()],
+        "the key the dead purger never reported is reported by the one that finishes"
+    );
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_committed_before_a_legal_hold_is_finished_and_stays_purged() {
+    let f = ScyllaFactory::from_env();
+    let (h, c, id) = recalled_and_expired(&f).await;
+    commit_purge_of(&h, id, "blob-1").await;
+    h.store.set_legal_hold(&c.conv, true).await.unwrap();
+    assert_gone(&h, &c, id).await;
+    let report = h
         .store
-        .changes_since(&c.conv, FeedCursor::START, 100)
+        .purge_all(PurgeOptions { batch_size: 10 })
         .await
         .unwrap();
-    assert!(feed.events.is_empty(), "the orphaned event is removed");
+    assert_eq!(report.messages, 1);
+    assert_eq!(h.raw_content(&c.conv, id).await, None);
+    assert_gone(&h, &c, id).await;
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legal_hold_placed_before_the_commit_keeps_the_message_auditable() {
+    let f = ScyllaFactory::from_env();
+    let (h, c, id) = recalled_and_expired(&f).await;
+    // A purger read the message as purgeable, then the hold was placed, then it tried to commit.
+    h.store.set_legal_hold(&c.conv, true).await.unwrap();
+    cql(
+        &h,
+        "UPDATE {ks}.conversation_state SET purging = true WHERE conversation_id = 'group-1' AND kind = 0 AND k = ? AND request_id = '' IF version = 2 AND purging = null AND legal_hold != true",
+        (id.as_i64(),),
+    )
+    .await;
+    let audit = h.store.audit(&c.conv, id).await.expect("still auditable");
+    assert_eq!(audit.message.lifecycle.status, Status::Recalled);
+    let report = h
+        .store
+        .purge_all(PurgeOptions { batch_size: 10 })
+        .await
+        .unwrap();
+    assert_eq!(report.messages, 0);
+    assert!(h.store.audit(&c.conv, id).await.is_ok());
+    h.store.set_legal_hold(&c.conv, false).await.unwrap();
+    let report = h
+        .store
+        .purge_all(PurgeOptions { batch_size: 10 })
+        .await
+        .unwrap();
+    assert_eq!(report.messages, 1, "purged once the hold is lifted");
     h.finish().await;
 }
 
@@ -287,7 +371,8 @@ async fn a_page_of_messages_being_purged_does_not_end_the_walk() {
     }
     let newest = c.text("newest");
     h.store.insert(newest.clone()).await.unwrap();
-    // A purger marked the three deleted messages, which now fill whole pages of the walk.
+    // A purger committed the purge of the three deleted messages and has not removed them yet:
+    // they fill whole pages of the walk.
     for id in &doomed {
         cql(
             &h,

@@ -64,7 +64,7 @@ async fn a_keyspace_made_before_the_request_refusals_is_migrated() {
     let ns = f.create_namespace().await;
     let session = f.session().await;
     // What an older version created: conversation_state without the columns added since.
-    for column in ["refusal", "call_token"] {
+    for column in ["refusal", "call_token", "release_key"] {
         session
             .query_unpaged(
                 format!("ALTER TABLE {ns}.conversation_state DROP {column}"),
@@ -90,7 +90,7 @@ async fn a_keyspace_made_before_the_request_refusals_is_migrated() {
         .unwrap()
         .map(|r| r.unwrap().0)
         .collect::<Vec<_>>();
-    for column in ["refusal", "call_token"] {
+    for column in ["refusal", "call_token", "release_key"] {
         assert!(columns.iter().any(|c| c == column), "{column}: {columns:?}");
     }
     backend.migrate().await.expect("migrating again is a no-op");
