@@ -15,6 +15,8 @@ pub struct PostgresConfig {
     migrate_on_connect: bool,
     schema: Option<String>,
     acquire_timeout: Duration,
+    idle_timeout: Option<Duration>,
+    max_lifetime: Option<Duration>,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -26,13 +28,16 @@ impl std::fmt::Debug for PostgresConfig {
             .field("migrate_on_connect", &self.migrate_on_connect)
             .field("schema", &self.schema)
             .field("acquire_timeout", &self.acquire_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_lifetime", &self.max_lifetime)
             .finish()
     }
 }
 
 impl PostgresConfig {
     /// Settings for `url` (`postgres://user:pass@host:port/db`): a pool of 8 connections, the
-    /// server's default `search_path`, migrations applied on connect, 30 s pool acquire timeout.
+    /// server's default `search_path`, migrations applied on connect, 30 s pool acquire timeout,
+    /// idle connections closed after 5 min and every connection retired after 30 min.
     pub fn new(url: impl Into<String>) -> Self {
         PostgresConfig {
             url: url.into(),
@@ -40,6 +45,8 @@ impl PostgresConfig {
             migrate_on_connect: true,
             schema: None,
             acquire_timeout: Duration::from_secs(30),
+            idle_timeout: Some(Duration::from_secs(5 * 60)),
+            max_lifetime: Some(Duration::from_secs(30 * 60)),
         }
     }
 
@@ -69,6 +76,20 @@ impl PostgresConfig {
         self
     }
 
+    /// Close a connection that sat idle in the pool this long (`None`: never). The pool does
+    /// not ping a connection before handing it out, so this bounds how stale one can be.
+    pub fn with_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Retire every connection after this long (`None`: never), so server-side session state
+    /// and connections through a restarted proxy do not live forever.
+    pub fn with_max_lifetime(mut self, lifetime: Option<Duration>) -> Self {
+        self.max_lifetime = lifetime;
+        self
+    }
+
     /// The connection URL.
     pub fn url(&self) -> &str {
         &self.url
@@ -94,6 +115,16 @@ impl PostgresConfig {
         self.acquire_timeout
     }
 
+    /// How long a connection may sit idle in the pool.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        self.idle_timeout
+    }
+
+    /// How long a connection lives at most.
+    pub fn max_lifetime(&self) -> Option<Duration> {
+        self.max_lifetime
+    }
+
     /// Refuses, as `InvalidInput` naming the setting, what the server would reject late or
     /// dangerously: a malformed URL, a pool size outside 1..=1000, a schema name that is not a
     /// plain identifier.
@@ -103,6 +134,18 @@ impl PostgresConfig {
             return Err(Error::invalid_input(
                 "max_connections",
                 "must be between 1 and 1000",
+            ));
+        }
+        if self.idle_timeout.is_some_and(|d| d.is_zero()) {
+            return Err(Error::invalid_input(
+                "idle_timeout",
+                "must be more than zero (or None)",
+            ));
+        }
+        if self.max_lifetime.is_some_and(|d| d.is_zero()) {
+            return Err(Error::invalid_input(
+                "max_lifetime",
+                "must be more than zero (or None)",
             ));
         }
         if let Some(schema) = &self.schema {
@@ -178,5 +221,21 @@ mod tests {
     fn pool_size_is_bounded() {
         let c = PostgresConfig::new("postgres://h/db").with_max_connections(0);
         assert_eq!(c.validate().unwrap_err().field(), Some("max_connections"));
+    }
+
+    #[test]
+    fn pool_timeouts_are_more_than_zero() {
+        let c = PostgresConfig::new("postgres://h/db");
+        assert!(c.validate().is_ok());
+        let idle = c.clone().with_idle_timeout(Some(Duration::ZERO));
+        assert_eq!(idle.validate().unwrap_err().field(), Some("idle_timeout"));
+        let life = c.clone().with_max_lifetime(Some(Duration::ZERO));
+        assert_eq!(life.validate().unwrap_err().field(), Some("max_lifetime"));
+        assert!(
+            c.with_idle_timeout(None)
+                .with_max_lifetime(None)
+                .validate()
+                .is_ok()
+        );
     }
 }

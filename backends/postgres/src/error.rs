@@ -32,6 +32,14 @@ pub(crate) fn is_unique_violation_on(err: &sqlx::Error, table: &str) -> bool {
     })
 }
 
+/// True when the connection itself broke (the socket, not the statement). The pool does not
+/// ping before handing out a connection, so a connection the server closed while it sat idle
+/// shows up here on first use; sqlx then drops it, and a read may simply run again.
+pub(crate) fn is_broken_connection(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Io(_))
+        || sqlstate(err).is_some_and(|c| c.starts_with("08") || c == "57P01")
+}
+
 fn sqlstate(err: &sqlx::Error) -> Option<String> {
     err.as_database_error()
         .and_then(|db| db.code())
@@ -164,6 +172,7 @@ mod tests {
             std::io::ErrorKind::ConnectionReset,
             "reset",
         ));
+        assert!(is_broken_connection(&io));
         assert!(map(io).is_temporary());
         assert!(map(sqlx::Error::PoolTimedOut).is_temporary());
         assert_eq!(
@@ -171,5 +180,6 @@ mod tests {
             ErrorKind::Backend
         );
         assert!(!is_retryable(&sqlx::Error::PoolTimedOut));
+        assert!(!is_broken_connection(&sqlx::Error::PoolTimedOut));
     }
 }

@@ -6,16 +6,23 @@ use imstore_core::backend::{Fields, PageQuery};
 use imstore_core::{ConversationId, Direction, MsgId, Result, StoredMessage};
 use sqlx::postgres::PgPool;
 
-use crate::error::map;
+use crate::error::{is_broken_connection, map};
 use crate::rows::{self, message_columns, message_columns_no_content};
 
-/// Runs a read-only statement (the one place every read goes through).
+/// Runs a read-only statement, once more if the connection it got had died while idle.
+///
+/// The pool does not ping a connection before handing it out (a round trip per operation saved;
+/// see the README), so a connection the server closed since its last use fails on first use;
+/// sqlx then discards it, and a read, having changed nothing, can simply run again on another.
 pub(crate) async fn reading<T, F, Fut>(mut run: F) -> std::result::Result<T, sqlx::Error>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = std::result::Result<T, sqlx::Error>>,
 {
-    run().await
+    match run().await {
+        Err(e) if is_broken_connection(&e) => run().await,
+        other => other,
+    }
 }
 
 /// One stored message, or `None`.

@@ -318,3 +318,37 @@ async fn every_answer_to_a_racing_request_is_the_recorded_one() {
     flipper.await.unwrap();
     s.drop_schema().await;
 }
+
+/// The pool does not ping before handing out a connection: one the server closed while it sat
+/// idle fails its first statement, and the read runs again on a fresh connection instead of
+/// failing the caller; a transition after it goes through too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_connection_killed_while_idle_costs_the_next_read_nothing() {
+    let s = scratch(1).await;
+    let c = Cast::new(&s.settings);
+    let m = c.text("still here");
+    s.store.insert(m.clone()).await.unwrap();
+    for round in 0..3 {
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(s.store.inner().pool())
+            .await
+            .unwrap();
+        let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .fetch_one(&s.admin)
+            .await
+            .unwrap();
+        assert!(killed);
+        // Let the server finish closing the socket.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let v = s.store.get(&c.conv, m.msg_id, &c.bob).await;
+        assert!(v.is_ok(), "round {round}: {v:?}");
+    }
+    let done = s
+        .store
+        .transition(c.request(Action::Recall, &c.alice, m.msg_id))
+        .await
+        .unwrap();
+    assert!(done.changed);
+    s.drop_schema().await;
+}
