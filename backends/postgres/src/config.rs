@@ -1,4 +1,4 @@
-//! How to reach the database: URL, pool size, schema, and whether to migrate on connect.
+//! How to reach the database: URL, pool, schema, and whether to migrate on connect.
 
 use std::time::Duration;
 
@@ -6,8 +6,8 @@ use imstore_core::{Error, Result};
 use sqlx::postgres::PgConnectOptions;
 
 /// Connection settings of a [`crate::PostgresBackend`]; build with [`PostgresConfig::new`] and the
-/// `with_*` methods (each keeps every other setting); checked by [`PostgresConfig::validate`]
-/// when the store is built.
+/// `with_*` methods (each keeps every other setting). Checked by [`PostgresConfig::validate`]
+/// when the store is built, so a setting PostgreSQL would refuse is `InvalidInput` naming it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PostgresConfig {
     url: String,
@@ -34,9 +34,12 @@ impl std::fmt::Debug for PostgresConfig {
     }
 }
 
+/// The longest identifier PostgreSQL keeps (NAMEDATALEN - 1); longer names are truncated.
+const MAX_IDENTIFIER_BYTES: usize = 63;
+
 impl PostgresConfig {
     /// Settings for `url` (`postgres://user:pass@host:port/db`): a pool of 8 connections, the
-    /// server's default `search_path`, migrations applied on connect, 30 s pool acquire timeout,
+    /// server's default `search_path`, migrations applied on connect, a 30 s acquire timeout,
     /// idle connections closed after 5 min and every connection retired after 30 min.
     pub fn new(url: impl Into<String>) -> Self {
         PostgresConfig {
@@ -50,27 +53,29 @@ impl PostgresConfig {
         }
     }
 
-    /// At most `n` pooled connections (1..=1000, checked on connect).
+    /// At most `n` pooled connections (1..=1000).
     pub fn with_max_connections(mut self, n: u32) -> Self {
         self.max_connections = n;
         self
     }
 
     /// Whether connecting applies pending migrations (`true`), or leaves it to an explicit
-    /// [`crate::PostgresBackend::migrate`] call (`false`, for deployments that migrate separately).
+    /// [`crate::PostgresBackend::migrate`] call (`false`, for deployments that migrate
+    /// separately).
     pub fn with_migrate_on_connect(mut self, migrate: bool) -> Self {
         self.migrate_on_connect = migrate;
         self
     }
 
-    /// Keep every table in `schema` (which must exist): each connection's `search_path` is set
-    /// to it. The name must be a plain lowercase identifier (`[a-z_][a-z0-9_]*`, at most 63 bytes).
+    /// Keep every table in `schema`, which must exist: each connection's `search_path` is set to
+    /// it. The name must be a plain lowercase identifier (see [`validate_schema_name`]).
     pub fn with_schema(mut self, schema: impl Into<String>) -> Self {
         self.schema = Some(schema.into());
         self
     }
 
-    /// How long an operation waits for a pooled connection before failing as `Unavailable`.
+    /// How long an operation waits for a pooled connection before failing as `Unavailable`
+    /// (more than zero).
     pub fn with_acquire_timeout(mut self, timeout: Duration) -> Self {
         self.acquire_timeout = timeout;
         self
@@ -125,15 +130,21 @@ impl PostgresConfig {
         self.max_lifetime
     }
 
-    /// Refuses, as `InvalidInput` naming the setting, what the server would reject late or
-    /// dangerously: a malformed URL, a pool size outside 1..=1000, a schema name that is not a
-    /// plain identifier.
+    /// Refuses, as `InvalidInput` naming the setting, what PostgreSQL or the pool would reject
+    /// late or dangerously: a malformed URL, a pool size outside 1..=1000, a zero timeout, a
+    /// schema name that is not a plain identifier.
     pub fn validate(&self) -> Result<()> {
         self.connect_options()?;
         if !(1..=1000).contains(&self.max_connections) {
             return Err(Error::invalid_input(
                 "max_connections",
                 "must be between 1 and 1000",
+            ));
+        }
+        if self.acquire_timeout.is_zero() {
+            return Err(Error::invalid_input(
+                "acquire_timeout",
+                "must be more than zero",
             ));
         }
         if self.idle_timeout.is_some_and(|d| d.is_zero()) {
@@ -156,6 +167,18 @@ impl PostgresConfig {
 
     /// The driver's connection options: the URL, with `search_path` set to the schema.
     pub(crate) fn connect_options(&self) -> Result<PgConnectOptions> {
+        // sqlx would take any scheme; a mysql:// URL here is a configuration mistake.
+        let scheme_ok = ["postgres://", "postgresql://"].iter().any(|p| {
+            self.url
+                .get(..p.len())
+                .is_some_and(|s| s.eq_ignore_ascii_case(p))
+        });
+        if !scheme_ok {
+            return Err(Error::invalid_input(
+                "url",
+                "must start with postgres:// or postgresql://",
+            ));
+        }
         // The parse error is not attached: it may quote the URL, password included.
         let options: PgConnectOptions = self
             .url
@@ -168,17 +191,25 @@ impl PostgresConfig {
     }
 }
 
-/// Accepts only names that need no quoting anywhere (`search_path`, DDL): `[a-z_][a-z0-9_]*`, ≤ 63 bytes.
+/// Accepts only schema names that PostgreSQL takes as they are, everywhere (`search_path`, DDL,
+/// no quoting, no truncation): `[a-z_][a-z0-9_]*`, at most 63 bytes, not `pg_*` (reserved for
+/// system schemas) and not `information_schema`. Anything else is `InvalidInput` on `schema`.
 pub fn validate_schema_name(schema: &str) -> Result<()> {
     let mut chars = schema.chars();
     let first_ok = chars
         .next()
         .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
     let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if !first_ok || !rest_ok || schema.len() > 63 || schema.starts_with("pg_") {
+    if !first_ok || !rest_ok || schema.len() > MAX_IDENTIFIER_BYTES {
         return Err(Error::invalid_input(
             "schema",
-            "must match [a-z_][a-z0-9_]*, be at most 63 bytes and not start with pg_",
+            "must match [a-z_][a-z0-9_]* and be at most 63 bytes",
+        ));
+    }
+    if schema.starts_with("pg_") || schema == "information_schema" {
+        return Err(Error::invalid_input(
+            "schema",
+            "is reserved by PostgreSQL (pg_* and information_schema)",
         ));
     }
     Ok(())
@@ -190,9 +221,9 @@ mod tests {
 
     #[test]
     fn schema_names_are_plain_identifiers() {
-        assert!(validate_schema_name("pg_123_4_abcd").is_err());
         assert!(validate_schema_name("imstore").is_ok());
         assert!(validate_schema_name("_a1").is_ok());
+        assert!(validate_schema_name(&"a".repeat(63)).is_ok());
         for bad in [
             "",
             "1a",
@@ -201,6 +232,11 @@ mod tests {
             "a b",
             "a\"b",
             "a;drop",
+            "a.b",
+            "pg_123_4_abcd",
+            "pg_catalog",
+            "information_schema",
+            "é",
             &"a".repeat(64),
         ] {
             assert_eq!(
@@ -218,24 +254,31 @@ mod tests {
     }
 
     #[test]
-    fn pool_size_is_bounded() {
-        let c = PostgresConfig::new("postgres://h/db").with_max_connections(0);
-        assert_eq!(c.validate().unwrap_err().field(), Some("max_connections"));
-    }
-
-    #[test]
-    fn pool_timeouts_are_more_than_zero() {
-        let c = PostgresConfig::new("postgres://h/db");
-        assert!(c.validate().is_ok());
-        let idle = c.clone().with_idle_timeout(Some(Duration::ZERO));
-        assert_eq!(idle.validate().unwrap_err().field(), Some("idle_timeout"));
-        let life = c.clone().with_max_lifetime(Some(Duration::ZERO));
-        assert_eq!(life.validate().unwrap_err().field(), Some("max_lifetime"));
-        assert!(
-            c.with_idle_timeout(None)
-                .with_max_lifetime(None)
-                .validate()
-                .is_ok()
-        );
+    fn bad_settings_are_invalid_input_naming_the_setting() {
+        let ok = PostgresConfig::new("postgres://h/db");
+        assert!(ok.validate().is_ok());
+        for (config, field) in [
+            (ok.clone().with_max_connections(0), "max_connections"),
+            (ok.clone().with_max_connections(1001), "max_connections"),
+            (
+                ok.clone().with_acquire_timeout(Duration::ZERO),
+                "acquire_timeout",
+            ),
+            (
+                ok.clone().with_idle_timeout(Some(Duration::ZERO)),
+                "idle_timeout",
+            ),
+            (
+                ok.clone().with_max_lifetime(Some(Duration::ZERO)),
+                "max_lifetime",
+            ),
+            (ok.clone().with_schema("pg_x"), "schema"),
+            (PostgresConfig::new("mysql://u:secret@h/db"), "url"),
+            (PostgresConfig::new("not a url"), "url"),
+        ] {
+            let err = config.validate().unwrap_err();
+            assert_eq!(err.field(), Some(field), "{config:?}");
+            assert!(!err.to_string().contains("secret"));
+        }
     }
 }

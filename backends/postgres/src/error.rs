@@ -62,11 +62,9 @@ fn kind_for_sqlstate(code: &str) -> ErrorKind {
         "53300" | "53200" => ErrorKind::Unavailable,
         // Connection exceptions.
         c if c.starts_with("08") => ErrorKind::Unavailable,
-        // Data exceptions: a value the server refuses.
-        c if c.starts_with("22") => ErrorKind::InvalidInput,
         // Disk full, configuration limits (53xxx otherwise), program limits such as the maximum
-        // array or index row size (54xxx), missing tables or permissions (42xxx): retrying does
-        // not fix these.
+        // array or index row size (54xxx), data the server refuses (22xxx), missing tables or
+        // permissions (42xxx): retrying does not fix these.
         _ => ErrorKind::Backend,
     }
 }
@@ -103,6 +101,25 @@ pub(crate) fn map(err: sqlx::Error) -> Error {
         None => "postgres driver error".to_string(),
     };
     Error::new(kind, message).with_source(err)
+}
+
+/// [`map`] for errors while connecting: what the configuration got wrong is `InvalidInput`
+/// naming the setting (bad credentials or unknown database: `url`; a schema that does not
+/// exist: `schema`), never `Backend`.
+pub(crate) fn map_connect(err: sqlx::Error) -> Error {
+    let Some(code) = sqlstate(&err) else {
+        return map(err);
+    };
+    let (field, why) = match code.as_str() {
+        // invalid_authorization_specification, invalid_password
+        "28000" | "28P01" => ("url", "was refused by the server (user or password)"),
+        // invalid_catalog_name: the database in the URL does not exist
+        "3D000" => ("url", "names a database that does not exist"),
+        // invalid_schema_name
+        "3F000" => ("schema", "does not exist; create it before connecting"),
+        _ => return map(err),
+    };
+    Error::invalid_input(field, why).with_source(err)
 }
 
 /// Why one attempt of an operation that [`imstore_core::Retry`] re-runs ended without an answer.
@@ -159,7 +176,7 @@ mod tests {
             ("53100", ErrorKind::Backend),
             ("53400", ErrorKind::Backend),
             ("54000", ErrorKind::Backend),
-            ("22021", ErrorKind::InvalidInput),
+            ("22021", ErrorKind::Backend),
             ("42P01", ErrorKind::Backend),
         ] {
             assert_eq!(kind_for_sqlstate(code), kind, "{code}");

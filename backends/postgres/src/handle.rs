@@ -13,7 +13,7 @@ use imstore_core::{
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use crate::config::PostgresConfig;
-use crate::error::map;
+use crate::error::map_connect;
 use crate::{feed, insert, purge, read, schema, transition};
 
 /// The largest encoded content one message may carry: PostgreSQL keeps a `bytea` value of at
@@ -58,7 +58,8 @@ impl PostgresBackend {
 impl Connect for PostgresBackend {
     type Config = PostgresConfig;
 
-    /// Validates `config`, opens the pool (one connection, to fail fast on a wrong URL), and
+    /// Validates `config`, opens the pool (one connection, to fail fast on a wrong URL,
+    /// password or database), checks the schema exists and the database is UTF-8, and
     /// migrates when `config.migrate_on_connect()`.
     async fn connect(config: PostgresConfig) -> Result<Self> {
         config.validate()?;
@@ -74,7 +75,8 @@ impl Connect for PostgresBackend {
             .max_lifetime(config.max_lifetime())
             .connect_with(config.connect_options()?)
             .await
-            .map_err(map)?;
+            .map_err(map_connect)?;
+        schema::check_database(&pool, config.schema()).await?;
         let backend = PostgresBackend::with_pool(pool);
         if config.migrate_on_connect() {
             backend.migrate().await?;

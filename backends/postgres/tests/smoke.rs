@@ -1,8 +1,9 @@
 //! Proves the server is a real PostgreSQL: prints its version, writes and reads a message; and
-//! that the testing factory's sweeper drops only old leftovers.
+//! that configuration mistakes are the caller's `InvalidInput`, naming the setting.
 
 use imstore_core::{
-    ConversationId, InsertOutcome, MessageStore, MsgId, NewMessage, StoreSettings, UserId,
+    ConversationId, ErrorKind, InsertOutcome, MessageStore, MsgId, NewMessage, StoreSettings,
+    UserId,
 };
 use imstore_postgres::PostgresStore;
 use imstore_postgres::testing::PgFactory;
@@ -56,6 +57,71 @@ async fn real_server_reports_its_version_and_round_trips_a_message() {
         "messages, conversations, change_events, requests, _sqlx_migrations"
     );
     factory.drop_schema(&schema).await;
+}
+
+#[tokio::test]
+async fn configuration_mistakes_are_invalid_input_naming_the_setting() {
+    let factory = PgFactory::from_env();
+    let url = factory.url().to_owned();
+    let connect = |config| PostgresStore::connect(config, StoreSettings::default());
+
+    // A schema name PostgreSQL refuses or would truncate, and one that does not exist.
+    for schema in [
+        "pg_toast_x",
+        "Chat",
+        "a.b",
+        "",
+        &"a".repeat(64),
+        "information_schema",
+    ] {
+        let err = connect(factory.config(schema)).await.unwrap_err();
+        assert_eq!(
+            (err.kind(), err.field()),
+            (ErrorKind::InvalidInput, Some("schema")),
+            "{schema:?}: {err}"
+        );
+    }
+    let missing = imstore_conformance::unique_namespace("imspg_missing");
+    let err = connect(factory.config(&missing)).await.unwrap_err();
+    assert_eq!(
+        (err.kind(), err.field()),
+        (ErrorKind::InvalidInput, Some("schema")),
+        "{err}"
+    );
+
+    // A wrong password, a database that does not exist: the URL's fault.
+    let mut parsed: Vec<&str> = url.rsplitn(2, '/').collect();
+    parsed.reverse();
+    let base = parsed[0];
+    let no_db = format!("{base}/imstore_no_such_database");
+    let err = connect(imstore_postgres::PostgresConfig::new(no_db))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.kind(), err.field()),
+        (ErrorKind::InvalidInput, Some("url")),
+        "{err}"
+    );
+    let (scheme_user, rest) = url.split_once("://").unwrap();
+    let (creds, host) = rest
+        .split_once('@')
+        .expect("the test URL carries credentials");
+    // The test server trusts every local user it knows, so an unknown user is what it refuses.
+    let _ = creds;
+    let bad_user = format!("{scheme_user}://imstore_no_such_user:wrong-password@{host}");
+    let err = connect(imstore_postgres::PostgresConfig::new(bad_user))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.kind(), err.field()),
+        (ErrorKind::InvalidInput, Some("url")),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("wrong-password"));
+    let err = connect(imstore_postgres::PostgresConfig::new("postgres://[bad"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.field(), Some("url"), "{err}");
 }
 
 #[tokio::test]
