@@ -99,6 +99,18 @@ pub struct FeedSlice {
     /// The highest seq ever handed out in this conversation (0 when none), read with the events
     /// or after them: a cursor above it was never issued by this feed.
     pub head: u64,
+    /// The highest seq whose event the purge removed (0 when none): the conversation's
+    /// low-water mark, kept by the purge. A cursor below it missed removed events.
+    pub purged_through: u64,
+}
+
+/// Where one conversation's feed stands: its head and its purge low-water mark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FeedHead {
+    /// As [`FeedSlice::head`].
+    pub head: u64,
+    /// As [`FeedSlice::purged_through`].
+    pub purged_through: u64,
 }
 
 /// One purge batch, as the pipeline hands it to a backend.
@@ -241,8 +253,25 @@ pub trait Backend: Send + Sync + Debug + 'static {
         limit: u32,
     ) -> Result<FeedSlice>;
 
+    /// The feed heads of `conversations`, in the same order (a conversation never written has
+    /// head 0), in one round trip where the database allows; cost proportional to the number of
+    /// conversations, never to their histories. The default reads them one by one.
+    async fn heads(&self, conversations: &[ConversationId]) -> Result<Vec<FeedHead>> {
+        let mut out = Vec::with_capacity(conversations.len());
+        for c in conversations {
+            let slice = self.changes(c, FeedCursor::START, 1).await?;
+            out.push(FeedHead {
+                head: slice.head,
+                purged_through: slice.purged_through,
+            });
+        }
+        Ok(out)
+    }
+
     /// Removes up to `job.batch_size()` purgeable messages of conversations not under legal hold,
-    /// with their change events, and request records past retention.
+    /// with their change events, and request records past retention; raises each affected
+    /// conversation's `purged_through` to the highest seq it removed. `released_attachments` are
+    /// the keys of removed messages that no stored message references any more.
     async fn purge(&self, job: &PurgeJob<'_>) -> Result<PurgeReport>;
 
     /// Places or lifts a legal hold on a conversation, ordered against running purge batches.

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use crate::backend::{Backend, EncodedMessage, FeedSlice, Fields, Inserted, PageQuery, PurgeJob};
+use crate::backend::{
+    Backend, EncodedMessage, FeedHead, FeedSlice, Fields, Inserted, PageQuery, PurgeJob,
+};
 use crate::error::Result;
 use crate::ids::{ConversationId, MsgId, RequestId};
 use crate::lifecycle::RequestRecord;
@@ -45,9 +47,17 @@ struct Conversation {
     last_seq: u64,
     requests: HashMap<RequestId, RequestRecord>,
     legal_hold: bool,
+    /// The highest seq whose event the purge removed.
+    purged_through: u64,
 }
 
-type State = HashMap<ConversationId, Conversation>;
+#[derive(Debug, Default)]
+struct State {
+    conversations: HashMap<ConversationId, Conversation>,
+    /// How many stored messages reference each attachment key, across conversations (a file
+    /// forwarded elsewhere under the same key stays live until its last message is purged).
+    attachment_refs: HashMap<String, usize>,
+}
 
 /// The in-memory backend: complete, concurrency-safe, and lost when the last handle is dropped.
 #[derive(Debug, Clone, Default)]
@@ -86,6 +96,7 @@ impl MemoryBackend {
     #[cfg(any(test, feature = "testing"))]
     pub fn raw_content(&self, conversation: &ConversationId, msg_id: MsgId) -> Option<Vec<u8>> {
         self.lock()
+            .conversations
             .get(conversation)?
             .messages
             .get(&msg_id)
@@ -103,6 +114,7 @@ impl MemoryBackend {
     ) -> bool {
         match self
             .lock()
+            .conversations
             .get_mut(conversation)
             .and_then(|c| c.messages.get_mut(&msg_id))
         {
@@ -116,9 +128,15 @@ impl MemoryBackend {
 
     fn insert_locked(state: &mut State, message: &EncodedMessage, now: Timestamp) -> Inserted {
         let m = message.message();
-        let conv = state.entry(m.conversation_id.clone()).or_default();
+        let conv = state
+            .conversations
+            .entry(m.conversation_id.clone())
+            .or_default();
         if let Some(existing) = conv.messages.get(&m.msg_id) {
             return Inserted::Existing(existing.stored(Fields::All));
+        }
+        if let Some(att) = &m.attachment {
+            *state.attachment_refs.entry(att.key.clone()).or_default() += 1;
         }
         conv.messages.insert(
             m.msg_id,
@@ -159,6 +177,7 @@ impl Backend for MemoryBackend {
     ) -> Result<Option<StoredMessage>> {
         Ok(self
             .lock()
+            .conversations
             .get(conversation)
             .and_then(|c| c.messages.get(&msg_id))
             .map(|e| e.stored(fields)))
@@ -171,7 +190,7 @@ impl Backend for MemoryBackend {
     ) -> Result<Vec<StoredMessage>> {
         use std::ops::Bound::{Excluded, Unbounded};
         let state = self.lock();
-        let Some(conv) = state.get(conversation) else {
+        let Some(conv) = state.conversations.get(conversation) else {
             return Ok(Vec::new());
         };
         let n = query.fetch as usize;
@@ -193,7 +212,10 @@ impl Backend for MemoryBackend {
     async fn transition(&self, decider: &Decider<'_>) -> Result<TransitionOutcome> {
         let req = decider.request();
         let mut state = self.lock();
-        let conv = state.entry(req.conversation_id.clone()).or_default();
+        let conv = state
+            .conversations
+            .entry(req.conversation_id.clone())
+            .or_default();
         let message = conv
             .messages
             .get(&req.msg_id)
@@ -227,6 +249,7 @@ impl Backend for MemoryBackend {
     ) -> Result<FeedSlice> {
         let state = self.lock();
         Ok(state
+            .conversations
             .get(conversation)
             .map(|c| FeedSlice {
                 events: c
@@ -236,21 +259,40 @@ impl Backend for MemoryBackend {
                     .map(|(_, e)| e.clone())
                     .collect(),
                 head: c.last_seq,
+                purged_through: c.purged_through,
             })
             .unwrap_or_default())
     }
 
+    async fn heads(&self, conversations: &[ConversationId]) -> Result<Vec<FeedHead>> {
+        let state = self.lock();
+        Ok(conversations
+            .iter()
+            .map(|c| {
+                state
+                    .conversations
+                    .get(c)
+                    .map(|c| FeedHead {
+                        head: c.last_seq,
+                        purged_through: c.purged_through,
+                    })
+                    .unwrap_or_default()
+            })
+            .collect())
+    }
+
     async fn purge(&self, job: &PurgeJob<'_>) -> Result<PurgeReport> {
         let retention_cutoff = job.retention_cutoff();
-        let mut state = self.lock();
+        let mut guard = self.lock();
+        let state = &mut *guard;
         let mut report = PurgeReport::default();
         let budget = u64::from(job.batch_size());
         // Request records past retention go everywhere, whatever the message budget: the
         // skew check already refuses requests that old, so their records protect nothing.
-        for conv in state.values_mut() {
+        for conv in state.conversations.values_mut() {
             conv.requests.retain(|_, r| r.at > retention_cutoff);
         }
-        for conv in state.values_mut().filter(|c| !c.legal_hold) {
+        for conv in state.conversations.values_mut().filter(|c| !c.legal_hold) {
             let doomed: Vec<MsgId> = conv
                 .messages
                 .iter()
@@ -261,12 +303,24 @@ impl Backend for MemoryBackend {
             for id in doomed {
                 if let Some(e) = conv.messages.remove(&id) {
                     report.messages += 1;
-                    report
-                        .released_attachments
-                        .extend(e.message.attachment.map(|a| a.key));
+                    if let Some(att) = e.message.attachment {
+                        let refs = state.attachment_refs.entry(att.key.clone()).or_default();
+                        *refs = refs.saturating_sub(1);
+                        if *refs == 0 {
+                            state.attachment_refs.remove(&att.key);
+                            report.released_attachments.push(att.key);
+                        }
+                    }
                 }
                 let before = conv.events.len();
-                conv.events.retain(|_, ev| ev.msg_id != id);
+                let purged_through = &mut conv.purged_through;
+                conv.events.retain(|seq, ev| {
+                    let keep = ev.msg_id != id;
+                    if !keep {
+                        *purged_through = (*purged_through).max(*seq);
+                    }
+                    keep
+                });
                 report.events += (before - conv.events.len()) as u64;
             }
             if report.messages == budget {
@@ -279,6 +333,7 @@ impl Backend for MemoryBackend {
 
     async fn set_legal_hold(&self, conversation: &ConversationId, held: bool) -> Result<()> {
         self.lock()
+            .conversations
             .entry(conversation.clone())
             .or_default()
             .legal_hold = held;

@@ -18,7 +18,7 @@ use crate::backend::{
 use crate::error::{Error, ErrorKind, Operation, Result};
 use crate::ids::{ConversationId, MsgId, UserId};
 use crate::lifecycle;
-use crate::store::{MessageStore, StoreSettings};
+use crate::store::{MAX_SYNC_CONVERSATIONS, MessageStore, StoreSettings};
 use crate::telemetry::traced;
 use crate::transition::Decider;
 use crate::types::*;
@@ -155,6 +155,21 @@ impl<B: Connect> Store<B> {
     }
 }
 
+/// A cursor beyond the feed's head was never issued by this feed (forged, or from another
+/// conversation): refused rather than silently skipping every event up to it.
+fn check_cursor(cursor: FeedCursor, head: u64) -> Result<()> {
+    if cursor.0 > head {
+        return Err(Error::invalid_input(
+            "cursor",
+            format!(
+                "is {} but this conversation's feed ends at {head}",
+                cursor.0
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl<B: Backend> MessageStore for Store<B> {
     fn backend(&self) -> &'static str {
@@ -165,8 +180,10 @@ impl<B: Backend> MessageStore for Store<B> {
         let (conv, id) = (message.conversation_id.clone(), message.msg_id);
         traced(Operation::Insert, B::NAME, Some(&conv), Some(id), async {
             let s = &self.settings;
+            let now = self.now();
             let encoded = EncodedMessage::encode(&message, &s.policy, &s.codec)?;
-            let found = self.backend.insert(&encoded, self.now()).await?;
+            lifecycle::check_insert_window(&message, &s.policy, now)?;
+            let found = self.backend.insert(&encoded, now).await?;
             resolve_insert(&message, found, &s.codec)
         })
         .await
@@ -180,11 +197,15 @@ impl<B: Backend> MessageStore for Store<B> {
             if messages.is_empty() {
                 return Ok(BatchOutcome::default());
             }
+            let now = self.now();
             let encoded = messages
                 .iter()
-                .map(|m| EncodedMessage::encode(m, &s.policy, &s.codec))
+                .map(|m| {
+                    lifecycle::check_insert_window(m, &s.policy, now)?;
+                    EncodedMessage::encode(m, &s.policy, &s.codec)
+                })
                 .collect::<Result<Vec<_>>>()?;
-            let found = self.backend.insert_batch(&encoded, self.now()).await?;
+            let found = self.backend.insert_batch(&encoded, now).await?;
             if found.len() != messages.len() {
                 return Err(Error::new(
                     ErrorKind::Backend,
@@ -319,35 +340,76 @@ impl<B: Backend> MessageStore for Store<B> {
     async fn changes_since(
         &self,
         conversation: &ConversationId,
+        viewer: &UserId,
         cursor: FeedCursor,
         limit: u32,
     ) -> Result<ChangePage> {
-        traced(
-            Operation::Changes,
-            B::NAME,
-            Some(conversation),
-            None,
-            async {
-                let policy = &self.settings.policy;
-                lifecycle::validate_conversation(conversation, policy)?;
-                lifecycle::validate_page_size(limit, policy)?;
-                let slice = self.backend.changes(conversation, cursor, limit).await?;
-                if cursor.0 > slice.head {
-                    return Err(Error::invalid_input(
-                        "cursor",
-                        format!(
-                            "is {} but this conversation's feed ends at {}",
-                            cursor.0, slice.head
-                        ),
-                    ));
+        traced(Operation::Changes, B::NAME, Some(conversation), None, async {
+            let policy = &self.settings.policy;
+            lifecycle::validate_conversation(conversation, policy)?;
+            lifecycle::validate_viewer(viewer, policy)?;
+            lifecycle::validate_page_size(limit, policy)?;
+            let slice = self.backend.changes(conversation, cursor, limit).await?;
+            check_cursor(cursor, slice.head)?;
+            let next = slice.events.last().map_or(cursor, |e| FeedCursor(e.seq));
+            let events = slice
+                .events
+                .into_iter()
+                .map(|e| view::event_for(e, viewer, policy))
+                .collect();
+            Ok(ChangePage {
+                events,
+                next,
+                resync: (cursor.0 < slice.purged_through).then_some(Resync {
+                    purged_through: FeedCursor(slice.purged_through),
+                }),
+            })
+        })
+        .await
+    }
+
+    async fn changed_conversations(&self, cursors: &[SyncCursor]) -> Result<Vec<ConversationChange>> {
+        traced(Operation::Changes, B::NAME, None, None, async {
+            let policy = &self.settings.policy;
+            if cursors.len() > MAX_SYNC_CONVERSATIONS {
+                return Err(Error::invalid_input(
+                    "cursors",
+                    format!(
+                        "has {} conversations, more than {MAX_SYNC_CONVERSATIONS}",
+                        cursors.len()
+                    ),
+                ));
+            }
+            for c in cursors {
+                lifecycle::validate_conversation(&c.conversation, policy)?;
+            }
+            let conversations: Vec<ConversationId> =
+                cursors.iter().map(|c| c.conversation.clone()).collect();
+            let heads = self.backend.heads(&conversations).await?;
+            if heads.len() != cursors.len() {
+                return Err(Error::new(
+                    ErrorKind::Backend,
+                    format!(
+                        "heads answered for {} of {} conversations",
+                        heads.len(),
+                        cursors.len()
+                    ),
+                ));
+            }
+            let mut changed = Vec::new();
+            for (c, h) in cursors.iter().zip(heads) {
+                check_cursor(c.cursor, h.head)?;
+                let resync = c.cursor.0 < h.purged_through;
+                if h.head > c.cursor.0 || resync {
+                    changed.push(ConversationChange {
+                        conversation: c.conversation.clone(),
+                        head: FeedCursor(h.head),
+                        resync,
+                    });
                 }
-                let next = slice.events.last().map_or(cursor, |e| FeedCursor(e.seq));
-                Ok(ChangePage {
-                    events: slice.events,
-                    next,
-                })
-            },
-        )
+            }
+            Ok(changed)
+        })
         .await
     }
 

@@ -467,13 +467,46 @@ pub struct ChangeEvent {
     pub by: UserId,
 }
 
-/// A page of the change feed.
+/// A page of the change feed, as one viewer's device sees it.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct ChangePage {
-    /// Events after the cursor, in feed order.
+    /// Events after the cursor, in feed order, each as this viewer sees it.
     pub events: Vec<ChangeEvent>,
     /// The cursor to pull from next (unchanged when there was nothing new).
     pub next: FeedCursor,
+    /// Set when the purge removed events after the cursor that this device never pulled: the
+    /// device must re-read the messages of this conversation that it holds (see [`Resync`]).
+    pub resync: Option<Resync>,
+}
+
+/// The purge removed events a device had not pulled yet: what it needs to recover.
+///
+/// The device re-reads every message of the conversation it holds (`get`; `NotFound` means the
+/// message was purged: drop it), then applies the page's events and goes on from its `next`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Resync {
+    /// The highest feed position whose event the purge removed.
+    pub purged_through: FeedCursor,
+}
+
+/// A conversation a device follows, and how far it has pulled its feed.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct SyncCursor {
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// The device's cursor in it.
+    pub cursor: FeedCursor,
+}
+
+/// A conversation whose feed moved past a device's cursor.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ConversationChange {
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// Its feed's head: pulling from the device's cursor up to here brings it up to date.
+    pub head: FeedCursor,
+    /// True when the purge removed events after the device's cursor (see [`Resync`]).
+    pub resync: bool,
 }
 
 /// Options of `purge`.
