@@ -11,6 +11,7 @@
 //! The invoking crate needs `tokio` with the `macros` and `rt-multi-thread` features.
 
 pub mod cases;
+pub mod faults;
 pub mod fixtures;
 pub mod harness;
 pub mod history;

@@ -1,31 +1,99 @@
-//! Content at rest: zstd compression (above a threshold, only when it helps) and AES-256-GCM
-//! encryption with a fresh nonce per message and the message identity bound as associated data.
+//! Content at rest: zstd compression (above a threshold, only when it helps), XAES-256-GCM
+//! encryption bound to the message's identity, a CRC-32C check when not encrypted, and
+//! decompression bounded by a limit.
 //!
-//! Envelope (version 1):
-//! `0x49 'I' | 0x01 | flags | [orig_len: u32 BE if compressed] | [key_id: u32 BE | nonce: 12 if encrypted] | payload`
-//! Flags: bit 0 zstd, bit 1 AES-256-GCM; other bits must be zero. When encrypted, the associated
-//! data is the whole header followed by the conversation id (length-prefixed) and the msg_id, so a
-//! ciphertext moved to another message, another conversation or another header fails to decode.
+//! # Nonces and keys
+//!
+//! New envelopes are sealed with XAES-256-GCM ([C2SP's specification]: a NIST SP 800-108r1
+//! counter-mode KDF over AES-256-CMAC, then standard AES-256-GCM). Every message draws a fresh
+//! 192-bit random nonce from the thread RNG; its first 96 bits derive a per-message AES-256-GCM
+//! key from the ring key (two AES block encryptions), its last 96 bits are that key's GCM nonce.
+//! A key and nonce pair repeats only when two messages draw the same 192 bits: after `n` messages
+//! under one ring key the chance is at most n²/2¹⁹³, that is 2⁻⁶⁵ after 2⁶⁴ messages and 2⁻³³
+//! after 2⁸⁰ (the specification's "2⁸⁰ messages with collision risk 2⁻³²"), where AES-256-GCM
+//! with random 96-bit nonces is good for 2³² messages per key. There is no practical limit on
+//! messages per key; rotation is for hygiene and compromise, not wear-out. XAES-256-GCM rather
+//! than HKDF-SHA256 per message because its derivation costs two AES blocks (tens of
+//! nanoseconds) where HKDF costs two HMAC-SHA256 invocations (about 1 µs, a tenth of the 1 KiB
+//! encode+decode budget); rather than AES-256-GCM-SIV because that keeps a 96-bit nonce and
+//! reads the content twice. The ring's 32-byte key is not used by XAES-256-GCM directly:
+//! HKDF-SHA256, once when the key enters the ring, derives the XAES key from it and its key id,
+//! so the AES-256-GCM cipher that still opens version 1 envelopes never shares an AES key with
+//! the version 2 cipher.
+//!
+//! # Envelope version 2 (written)
+//!
+//! ```text
+//! 0x49 'I' | 0x02 | flags | content_len: u32 BE | [key_id: u32 BE | nonce: 24]  (header)
+//! body (zstd frame when flag bit 0, else the content; ciphertext when sealed)
+//! sealed: tag: 16 (XAES-256-GCM; associated data = header | identity)
+//! not sealed: crc32c: u32 BE (CRC-32C of header | body | identity)
+//! ```
+//!
+//! Flags: bit 0 zstd, bit 1 sealed (the key id and nonce are present); other bits must be zero.
+//! The identity is the conversation id's length (u32 BE), its bytes and the msg_id (u64 BE), so
+//! an envelope copied to another message fails its tag or its checksum. Every header byte is
+//! covered by the tag or by the checksum. `content_len` is the decoded length: checked against
+//! the decode limit before anything is allocated, and against the body (uncompressed) or the
+//! decompressed frame, so a truncation is caught by structure as well as by the check.
+//!
+//! CRC-32C (Castagnoli; the `crc32c` crate, SSE 4.2 / ARMv8 CRC instructions with a software
+//! fallback) rather than a 64-bit hash such as xxh3: a CRC is an error-detecting code, so every
+//! single-bit flip and every burst of up to 32 bits is detected by construction, not with high
+//! probability; other corruption slips through with probability 2⁻³². It is no defence against
+//! someone who writes to the database: only sealing is, which is why an encrypting codec refuses
+//! unsealed envelopes.
+//!
+//! # Envelope version 1 (read only)
+//!
+//! `0x49 | 0x01 | flags | [orig_len: u32 BE if zstd] | [key_id: u32 BE | nonce: 12 if sealed] |
+//! body [| tag: 16 if sealed]`, sealed with AES-256-GCM under the ring key itself and the same
+//! associated data. Unsealed version 1 envelopes carry no integrity check at all; an encrypting
+//! codec refuses them like any unsealed envelope. [`ContentCodec::needs_rekey`] is true for every
+//! version 1 envelope, so the re-key job rewrites them as version 2.
+//!
+//! # Migrating a plaintext store
+//!
+//! An encrypting codec's [`ContentCodec::decode`] and [`ContentCodec::rekey`] refuse unsealed
+//! content (anyone who can write to the database could have written it). Turning encryption on
+//! for a store that holds plaintext goes through [`ContentCodec::rekey_accepting_plaintext`] (or
+//! [`ContentCodec::decode_for_rekey`]), which trusts unsealed v1 and v2 envelopes once, for the
+//! migration: run it while the plaintext is known to be genuine, and never on the read path.
+//!
+//! [C2SP's specification]: https://c2sp.org/XAES-256-GCM
 
+mod envelope;
+mod zstd_ctx;
+#[cfg(test)]
+mod tests;
+
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use aes_gcm::Aes256Gcm;
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use hkdf::Hkdf;
+use sha2::Sha256;
+use xaes_256_gcm::Xaes256Gcm;
 use zeroize::Zeroizing;
 
 use crate::error::{Error, ErrorKind, Operation, Result};
 use crate::ids::{ConversationId, MsgId};
+use envelope::{
+    CRC_LEN, Envelope, FLAG_SEALED, FLAG_ZSTD, Identity, MAGIC, MAX_AAD, Protection, TAG_LEN, V1,
+    V2, V2_FIXED, V2_KEY_AT, V2_NONCE_LEN, V2_SEALED_HEADER,
+};
 
-const MAGIC: u8 = 0x49;
-const VERSION: u8 = 1;
-const FLAG_ZSTD: u8 = 0b01;
-const FLAG_AES_GCM: u8 = 0b10;
-const NONCE_LEN: usize = 12;
-const TAG_LEN: usize = 16;
-/// The largest content the codec will ever decompress to, whatever a header claims (16 MiB).
+/// The default decode limit (16 MiB): what a codec decodes unless
+/// [`ContentCodec::with_decode_limit`] sets less.
 pub const MAX_DECODED_BYTES: usize = 16 * 1024 * 1024;
+
+/// HKDF-SHA256 salt and info prefix of the XAES-256-GCM key derived from a ring key; changing
+/// them makes every sealed v2 envelope unreadable.
+const XAES_KEY_SALT: &[u8] = b"imstore content codec";
+const XAES_KEY_INFO: &[u8] = b"envelope v2 XAES-256-GCM key, key id ";
 
 /// The id of an encryption key, stored in every envelope it sealed.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
@@ -66,11 +134,35 @@ impl fmt::Debug for EncryptionKey {
     }
 }
 
+/// The two ciphers of one ring key; both zeroize their key schedules on drop (the `zeroize`
+/// features of aes-gcm and xaes-256-gcm).
+struct Ciphers {
+    /// Seals and opens version 2 envelopes, under a key derived from the ring key.
+    v2: Xaes256Gcm,
+    /// Opens version 1 envelopes, under the ring key itself.
+    v1: Aes256Gcm,
+}
+
+impl Ciphers {
+    fn new(key: &EncryptionKey) -> Self {
+        let v1 = Aes256Gcm::new_from_slice(key.bytes.as_slice()).expect("32-byte key");
+        let mut info = [0u8; XAES_KEY_INFO.len() + 4];
+        info[..XAES_KEY_INFO.len()].copy_from_slice(XAES_KEY_INFO);
+        info[XAES_KEY_INFO.len()..].copy_from_slice(&key.id.0.to_be_bytes());
+        let mut derived = Zeroizing::new([0u8; 32]);
+        Hkdf::<Sha256>::new(Some(XAES_KEY_SALT), key.bytes.as_slice())
+            .expand(&info, derived.as_mut_slice())
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        let v2 = Xaes256Gcm::new_from_slice(derived.as_slice()).expect("32-byte key");
+        Ciphers { v2, v1 }
+    }
+}
+
 /// The keys a codec seals with (the active one) and opens with (all of them).
 #[derive(Clone)]
 pub struct KeyRing {
     active: KeyId,
-    ciphers: BTreeMap<KeyId, Arc<Aes256Gcm>>,
+    ciphers: BTreeMap<KeyId, Arc<Ciphers>>,
 }
 
 impl KeyRing {
@@ -112,9 +204,11 @@ impl KeyRing {
     }
 
     fn insert(&mut self, key: EncryptionKey) {
-        // The expanded key schedule is zeroized on drop (aes-gcm's `zeroize` feature).
-        let cipher = Aes256Gcm::new_from_slice(key.bytes.as_slice()).expect("32-byte key");
-        self.ciphers.insert(key.id, Arc::new(cipher));
+        self.ciphers.insert(key.id, Arc::new(Ciphers::new(&key)));
+    }
+
+    fn sealing(&self) -> &Ciphers {
+        &self.ciphers[&self.active]
     }
 }
 
@@ -150,14 +244,16 @@ impl Default for Compression {
 pub struct ContentCodec {
     compression: Option<Compression>,
     keys: Option<KeyRing>,
+    decode_limit: usize,
 }
 
 impl Default for ContentCodec {
-    /// Compression on (256 B threshold, level 3), no encryption.
+    /// Compression on (256 B threshold, level 3), no encryption, the 16 MiB decode limit.
     fn default() -> Self {
         ContentCodec {
             compression: Some(Compression::default()),
             keys: None,
+            decode_limit: MAX_DECODED_BYTES,
         }
     }
 }
@@ -167,11 +263,12 @@ fn decode_error(why: impl Into<String>) -> Error {
 }
 
 impl ContentCodec {
-    /// Neither compression nor encryption: the envelope header and the content as is.
+    /// Neither compression nor encryption: the envelope header, the content as is and its
+    /// checksum.
     pub fn plain() -> Self {
         ContentCodec {
             compression: None,
-            keys: None,
+            ..ContentCodec::default()
         }
     }
 
@@ -181,10 +278,25 @@ impl ContentCodec {
         self
     }
 
-    /// This codec encrypting with `keys`.
+    /// This codec sealing with `keys`; it then refuses to decode anything it did not seal.
     pub fn with_encryption(mut self, keys: KeyRing) -> Self {
         self.keys = Some(keys);
         self
+    }
+
+    /// This codec decoding at most `max_content_bytes` of content (capped at `u32::MAX`, the
+    /// largest length an envelope records): a declared or actual length above it is a `Decode`
+    /// error before more than that is allocated, and encoding more is refused. A store sets it
+    /// to its policy's content limit.
+    pub fn with_decode_limit(mut self, max_content_bytes: usize) -> Self {
+        self.decode_limit = max_content_bytes.min(u32::MAX as usize);
+        self
+    }
+
+    /// The largest content this codec encodes or decodes; a store refuses a policy admitting
+    /// more.
+    pub fn decode_limit(&self) -> usize {
+        self.decode_limit
     }
 
     /// True when content is encrypted at rest.
@@ -198,140 +310,245 @@ impl ContentCodec {
     }
 
     /// The most bytes [`ContentCodec::encode`] writes for `content_len` bytes of content: the
-    /// envelope's header, key id, nonce and tag around the body (compression is only kept when it
-    /// makes the body smaller).
+    /// envelope's header, key id, nonce and tag or checksum around the body (compression is only
+    /// kept when it makes the body smaller).
     pub fn max_encoded_len(&self, content_len: usize) -> usize {
-        let header = 3 + 4;
-        let sealed = if self.keys.is_some() {
-            4 + NONCE_LEN + TAG_LEN
+        let overhead = if self.keys.is_some() {
+            V2_SEALED_HEADER + TAG_LEN
         } else {
-            0
+            V2_FIXED + CRC_LEN
         };
-        content_len.saturating_add(header + sealed)
+        content_len.saturating_add(overhead)
     }
 
-    /// The stored form of `content` for message `msg_id` of `conversation`.
+    /// The stored form (a version 2 envelope) of `content` for message `msg_id` of
+    /// `conversation`; content longer than the decode limit is refused with `InvalidInput`.
     pub fn encode(
         &self,
         conversation: &ConversationId,
         msg_id: MsgId,
         content: &[u8],
     ) -> Result<Vec<u8>> {
-        let mut flags = 0u8;
-        let mut body: Vec<u8>;
-        let mut orig_len = None;
-        match self.compression {
-            Some(c) if content.len() >= c.threshold => {
-                let compressed = zstd_compress(content, c.level).map_err(|e| {
+        if content.len() > self.decode_limit {
+            return Err(Error::invalid_input(
+                "content",
+                format!(
+                    "{} bytes is more than the codec decodes ({} bytes)",
+                    content.len(),
+                    self.decode_limit
+                ),
+            )
+            .with_operation(Operation::Codec));
+        }
+        let compression = self.compression.filter(|c| content.len() >= c.threshold);
+        let body_room = match compression {
+            Some(_) => zstd::zstd_safe::compress_bound(content.len()),
+            None => content.len(),
+        };
+        let mut out = self.start(content.len() as u32, body_room);
+        let header_len = out.len();
+        let mut flags = 0;
+        match compression {
+            Some(c) => {
+                let n = zstd_ctx::compress_into(content, c.level, &mut out).map_err(|e| {
                     Error::new(ErrorKind::Backend, "zstd compression failed")
                         .with_operation(Operation::Codec)
                         .with_source(e)
                 })?;
-                if compressed.len() < content.len() {
+                if n < content.len() {
                     flags |= FLAG_ZSTD;
-                    orig_len = Some(content.len() as u32);
-                    body = compressed;
                 } else {
-                    body = content.to_vec();
+                    out.truncate(header_len);
+                    out.extend_from_slice(content);
                 }
             }
-            _ => body = content.to_vec(),
+            None => out.extend_from_slice(content),
         }
-        let mut header = Vec::with_capacity(4 + 4 + 4 + NONCE_LEN);
-        header.extend_from_slice(&[MAGIC, VERSION, 0]);
-        if let Some(len) = orig_len {
-            header.extend_from_slice(&len.to_be_bytes());
-        }
-        if let Some(keys) = &self.keys {
-            flags |= FLAG_AES_GCM;
-            header[2] = flags;
-            let nonce: [u8; NONCE_LEN] = rand::random();
-            header.extend_from_slice(&keys.active.0.to_be_bytes());
-            header.extend_from_slice(&nonce);
-            let cipher = &keys.ciphers[&keys.active];
-            let aad = associated_data(&header, conversation, msg_id);
-            body = cipher
-                .encrypt(
-                    Nonce::from_slice(&nonce),
-                    Payload {
-                        msg: &body,
-                        aad: &aad,
-                    },
-                )
-                .map_err(|_| {
-                    Error::new(ErrorKind::Backend, "encryption failed")
-                        .with_operation(Operation::Codec)
-                })?;
-        } else {
-            header[2] = flags;
-        }
-        header.extend_from_slice(&body);
-        Ok(header)
+        self.finish(conversation, msg_id, flags, out)
     }
 
-    /// The content stored as `stored` for message `msg_id` of `conversation`; any tampering,
-    /// truncation, foreign bytes or unknown key is an [`ErrorKind::Decode`] error.
+    /// A v2 header declaring `content_len` (with the active key id and a fresh nonce when
+    /// sealing), in a buffer with room for `body_room` bytes of body and the trailer.
+    fn start(&self, content_len: u32, body_room: usize) -> Vec<u8> {
+        let (header, trailer) = match self.keys {
+            Some(_) => (V2_SEALED_HEADER, TAG_LEN),
+            None => (V2_FIXED, CRC_LEN),
+        };
+        let mut out = Vec::with_capacity(header + body_room + trailer);
+        out.extend_from_slice(&[MAGIC, V2, 0]);
+        out.extend_from_slice(&content_len.to_be_bytes());
+        if let Some(keys) = &self.keys {
+            out.extend_from_slice(&keys.active.0.to_be_bytes());
+            out.extend_from_slice(&rand::random::<[u8; V2_NONCE_LEN]>());
+        }
+        out
+    }
+
+    /// Sets `flags` in the header [`ContentCodec::start`] wrote to `out` and seals the body that
+    /// follows it (appending the tag), or appends the checksum.
+    fn finish(
+        &self,
+        conversation: &ConversationId,
+        msg_id: MsgId,
+        flags: u8,
+        mut out: Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        let identity = Identity::new(conversation, msg_id);
+        match &self.keys {
+            Some(keys) => {
+                out[2] = flags | FLAG_SEALED;
+                let (header, body) = out.split_at_mut(V2_SEALED_HEADER);
+                let nonce = xaes_256_gcm::Nonce::try_from(&header[V2_KEY_AT + 4..])
+                    .expect("the header ends with the 24-byte nonce");
+                let mut aad = [0u8; MAX_AAD];
+                let tag = keys
+                    .sealing()
+                    .v2
+                    .encrypt_inout_detached(&nonce, identity.aad(header, &mut aad), body.into())
+                    .map_err(|_| {
+                        Error::new(ErrorKind::Backend, "encryption failed")
+                            .with_operation(Operation::Codec)
+                    })?;
+                out.extend_from_slice(&tag);
+            }
+            None => {
+                out[2] = flags;
+                let crc = identity.crc(&out);
+                out.extend_from_slice(&crc.to_be_bytes());
+            }
+        }
+        Ok(out)
+    }
+
+    /// The content stored as `stored` for message `msg_id` of `conversation`. Tampering,
+    /// truncation, foreign bytes, an unknown key, a length above the decode limit and, when this
+    /// codec encrypts, anything it did not seal are [`ErrorKind::Decode`] errors.
     pub fn decode(
         &self,
         conversation: &ConversationId,
         msg_id: MsgId,
         stored: &[u8],
     ) -> Result<Vec<u8>> {
+        self.open(conversation, msg_id, stored, false)
+    }
+
+    /// Like [`ContentCodec::decode`], except that an encrypting codec also accepts unsealed
+    /// version 1 and 2 envelopes: the migration of a plaintext store to encryption, and nothing
+    /// else. Unsealed content proves nothing about who wrote it, so call this only from the
+    /// re-key job, while the store's plaintext is known to be genuine.
+    pub fn decode_for_rekey(
+        &self,
+        conversation: &ConversationId,
+        msg_id: MsgId,
+        stored: &[u8],
+    ) -> Result<Vec<u8>> {
+        self.open(conversation, msg_id, stored, true)
+    }
+
+    fn open(
+        &self,
+        conversation: &ConversationId,
+        msg_id: MsgId,
+        stored: &[u8],
+        accept_plaintext: bool,
+    ) -> Result<Vec<u8>> {
         let env = Envelope::parse(stored)?;
-        let mut body = match env.key {
-            Some((key_id, nonce)) => {
+        if let Some(len) = env.content_len
+            && len as usize > self.decode_limit
+        {
+            return Err(decode_error(format!(
+                "declared content length {len} exceeds the decode limit ({} bytes)",
+                self.decode_limit
+            )));
+        }
+        if self.keys.is_some() && !env.sealed() && !accept_plaintext {
+            return Err(decode_error(
+                "content is not sealed but this codec encrypts: refused (a plaintext store is \
+                 migrated by the re-key job with decode_for_rekey)",
+            ));
+        }
+        let identity = Identity::new(conversation, msg_id);
+        let body: Cow<'_, [u8]> = match env.protection {
+            Protection::None => Cow::Borrowed(env.payload),
+            Protection::Crc(crc) => {
+                if identity.crc(&stored[..stored.len() - CRC_LEN]) != crc {
+                    return Err(decode_error(
+                        "checksum mismatch: corrupt, truncated or moved content",
+                    ));
+                }
+                Cow::Borrowed(env.payload)
+            }
+            Protection::Sealed { key, nonce } => {
                 let keys = self.keys.as_ref().ok_or_else(|| {
                     decode_error("content is encrypted but the codec has no keys")
                 })?;
-                let cipher = keys
+                let ciphers = keys
                     .ciphers
-                    .get(&key_id)
-                    .ok_or_else(|| decode_error(format!("unknown key id {}", key_id.0)))?;
-                let aad = associated_data(env.header, conversation, msg_id);
-                cipher
-                    .decrypt(
-                        Nonce::from_slice(nonce),
-                        Payload {
-                            msg: env.payload,
-                            aad: &aad,
-                        },
+                    .get(&KeyId(key))
+                    .ok_or_else(|| decode_error(format!("unknown key id {key}")))?;
+                let (ciphertext, tag) = env.payload.split_at(env.payload.len() - TAG_LEN);
+                let mut aad = [0u8; MAX_AAD];
+                let aad = identity.aad(env.header, &mut aad);
+                let mut buf = ciphertext.to_vec();
+                let checked = if env.version == V1 {
+                    ciphers.v1.decrypt_inout_detached(
+                        &aes_gcm::Nonce::try_from(nonce).expect("12-byte nonce"),
+                        aad,
+                        buf.as_mut_slice().into(),
+                        &aes_gcm::Tag::try_from(tag).expect("16-byte tag"),
                     )
-                    .map_err(|_| {
-                        decode_error("authentication failed: tampered, moved or wrong key")
-                    })?
+                } else {
+                    ciphers.v2.decrypt_inout_detached(
+                        &xaes_256_gcm::Nonce::try_from(nonce).expect("24-byte nonce"),
+                        aad,
+                        buf.as_mut_slice().into(),
+                        &xaes_256_gcm::Tag::try_from(tag).expect("16-byte tag"),
+                    )
+                };
+                checked.map_err(|_| {
+                    decode_error("authentication failed: tampered, moved or wrong key")
+                })?;
+                Cow::Owned(buf)
             }
-            None => env.payload.to_vec(),
         };
-        if let Some(len) = env.orig_len {
-            let len = len as usize;
-            if len > MAX_DECODED_BYTES {
-                return Err(decode_error("declared length exceeds the decode limit"));
-            }
-            let out =
-                zstd_decompress(&body, len).map_err(|_| decode_error("zstd payload is corrupt"))?;
-            if out.len() != len {
-                return Err(decode_error(
-                    "decompressed length does not match the header",
-                ));
-            }
-            body = out;
+        if env.compressed {
+            let len = env
+                .content_len
+                .expect("compressed envelopes declare their length") as usize;
+            return zstd_ctx::decompress_exact(&body, len).map_err(|_| {
+                decode_error("zstd payload is corrupt or does not match the declared length")
+            });
         }
-        Ok(body)
+        match env.content_len {
+            Some(len) if len as usize != body.len() => Err(decode_error(
+                "content length does not match the header",
+            )),
+            None if body.len() > self.decode_limit => Err(decode_error(format!(
+                "content of {} bytes exceeds the decode limit ({} bytes)",
+                body.len(),
+                self.decode_limit
+            ))),
+            _ => Ok(body.into_owned()),
+        }
     }
 
-    /// The key that sealed `stored`, or `None` when it is not encrypted.
+    /// The key that sealed `stored`, or `None` when it is not encrypted (structure only: nothing
+    /// is verified).
     pub fn key_id_of(stored: &[u8]) -> Result<Option<KeyId>> {
-        Ok(Envelope::parse(stored)?.key.map(|(id, _)| id))
+        Ok(Envelope::parse(stored)?.key_id().map(KeyId))
     }
 
-    /// True when `stored` is not sealed with this codec's active key (or is not encrypted but
-    /// the codec encrypts): the re-key job should rewrite it.
+    /// True when the re-key job should rewrite `stored`: it is a version 1 envelope, or it is not
+    /// sealed with this codec's active key (or is sealed though the codec does not encrypt, or
+    /// is not sealed though it does).
     pub fn needs_rekey(&self, stored: &[u8]) -> Result<bool> {
-        let current = ContentCodec::key_id_of(stored)?;
-        Ok(current != self.keys.as_ref().map(|k| k.active))
+        let env = Envelope::parse(stored)?;
+        Ok(env.version != V2 || env.key_id().map(KeyId) != self.keys.as_ref().map(|k| k.active))
     }
 
-    /// `stored` re-encoded under the active key (decoded with whichever ring key sealed it).
+    /// `stored` re-encoded as a version 2 envelope under the active key, opened as
+    /// [`ContentCodec::decode`] opens it (so an encrypting codec refuses unsealed content here
+    /// too: see [`ContentCodec::rekey_accepting_plaintext`]).
     pub fn rekey(
         &self,
         conversation: &ConversationId,
@@ -341,238 +558,17 @@ impl ContentCodec {
         let content = Zeroizing::new(self.decode(conversation, msg_id, stored)?);
         self.encode(conversation, msg_id, &content)
     }
-}
 
-// zstd contexts are reused per thread: creating one costs more than compressing a 1 KiB
-// message (measured ~30 µs per call with a fresh context, see benches/benches/codec.rs).
-thread_local! {
-    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
-        const { std::cell::RefCell::new(None) };
-    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-fn zstd_compress(content: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
-    COMPRESSOR.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
-            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
-        }
-        let (_, compressor) = slot.as_mut().expect("set above");
-        compressor.compress(content)
-    })
-}
-
-fn zstd_decompress(body: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
-    DECOMPRESSOR.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.is_none() {
-            *slot = Some(zstd::bulk::Decompressor::new()?);
-        }
-        slot.as_mut().expect("set above").decompress(body, capacity)
-    })
-}
-
-struct Envelope<'a> {
-    header: &'a [u8],
-    orig_len: Option<u32>,
-    key: Option<(KeyId, &'a [u8])>,
-    payload: &'a [u8],
-}
-
-impl<'a> Envelope<'a> {
-    fn parse(stored: &'a [u8]) -> Result<Self> {
-        if stored.len() < 3 || stored[0] != MAGIC {
-            return Err(decode_error("not an imstore content envelope"));
-        }
-        if stored[1] != VERSION {
-            return Err(decode_error(format!(
-                "unsupported envelope version {}",
-                stored[1]
-            )));
-        }
-        let flags = stored[2];
-        if flags & !(FLAG_ZSTD | FLAG_AES_GCM) != 0 {
-            return Err(decode_error("unknown envelope flags"));
-        }
-        let mut at = 3;
-        let take = |at: &mut usize, n: usize| -> Result<&'a [u8]> {
-            let s = stored
-                .get(*at..*at + n)
-                .ok_or_else(|| decode_error("envelope is truncated"))?;
-            *at += n;
-            Ok(s)
-        };
-        let orig_len = if flags & FLAG_ZSTD != 0 {
-            Some(u32::from_be_bytes(
-                take(&mut at, 4)?.try_into().expect("4 bytes"),
-            ))
-        } else {
-            None
-        };
-        let key = if flags & FLAG_AES_GCM != 0 {
-            let id = u32::from_be_bytes(take(&mut at, 4)?.try_into().expect("4 bytes"));
-            let nonce = take(&mut at, NONCE_LEN)?;
-            if stored.len() < at + TAG_LEN {
-                return Err(decode_error("envelope is truncated"));
-            }
-            Some((KeyId(id), nonce))
-        } else {
-            None
-        };
-        Ok(Envelope {
-            header: &stored[..at],
-            orig_len,
-            key,
-            payload: &stored[at..],
-        })
-    }
-}
-
-fn associated_data(header: &[u8], conversation: &ConversationId, msg_id: MsgId) -> Vec<u8> {
-    let conv = conversation.as_str().as_bytes();
-    let mut aad = Vec::with_capacity(header.len() + 4 + conv.len() + 8);
-    aad.extend_from_slice(header);
-    aad.extend_from_slice(&(conv.len() as u32).to_be_bytes());
-    aad.extend_from_slice(conv);
-    aad.extend_from_slice(&msg_id.get().to_be_bytes());
-    aad
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn conv(s: &str) -> ConversationId {
-        ConversationId::new(s).unwrap()
-    }
-    fn id(n: u64) -> MsgId {
-        MsgId::new(n).unwrap()
-    }
-    fn sealed() -> ContentCodec {
-        ContentCodec::default().with_encryption(KeyRing::new(EncryptionKey::generate(KeyId(1))))
-    }
-
-    #[test]
-    fn round_trips_every_mode_and_size() {
-        let codecs = [
-            ContentCodec::plain(),
-            ContentCodec::default(),
-            ContentCodec::plain().with_encryption(KeyRing::new(EncryptionKey::generate(KeyId(1)))),
-            sealed(),
-        ];
-        for codec in &codecs {
-            for len in [0usize, 1, 100, 255, 256, 1024, 65_536] {
-                let content: Vec<u8> = (0..len).map(|i| (i % 7) as u8).collect();
-                let stored = codec.encode(&conv("c"), id(9), &content).unwrap();
-                assert_eq!(codec.decode(&conv("c"), id(9), &stored).unwrap(), content);
-            }
-        }
-    }
-
-    #[test]
-    fn compresses_only_when_smaller() {
-        let codec = ContentCodec::default();
-        let repetitive = vec![b'a'; 4096];
-        assert!(codec.encode(&conv("c"), id(1), &repetitive).unwrap().len() < 200);
-        let random: Vec<u8> = (0..4096).map(|_| rand::random()).collect();
-        let stored = codec.encode(&conv("c"), id(1), &random).unwrap();
-        assert_eq!(stored[2] & FLAG_ZSTD, 0);
-        assert_eq!(stored.len(), random.len() + 3);
-    }
-
-    #[test]
-    fn encryption_hides_content_and_uses_fresh_nonces() {
-        let codec = sealed();
-        let secret = b"meet me at the old bridge at midnight";
-        let a = codec.encode(&conv("c"), id(1), secret).unwrap();
-        let b = codec.encode(&conv("c"), id(1), secret).unwrap();
-        assert_ne!(a, b);
-        assert!(!a.windows(8).any(|w| secret.windows(8).any(|s| s == w)));
-    }
-
-    #[test]
-    fn moved_tampered_truncated_foreign_and_unknown_key_are_decode_errors() {
-        let codec = sealed();
-        let stored = codec.encode(&conv("c"), id(1), b"hello world").unwrap();
-        let kind = |r: Result<Vec<u8>>| r.unwrap_err().kind();
-        assert_eq!(
-            kind(codec.decode(&conv("other"), id(1), &stored)),
-            ErrorKind::Decode
-        );
-        assert_eq!(
-            kind(codec.decode(&conv("c"), id(2), &stored)),
-            ErrorKind::Decode
-        );
-        for i in 0..stored.len() {
-            let mut t = stored.clone();
-            t[i] ^= 0x01;
-            assert_eq!(
-                kind(codec.decode(&conv("c"), id(1), &t)),
-                ErrorKind::Decode,
-                "byte {i}"
-            );
-        }
-        for n in 0..stored.len() {
-            assert_eq!(
-                kind(codec.decode(&conv("c"), id(1), &stored[..n])),
-                ErrorKind::Decode
-            );
-        }
-        assert_eq!(
-            kind(codec.decode(&conv("c"), id(1), b"plain old bytes")),
-            ErrorKind::Decode
-        );
-        assert_eq!(
-            kind(sealed().decode(&conv("c"), id(1), &stored)),
-            ErrorKind::Decode
-        );
-        assert_eq!(
-            kind(ContentCodec::plain().decode(&conv("c"), id(1), &stored)),
-            ErrorKind::Decode
-        );
-    }
-
-    #[test]
-    fn rotation_keeps_old_content_readable_and_rekey_moves_it() {
-        let old = ContentCodec::default()
-            .with_encryption(KeyRing::new(EncryptionKey::new(KeyId(1), [7; 32])));
-        let stored = old.encode(&conv("c"), id(1), b"before rotation").unwrap();
-        let ring = KeyRing::new(EncryptionKey::new(KeyId(1), [7; 32]))
-            .rotate_to(EncryptionKey::new(KeyId(2), [9; 32]))
-            .unwrap();
-        let new = ContentCodec::default().with_encryption(ring);
-        assert_eq!(
-            new.decode(&conv("c"), id(1), &stored).unwrap(),
-            b"before rotation"
-        );
-        assert!(new.needs_rekey(&stored).unwrap());
-        let moved = new.rekey(&conv("c"), id(1), &stored).unwrap();
-        assert_eq!(ContentCodec::key_id_of(&moved).unwrap(), Some(KeyId(2)));
-        assert!(!new.needs_rekey(&moved).unwrap());
-        assert_eq!(
-            new.decode(&conv("c"), id(1), &moved).unwrap(),
-            b"before rotation"
-        );
-    }
-
-    #[test]
-    fn a_compression_bomb_header_is_refused() {
-        let codec = ContentCodec::default();
-        let mut stored = codec.encode(&conv("c"), id(1), &vec![0u8; 1000]).unwrap();
-        stored[3..7].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert_eq!(
-            codec.decode(&conv("c"), id(1), &stored).unwrap_err().kind(),
-            ErrorKind::Decode
-        );
-    }
-
-    #[test]
-    fn debug_never_prints_key_bytes() {
-        let key = EncryptionKey::new(KeyId(3), [0xAB; 32]);
-        let key_text = format!("{key:?}");
-        let text = format!("{key_text} {:?}", KeyRing::new(key));
-        assert!(!text.contains("171") && !text.to_lowercase().contains("ab, ab"));
-        assert!(text.contains("redacted"));
+    /// `stored` re-encoded under the active key, opened as [`ContentCodec::decode_for_rekey`]
+    /// opens it: the one way unsealed content becomes sealed, for migrating a plaintext store
+    /// whose content is known to be genuine.
+    pub fn rekey_accepting_plaintext(
+        &self,
+        conversation: &ConversationId,
+        msg_id: MsgId,
+        stored: &[u8],
+    ) -> Result<Vec<u8>> {
+        let content = Zeroizing::new(self.decode_for_rekey(conversation, msg_id, stored)?);
+        self.encode(conversation, msg_id, &content)
     }
 }

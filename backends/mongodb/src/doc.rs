@@ -1,9 +1,13 @@
 //! BSON documents to and from the domain types; every stored value is checked, never trusted.
+//!
+//! Two kinds of document: a message (collection `messages`) and a log entry (collection `log`,
+//! see [`crate::schema`]). A stored value of the wrong type or out of range is a `Backend` error
+//! naming the field ([`Error::corrupt`]): the document is not one this store wrote.
 
 use imstore_core::lifecycle::RequestRecord;
 use imstore_core::{
-    Action, Attachment, ConversationId, Error, ErrorKind, Lifecycle, MessageType, MsgId,
-    NewMessage, RequestId, Result, Status, Timestamp, TransitionOutcome, UserId,
+    Action, Attachment, ConversationId, ErrorKind, Lifecycle, MessageType, MsgId, NewMessage,
+    RequestId, Result, Status, StoredMessage, Timestamp, UserId,
 };
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::spec::BinarySubtype;
@@ -33,19 +37,23 @@ pub(crate) fn opt_i64(d: &Document, f: &str) -> Result<Option<i64>> {
     }
 }
 
-pub(crate) fn get_bool(d: &Document, f: &str) -> Result<bool> {
+fn get_bool(d: &Document, f: &str) -> Result<bool> {
     match d.get(f) {
         Some(Bson::Boolean(b)) => Ok(*b),
         _ => Err(bad_field(f, "is not a boolean")),
     }
 }
 
-pub(crate) fn opt_doc<'a>(d: &'a Document, f: &str) -> Result<Option<&'a Document>> {
+fn opt_doc<'a>(d: &'a Document, f: &str) -> Result<Option<&'a Document>> {
     match d.get(f) {
         None | Some(Bson::Null) => Ok(None),
         Some(Bson::Document(inner)) => Ok(Some(inner)),
         Some(_) => Err(bad_field(f, "is not a document")),
     }
+}
+
+fn get_doc<'a>(d: &'a Document, f: &str) -> Result<&'a Document> {
+    opt_doc(d, f)?.ok_or_else(|| bad_field(f, "is missing"))
 }
 
 pub(crate) fn get_oid(d: &Document, f: &str) -> Result<ObjectId> {
@@ -55,38 +63,32 @@ pub(crate) fn get_oid(d: &Document, f: &str) -> Result<ObjectId> {
     }
 }
 
-fn as_decode(field: &str) -> impl Fn(Error) -> Error + '_ {
-    move |e| {
-        Error::new(
-            ErrorKind::Decode,
-            format!("stored field `{field}`: {}", e.message()),
-        )
-    }
+fn parsed<T, E>(f: &str, r: std::result::Result<T, E>) -> Result<T> {
+    r.map_err(|_| bad_field(f, "is not valid"))
 }
 
-pub(crate) fn get_user(d: &Document, f: &str) -> Result<UserId> {
-    UserId::new(get_str(d, f)?).map_err(as_decode(f))
+fn get_user(d: &Document, f: &str) -> Result<UserId> {
+    parsed(f, UserId::new(get_str(d, f)?))
 }
 
-pub(crate) fn opt_user(d: &Document, f: &str) -> Result<Option<UserId>> {
+fn opt_user(d: &Document, f: &str) -> Result<Option<UserId>> {
     match d.get(f) {
         None | Some(Bson::Null) => Ok(None),
         _ => get_user(d, f).map(Some),
     }
 }
 
-pub(crate) fn get_conversation(d: &Document, f: &str) -> Result<ConversationId> {
-    ConversationId::new(get_str(d, f)?).map_err(as_decode(f))
+fn get_conversation(d: &Document, f: &str) -> Result<ConversationId> {
+    parsed(f, ConversationId::new(get_str(d, f)?))
 }
 
 pub(crate) fn get_msg_id(d: &Document, f: &str) -> Result<MsgId> {
-    MsgId::from_i64(get_i64(d, f)?).map_err(as_decode(f))
+    parsed(f, MsgId::from_i64(get_i64(d, f)?))
 }
 
 pub(crate) fn get_status(d: &Document, f: &str) -> Result<Status> {
-    let code = get_i64(d, f)?;
-    let code = i16::try_from(code).map_err(|_| bad_field(f, "is out of range"))?;
-    Status::from_code(code)
+    let code = i16::try_from(get_i64(d, f)?).map_err(|_| bad_field(f, "is out of range"))?;
+    parsed(f, Status::from_code(code))
 }
 
 pub(crate) fn get_version(d: &Document, f: &str) -> Result<u32> {
@@ -105,17 +107,23 @@ pub(crate) fn binary(bytes: Vec<u8>) -> Binary {
     }
 }
 
-/// The document of a new message: its fields, content as `encoded` bytes, a fresh lifecycle.
-pub(crate) fn message_doc(m: &NewMessage, encoded: Vec<u8>, now: Timestamp) -> Document {
+/// The filter selecting one message document by its key.
+pub(crate) fn key(conversation: &ConversationId, msg_id: MsgId) -> Document {
+    doc! {"conversation_id": conversation.as_str(), "msg_id": msg_id.as_i64()}
+}
+
+/// The document of a new message: its fields, content as stored, a fresh lifecycle.
+pub(crate) fn message_doc(m: &NewMessage, now: Timestamp) -> Document {
     let mut d = doc! {
         "conversation_id": m.conversation_id.as_str(),
         "msg_id": m.msg_id.as_i64(),
         "sender_id": m.sender_id.as_str(),
         "msg_type": m.msg_type.code(),
-        "content": binary(encoded),
+        "content": binary(m.content.clone()),
     };
     d.extend(lifecycle_set(&Lifecycle::new(now)));
     if let Some(a) = &m.attachment {
+        // `size` fits: core refuses sizes above i64::MAX.
         d.insert(
             "attachment",
             doc! {"key": a.key.as_str(), "size": a.size as i64, "mime": a.mime.as_str()},
@@ -124,15 +132,15 @@ pub(crate) fn message_doc(m: &NewMessage, encoded: Vec<u8>, now: Timestamp) -> D
     d
 }
 
-/// A stored message as read: its `_id`, the sender's fields (content still encoded), the lifecycle.
-#[derive(Debug)]
+/// A message document as read: its `_id`, and the message as its document shows it (the
+/// lifecycle there may trail the log; see `read::overlay`).
+#[derive(Debug, Clone)]
 pub(crate) struct Row {
     pub id: ObjectId,
-    pub message: NewMessage,
-    pub lifecycle: Lifecycle,
+    pub stored: StoredMessage,
 }
 
-pub(crate) fn attachment_of(d: &Document) -> Result<Option<Attachment>> {
+fn attachment_of(d: &Document) -> Result<Option<Attachment>> {
     let Some(a) = opt_doc(d, "attachment")? else {
         return Ok(None);
     };
@@ -146,14 +154,13 @@ pub(crate) fn attachment_of(d: &Document) -> Result<Option<Attachment>> {
 
 /// A message document (content may be projected away: it then reads as empty).
 pub(crate) fn row_of(d: &Document) -> Result<Row> {
+    let code = i32::try_from(get_i64(d, "msg_type")?)
+        .map_err(|_| bad_field("msg_type", "is out of range"))?;
     let message = NewMessage {
         msg_id: get_msg_id(d, "msg_id")?,
         conversation_id: get_conversation(d, "conversation_id")?,
         sender_id: get_user(d, "sender_id")?,
-        msg_type: MessageType::from_code(
-            i32::try_from(get_i64(d, "msg_type")?)
-                .map_err(|_| bad_field("msg_type", "is out of range"))?,
-        )?,
+        msg_type: parsed("msg_type", MessageType::from_code(code))?,
         content: match d.get("content") {
             Some(Bson::Binary(b)) => b.bytes.clone(),
             None => Vec::new(),
@@ -163,12 +170,14 @@ pub(crate) fn row_of(d: &Document) -> Result<Row> {
     };
     Ok(Row {
         id: get_oid(d, "_id")?,
-        message,
-        lifecycle: lifecycle_of(d)?,
+        stored: StoredMessage {
+            message,
+            lifecycle: lifecycle_of(d)?,
+        },
     })
 }
 
-pub(crate) fn lifecycle_of(d: &Document) -> Result<Lifecycle> {
+fn lifecycle_of(d: &Document) -> Result<Lifecycle> {
     Ok(Lifecycle {
         status: get_status(d, "status")?,
         version: get_version(d, "version")?,
@@ -199,7 +208,7 @@ fn lifecycle_set(l: &Lifecycle) -> Document {
 fn lifecycle_optionals(l: &Lifecycle) -> [(&'static str, Option<Bson>); 6] {
     let ts = |t: Option<Timestamp>| t.map(|t| Bson::Int64(t.as_millis()));
     let user = |u: &Option<UserId>| u.as_ref().map(|u| Bson::String(u.as_str().to_string()));
-    // When the message left Normal: the time its retention counts from (see `purgeable`).
+    // When the message left Normal: the time its retention counts from, indexed for the purge.
     let retired = match l.status {
         Status::Normal => None,
         Status::Recalled => l.recalled_at,
@@ -230,223 +239,201 @@ pub(crate) fn lifecycle_update(next: &Lifecycle) -> Document {
     update
 }
 
-/// What a commit-log record does to its message.
-#[derive(Clone, Debug)]
-pub(crate) enum CommitKind {
-    /// A transition to `next`, asked by `record`'s request.
-    Apply {
-        next: Lifecycle,
-        record: RequestRecord,
-    },
-    /// The retention purge of the message (with the attachment key it releases).
-    Purge { attachment: Option<String> },
+/// Log entry kinds (the `kind` field).
+pub(crate) mod kind {
+    /// An applied transition: a change event, its message's next version, its request record.
+    pub const EVENT: &str = "event";
+    /// A request record that changed nothing (a no-op or a refusal).
+    pub const RECORD: &str = "record";
+    /// The event of a purged message: off the feed, its request record and feed position kept.
+    pub const GONE: &str = "gone";
+    /// The purge of a message: its last version.
+    pub const PURGE: &str = "purge";
+    /// A legal hold's fence: takes a feed position so that no purge read before it commits.
+    pub const FENCE: &str = "fence";
 }
 
-/// One record of the commit log: version `version` of message document `msg`.
-#[derive(Clone, Debug)]
-pub(crate) struct Commit {
-    pub msg: ObjectId,
-    pub conversation_id: ConversationId,
-    pub msg_id: MsgId,
-    pub version: u32,
-    /// Unique per commit: tells its writer that a stored outcome is its own.
-    pub token: ObjectId,
-    /// Wall-clock milliseconds when it was written (for takeover after a crash).
-    pub wall: i64,
-    pub done: bool,
-    pub kind: CommitKind,
+/// The `todo` marks of log entries whose follow-up writes are not known to be done.
+pub(crate) mod todo {
+    /// An event whose lifecycle may not be on its message document yet.
+    pub const CACHE: &str = "cache";
+    /// A purge whose message, events or attachment report may not be finished.
+    pub const FINISH: &str = "finish";
 }
 
-pub(crate) fn wall_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+/// The request-id slot of an entry that belongs to no request: a control character cannot
+/// be in a client's request id (core refuses it), so it never collides with one.
+fn internal_request_id(what: &str, id: ObjectId) -> String {
+    format!("\u{1}{what}:{}", id.to_hex())
 }
 
-pub(crate) fn commit_doc(c: &Commit) -> Document {
-    let mut d = doc! {
-        "msg": c.msg,
-        "conversation_id": c.conversation_id.as_str(),
-        "msg_id": c.msg_id.as_i64(),
-        "version": i64::from(c.version),
-        "token": c.token,
-        "wall": c.wall,
-        "done": c.done,
+fn record_fields(d: &mut Document, r: &RequestRecord) {
+    let mut rec = doc! {
+        "action": r.action.as_str(),
+        "requester": r.requester.as_str(),
+        "status": i32::from(r.status.code()),
+        "version": i64::from(r.version),
+        "changed": r.changed,
     };
-    match &c.kind {
-        CommitKind::Apply { next, record } => {
-            d.insert("kind", "apply");
-            d.insert("next", lifecycle_set(next));
-            d.insert("request", record_doc(record));
-        }
-        CommitKind::Purge { attachment } => {
-            d.insert("kind", "purge");
-            if let Some(a) = attachment {
-                d.insert("attachment", a.as_str());
-            }
-        }
+    if let Some(k) = r.refusal {
+        rec.insert("refusal", k.as_str());
+    }
+    d.insert("request_id", r.request_id.as_str());
+    d.insert("msg_id", r.msg_id.as_i64());
+    d.insert("at", r.at.as_millis());
+    d.insert("record", rec);
+}
+
+/// An applied transition of message document `msg` to `next`, at feed position `seq`.
+pub(crate) fn event_doc(
+    id: ObjectId,
+    msg: ObjectId,
+    seq: i64,
+    next: &Lifecycle,
+    r: &RequestRecord,
+) -> Document {
+    let mut d = doc! {
+        "_id": id,
+        "kind": kind::EVENT,
+        "conversation_id": r.conversation_id.as_str(),
+        "seq": seq,
+        "msg": msg,
+        "version": i64::from(next.version),
+        "next": lifecycle_set(next),
+        "todo": todo::CACHE,
+    };
+    record_fields(&mut d, r);
+    d
+}
+
+/// A request record that changed nothing. Its feed-position and version slots are filled with
+/// a fresh ObjectId and 0, which no other entry has: it only claims its request id.
+pub(crate) fn record_doc(r: &RequestRecord) -> Document {
+    let fresh = ObjectId::new();
+    let mut d = doc! {
+        "kind": kind::RECORD,
+        "conversation_id": r.conversation_id.as_str(),
+        "seq": fresh,
+        "msg": fresh,
+        "version": 0_i64,
+    };
+    record_fields(&mut d, r);
+    d
+}
+
+/// The purge of message document `msg` (of `conversation`) as its version `version`.
+pub(crate) fn purge_doc(id: ObjectId, row: &Row, seq: i64, version: u32, wall: i64) -> Document {
+    let m = &row.stored.message;
+    let mut d = doc! {
+        "_id": id,
+        "kind": kind::PURGE,
+        "conversation_id": m.conversation_id.as_str(),
+        "seq": seq,
+        "msg": row.id,
+        "version": i64::from(version),
+        "request_id": internal_request_id("purge", id),
+        "msg_id": m.msg_id.as_i64(),
+        "wall": wall,
+        "todo": todo::FINISH,
+    };
+    if let Some(a) = &m.attachment {
+        d.insert("attachment", a.key.as_str());
     }
     d
 }
 
-pub(crate) fn commit_of(d: &Document) -> Result<Commit> {
-    let conversation_id = get_conversation(d, "conversation_id")?;
-    let msg_id = get_msg_id(d, "msg_id")?;
-    let kind = match get_str(d, "kind")? {
-        "apply" => {
-            let next = opt_doc(d, "next")?.ok_or_else(|| bad_field("next", "is missing"))?;
-            let request =
-                opt_doc(d, "request")?.ok_or_else(|| bad_field("request", "is missing"))?;
-            CommitKind::Apply {
-                next: lifecycle_of(next)?,
-                record: record_of(request, &conversation_id, msg_id)?,
-            }
-        }
-        "purge" => CommitKind::Purge {
-            attachment: match d.get("attachment") {
-                Some(Bson::String(s)) => Some(s.clone()),
-                _ => None,
-            },
-        },
-        _ => return Err(bad_field("kind", "is unknown")),
+/// A legal hold's fence in `conversation` at feed position `seq`.
+pub(crate) fn fence_doc(conversation: &ConversationId, seq: i64, wall: i64) -> Document {
+    let id = ObjectId::new();
+    doc! {
+        "_id": id,
+        "kind": kind::FENCE,
+        "conversation_id": conversation.as_str(),
+        "seq": seq,
+        "msg": id,
+        "version": 0_i64,
+        "request_id": internal_request_id("fence", id),
+        "wall": wall,
+    }
+}
+
+/// The request record carried by a log entry (event, record or gone event).
+pub(crate) fn record_of(d: &Document) -> Result<RequestRecord> {
+    let rec = get_doc(d, "record")?;
+    let refusal = match rec.get("refusal") {
+        None | Some(Bson::Null) => None,
+        Some(Bson::String(s)) => Some(
+            ErrorKind::parse(s)
+                .ok_or_else(|| bad_field("record.refusal", "is not an error kind"))?,
+        ),
+        Some(_) => return Err(bad_field("record.refusal", "is not a string")),
     };
-    Ok(Commit {
-        msg: get_oid(d, "msg")?,
-        conversation_id,
-        msg_id,
-        version: get_version(d, "version")?,
-        token: get_oid(d, "token")?,
-        wall: get_i64(d, "wall")?,
-        done: get_bool(d, "done")?,
-        kind,
-    })
-}
-
-fn record_doc(r: &RequestRecord) -> Document {
-    doc! {
-        "request_id": r.request_id.as_str(),
-        "action": r.action.as_str(),
-        "requester": r.requester.as_str(),
-        "status": i32::from(r.status.code()),
-        "version": i64::from(r.version),
-        "changed": r.changed,
-        "at": r.at.as_millis(),
-    }
-}
-
-fn record_of(
-    p: &Document,
-    conversation_id: &ConversationId,
-    msg_id: MsgId,
-) -> Result<RequestRecord> {
     Ok(RequestRecord {
-        conversation_id: conversation_id.clone(),
-        request_id: RequestId::new(get_str(p, "request_id")?).map_err(as_decode("request_id"))?,
-        action: Action::parse(get_str(p, "action")?)?,
-        msg_id,
-        requester: get_user(p, "requester")?,
-        status: get_status(p, "status")?,
-        version: get_version(p, "version")?,
-        changed: get_bool(p, "changed")?,
-        at: Timestamp::from_millis(get_i64(p, "at")?),
+        conversation_id: get_conversation(d, "conversation_id")?,
+        request_id: parsed("request_id", RequestId::new(get_str(d, "request_id")?))?,
+        action: parsed("record.action", Action::parse(get_str(rec, "action")?))?,
+        msg_id: get_msg_id(d, "msg_id")?,
+        requester: get_user(rec, "requester")?,
+        status: get_status(rec, "status")?,
+        version: get_version(rec, "version")?,
+        changed: get_bool(rec, "changed")?,
+        at: Timestamp::from_millis(get_i64(d, "at")?),
+        refusal,
     })
 }
 
-/// A request-id claim (who used the id for what) and its first outcome, once recorded.
-#[derive(Debug, Default)]
-pub(crate) struct Claim {
-    pub identity: Option<(Action, MsgId, UserId, Timestamp)>,
-    pub outcome: Option<(TransitionOutcome, ObjectId)>,
+/// What a log entry after a message document's version says about that message.
+#[derive(Debug, Clone)]
+pub(crate) enum Commit {
+    /// An applied transition to this lifecycle.
+    Applied(Lifecycle),
+    /// The message is purged.
+    Purged,
 }
 
-/// The claim document: inserted (unique) before the request may commit anything.
-pub(crate) fn claim_doc(r: &RequestRecord) -> Document {
-    doc! {
-        "conversation_id": r.conversation_id.as_str(),
-        "request_id": r.request_id.as_str(),
-        "kind": "claim",
-        "msg_id": r.msg_id.as_i64(),
-        "action": r.action.as_str(),
-        "requester": r.requester.as_str(),
-        "at": r.at.as_millis(),
+/// The commit of an `event` or `purge` entry.
+pub(crate) fn commit_of(d: &Document) -> Result<Commit> {
+    match get_str(d, "kind")? {
+        kind::PURGE => Ok(Commit::Purged),
+        kind::EVENT | kind::GONE => next_of(d).map(Commit::Applied),
+        _ => Err(bad_field("kind", "is not a commit")),
     }
 }
 
-/// The outcome document: inserted (unique) once; the first one is the request's answer forever.
-pub(crate) fn outcome_doc(r: &RequestRecord, token: ObjectId) -> Document {
-    doc! {
-        "conversation_id": r.conversation_id.as_str(),
-        "request_id": r.request_id.as_str(),
-        "kind": "outcome",
-        "msg_id": r.msg_id.as_i64(),
-        "status": i32::from(r.status.code()),
-        "version": i64::from(r.version),
-        "changed": r.changed,
-        "token": token,
-        "at": r.at.as_millis(),
-    }
+/// The lifecycle an `event` entry commits.
+pub(crate) fn next_of(d: &Document) -> Result<Lifecycle> {
+    lifecycle_of(get_doc(d, "next")?)
 }
 
-/// Folds the claim and outcome documents of one request id.
-pub(crate) fn claim_of(docs: &[Document]) -> Result<Claim> {
-    let mut claim = Claim::default();
-    for d in docs {
-        let msg_id = get_msg_id(d, "msg_id")?;
-        match get_str(d, "kind")? {
-            "claim" => {
-                claim.identity = Some((
-                    Action::parse(get_str(d, "action")?)?,
-                    msg_id,
-                    get_user(d, "requester")?,
-                    Timestamp::from_millis(get_i64(d, "at")?),
-                ))
-            }
-            "outcome" => {
-                claim.outcome = Some((
-                    TransitionOutcome {
-                        msg_id,
-                        status: get_status(d, "status")?,
-                        version: get_version(d, "version")?,
-                        changed: get_bool(d, "changed")?,
-                        replayed: true,
-                    },
-                    get_oid(d, "token")?,
-                ))
-            }
-            _ => return Err(bad_field("kind", "is unknown")),
-        }
-    }
-    Ok(claim)
+/// A change event as the feed hands it out.
+pub(crate) fn event_of(
+    d: &Document,
+    conversation: &ConversationId,
+) -> Result<imstore_core::ChangeEvent> {
+    let rec = get_doc(d, "record")?;
+    Ok(imstore_core::ChangeEvent {
+        seq: u64::try_from(get_i64(d, "seq")?).map_err(|_| bad_field("seq", "is negative"))?,
+        conversation_id: conversation.clone(),
+        msg_id: get_msg_id(d, "msg_id")?,
+        status: get_status(rec, "status")?,
+        version: get_version(d, "version")?,
+        at: Timestamp::from_millis(get_i64(d, "at")?),
+        by: get_user(rec, "requester")?,
+    })
 }
 
-impl Claim {
-    /// The claim as a core request record (with `outcome`), so that core decides replay/conflict.
-    pub(crate) fn record(
-        &self,
-        conversation_id: &ConversationId,
-        request_id: &RequestId,
-        outcome: &TransitionOutcome,
-    ) -> Option<RequestRecord> {
-        let (action, msg_id, requester, at) = self.identity.clone()?;
-        Some(RequestRecord {
-            conversation_id: conversation_id.clone(),
-            request_id: request_id.clone(),
-            action,
-            msg_id,
-            requester,
-            status: outcome.status,
-            version: outcome.version,
-            changed: outcome.changed,
-            at,
-        })
-    }
+/// Wall-clock milliseconds: only for how long tombstones stay; every business time is the
+/// store's clock.
+pub(crate) fn wall_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use imstore_core::{Authority, TransitionRequest};
+    use imstore_core::{Authority, TransitionOutcome, TransitionRequest};
 
     fn message() -> NewMessage {
         NewMessage {
@@ -463,24 +450,39 @@ mod tests {
         }
     }
 
+    fn request() -> TransitionRequest {
+        TransitionRequest {
+            action: Action::Recall,
+            requester: UserId::new("alice").unwrap(),
+            authority: Authority::Member,
+            conversation_id: ConversationId::new("c").unwrap(),
+            msg_id: MsgId::new(42).unwrap(),
+            client_ts: Timestamp::from_millis(1),
+            request_id: RequestId::new("r1").unwrap(),
+        }
+    }
+
     #[test]
     fn message_documents_round_trip_with_typed_fields() {
         let m = message();
-        let mut d = message_doc(&m, m.content.clone(), Timestamp::from_millis(5));
+        let mut d = message_doc(&m, Timestamp::from_millis(5));
         assert!(matches!(d.get("msg_id"), Some(Bson::Int64(42))));
         assert!(matches!(d.get("status"), Some(Bson::Int32(0))));
         assert!(matches!(d.get("created_at"), Some(Bson::Int64(5))));
         assert!(matches!(d.get("content"), Some(Bson::Binary(_))));
         d.insert("_id", ObjectId::new());
         let row = row_of(&d).unwrap();
-        assert_eq!(row.message, m);
-        assert_eq!(row.lifecycle, Lifecycle::new(Timestamp::from_millis(5)));
+        assert_eq!(row.stored.message, m);
+        assert_eq!(
+            row.stored.lifecycle,
+            Lifecycle::new(Timestamp::from_millis(5))
+        );
     }
 
     #[test]
-    fn corrupt_documents_are_decode_errors() {
+    fn corrupt_documents_are_backend_errors() {
         let m = message();
-        let mut d = message_doc(&m, m.content.clone(), Timestamp::from_millis(5));
+        let mut d = message_doc(&m, Timestamp::from_millis(5));
         d.insert("_id", ObjectId::new());
         for (field, value) in [
             ("status", Bson::Int32(9)),
@@ -492,7 +494,7 @@ mod tests {
             bad.insert(field, value);
             assert_eq!(
                 row_of(&bad).unwrap_err().kind(),
-                ErrorKind::Decode,
+                ErrorKind::Backend,
                 "{field}"
             );
         }
@@ -501,7 +503,6 @@ mod tests {
     #[test]
     fn lifecycle_update_unsets_what_is_cleared() {
         let mut l = Lifecycle::new(Timestamp::from_millis(1));
-        l.status = Status::Normal;
         l.version = 3;
         l.recalled_by = Some(UserId::new("alice").unwrap());
         l.restored_at = Some(Timestamp::from_millis(9));
@@ -512,16 +513,8 @@ mod tests {
     }
 
     #[test]
-    fn commit_records_and_claims_round_trip() {
-        let req = TransitionRequest {
-            action: Action::Recall,
-            requester: UserId::new("alice").unwrap(),
-            authority: Authority::Member,
-            conversation_id: ConversationId::new("c").unwrap(),
-            msg_id: MsgId::new(42).unwrap(),
-            client_ts: Timestamp::from_millis(1),
-            request_id: RequestId::new("r1").unwrap(),
-        };
+    fn log_entries_round_trip_their_records_and_commits() {
+        let req = request();
         let outcome = TransitionOutcome {
             msg_id: req.msg_id,
             status: Status::Recalled,
@@ -530,29 +523,30 @@ mod tests {
             replayed: false,
         };
         let record = RequestRecord::new(&req, &outcome, Timestamp::from_millis(3));
-        let commit = Commit {
-            msg: ObjectId::new(),
-            conversation_id: req.conversation_id.clone(),
-            msg_id: req.msg_id,
-            version: 2,
-            token: ObjectId::new(),
-            wall: 7,
-            done: false,
-            kind: CommitKind::Apply {
-                next: Lifecycle::new(Timestamp::from_millis(1)),
-                record: record.clone(),
-            },
-        };
-        let back = commit_of(&commit_doc(&commit)).unwrap();
-        assert!(matches!(back.kind, CommitKind::Apply { record: r, .. } if r == record));
-        let claim = claim_of(&[claim_doc(&record), outcome_doc(&record, commit.token)]).unwrap();
-        let (first, token) = claim.outcome.clone().unwrap();
-        assert_eq!(token, commit.token);
-        let replay = claim
-            .record(&req.conversation_id, &req.request_id, &first)
-            .unwrap()
-            .replay(&req)
-            .unwrap();
-        assert!(replay.replayed && replay.changed && replay.version == 2);
+        let mut next = Lifecycle::new(Timestamp::from_millis(1));
+        next.status = Status::Recalled;
+        next.version = 2;
+        let ev = event_doc(ObjectId::new(), ObjectId::new(), 7, &next, &record);
+        assert_eq!(record_of(&ev).unwrap(), record);
+        assert!(matches!(commit_of(&ev).unwrap(), Commit::Applied(l) if l == next));
+        let e = event_of(&ev, &req.conversation_id).unwrap();
+        assert_eq!((e.seq, e.version, e.status), (7, 2, Status::Recalled));
+
+        let refused = RequestRecord::refused(
+            &req,
+            ErrorKind::InvalidState,
+            Status::Normal,
+            1,
+            Timestamp::from_millis(4),
+        );
+        let rd = record_doc(&refused);
+        assert_eq!(record_of(&rd).unwrap(), refused);
+        assert!(matches!(rd.get("seq"), Some(Bson::ObjectId(_))));
+
+        let mut row_doc = message_doc(&message(), Timestamp::from_millis(5));
+        row_doc.insert("_id", ObjectId::new());
+        let pd = purge_doc(ObjectId::new(), &row_of(&row_doc).unwrap(), 8, 3, 0);
+        assert!(matches!(commit_of(&pd).unwrap(), Commit::Purged));
+        assert!(get_str(&pd, "request_id").unwrap().starts_with('\u{1}'));
     }
 }

@@ -1,10 +1,13 @@
-//! Driver errors mapped once to the contract's [`ErrorKind`]s.
+//! Driver errors mapped once to the contract's [`ErrorKind`]s: the only place that decides.
 //!
-//! Connection loss, timeouts, server selection, pool clears, write-concern failures, the
-//! `RetryableWriteError` label and the server's "not primary / shutting down" codes are
-//! [`ErrorKind::Unavailable`] (temporary: the caller may retry). A duplicate key is a
-//! [`ErrorKind::Conflict`] when it reaches the caller at all (the store resolves the expected ones
-//! itself). Everything else is [`ErrorKind::Backend`].
+//! Connection loss, timeouts, server selection, pool clears, write-concern failures (a
+//! `wtimeout` included), the `RetryableWriteError` label and the server's "not primary / shutting
+//! down / interrupted" codes are [`ErrorKind::Unavailable`]: temporary, the caller may retry. A
+//! duplicate key that reaches the caller is [`ErrorKind::Conflict`] (the store resolves the
+//! expected ones itself). A document or command too large, and everything else, is
+//! [`ErrorKind::Backend`]: retrying will not fix it.
+
+use std::time::Duration;
 
 use imstore_core::{Error, ErrorKind};
 use mongodb::error::{Error as DriverError, ErrorKind as DriverKind, WriteFailure};
@@ -12,10 +15,14 @@ use mongodb::error::{Error as DriverError, ErrorKind as DriverKind, WriteFailure
 /// The server's duplicate-key error code.
 pub(crate) const DUPLICATE_KEY: i32 = 11000;
 
-/// Server codes that mean "this node cannot serve you right now": not primary, stepping down,
-/// shutting down, host unreachable, network timeout, time limit exceeded.
+/// The server's "namespace not found" code (a collection that does not exist yet).
+pub(crate) const NAMESPACE_NOT_FOUND: i32 = 26;
+
+/// Server codes that mean "this node cannot serve you right now": host unreachable or not
+/// found, network timeout, interrupted, exceeded time limit, not primary, stepping down,
+/// shutting down, write concern timeout.
 const TEMPORARY_CODES: &[i32] = &[
-    6, 7, 50, 89, 91, 134, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436,
+    6, 7, 50, 64, 89, 91, 134, 189, 262, 9001, 10107, 11600, 11601, 11602, 13435, 13436,
 ];
 
 /// The label the server and driver put on errors a write may be retried after.
@@ -31,7 +38,8 @@ pub(crate) fn code_of(e: &DriverError) -> Option<i32> {
     }
 }
 
-/// True when `e` is a duplicate-key error of a single-document write.
+/// True when `e` is a duplicate-key error of a single-document write: the insert lost a race
+/// for one of the unique keys it claims.
 pub(crate) fn is_duplicate_key(e: &DriverError) -> bool {
     matches!(e.kind.as_ref(), DriverKind::Write(WriteFailure::WriteError(w)) if w.code == DUPLICATE_KEY)
         || matches!(e.kind.as_ref(), DriverKind::Command(c) if c.code == DUPLICATE_KEY)
@@ -57,7 +65,6 @@ pub(crate) fn kind_of(e: &DriverError) -> ErrorKind {
             }
             _ => ErrorKind::Backend,
         },
-        DriverKind::BsonDeserialization(_) => ErrorKind::Decode,
         _ => match code_of(e) {
             Some(DUPLICATE_KEY) => ErrorKind::Conflict,
             Some(code) if TEMPORARY_CODES.contains(&code) => ErrorKind::Unavailable,
@@ -72,15 +79,27 @@ pub(crate) fn map(e: DriverError) -> Error {
     let what = match kind {
         ErrorKind::Unavailable => "the MongoDB server is unavailable or timed out",
         ErrorKind::Conflict => "duplicate key",
-        ErrorKind::Decode => "a stored document could not be decoded",
         _ => "MongoDB operation failed",
     };
     Error::new(kind, what).with_source(e)
 }
 
-/// A stored field that is missing or has the wrong type: a decode error naming the field.
+/// The operation ran past the configured operation timeout: temporary (it may have written
+/// part of its work; every write of this backend is safe to repeat).
+pub(crate) fn timed_out(after: Duration) -> Error {
+    Error::new(
+        ErrorKind::Unavailable,
+        format!(
+            "the operation did not finish within {} ms",
+            after.as_millis()
+        ),
+    )
+}
+
+/// A stored field that is missing or has the wrong type: the document is not one this store
+/// wrote, so retrying will not help.
 pub(crate) fn bad_field(field: &str, why: &str) -> Error {
-    Error::new(ErrorKind::Decode, format!("stored field `{field}` {why}"))
+    Error::corrupt(format!("stored field `{field}` {why}"))
 }
 
 #[cfg(test)]
@@ -102,6 +121,7 @@ mod tests {
             assert_eq!(e.kind(), ErrorKind::Unavailable);
             assert!(e.is_temporary());
         }
+        assert!(timed_out(Duration::from_secs(1)).is_temporary());
     }
 
     #[test]
@@ -109,5 +129,15 @@ mod tests {
         let e = map(DriverError::custom("boom".to_string()));
         assert_eq!(e.kind(), ErrorKind::Backend);
         assert!(!e.is_temporary());
+    }
+
+    #[test]
+    fn display_does_not_repeat_the_driver_error() {
+        let e = map(io(std::io::ErrorKind::ConnectionReset));
+        assert_eq!(
+            e.to_string(),
+            "unavailable: the MongoDB server is unavailable or timed out"
+        );
+        assert!(std::error::Error::source(&e).is_some());
     }
 }

@@ -1,22 +1,25 @@
-//! What happens when a process dies between the commit of a transition (or purge) and its
-//! follow-up writes: simulated by writing the commit record by hand, exactly as `MongoStore`
-//! writes it, and never completing it. Runs against the server named by `IMSTORE_MONGODB_URL`.
+//! What happens when a process dies between a commit (a transition's or a purge's log entry) and
+//! its follow-up writes: simulated by writing the log entry by hand, exactly as the store writes
+//! it, and never doing the rest. Runs against the server named by `IMSTORE_MONGODB_URL`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use imstore_conformance::{require_env, unique_namespace};
+use imstore_conformance::StoreFactory;
 use imstore_core::{
-    Action, Attachment, Authority, Clock, ConversationId, ErrorKind, FeedCursor, ManualClock,
-    MessageStore, MessageType, MsgIdGenerator, NewMessage, PurgeOptions, RequestId, Status,
-    StoreSettings, TransitionRequest, UserId,
+    Action, Attachment, Authority, Clock, ConversationId, ErrorKind, FeedCursor, ListOptions,
+    ManualClock, MessageStore, MessageType, MsgId, MsgIdGenerator, NewMessage, PurgeOptions,
+    RequestId, Status, StoreSettings, TransitionRequest, UserId,
 };
-use imstore_mongodb::{MongoConfig, MongoStore};
+use imstore_mongodb::MongoStore;
+use imstore_mongodb::testing::MongoFactory;
+use mongodb::Database;
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{Document, doc};
-use mongodb::{Client, Database};
 
 struct Fixture {
+    factory: MongoFactory,
+    ns: String,
     db: Database,
     store: MongoStore,
     clock: ManualClock,
@@ -26,19 +29,18 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
-    let url = require_env("IMSTORE_MONGODB_URL");
-    let client = Client::with_uri_str(&url).await.expect("valid url");
-    let ns = unique_namespace("mg_crash");
+    let factory = MongoFactory::from_env().with_prefix("mgcrash");
+    let ns = factory.create_namespace().await;
     let clock = ManualClock::starting_now();
     let settings = StoreSettings {
         clock: Arc::new(clock.clone()),
         ..StoreSettings::default()
     };
-    let store = MongoStore::with_client(client.clone(), MongoConfig::new(&url, &ns), settings)
-        .await
-        .expect("open");
+    let store = factory.open(&ns, settings).await;
     Fixture {
-        db: client.database(&ns),
+        db: factory.client().await.database(&ns),
+        factory,
+        ns,
         store,
         ids: MsgIdGenerator::new(3, Arc::new(clock.clone())).unwrap(),
         clock,
@@ -47,8 +49,19 @@ async fn fixture() -> Fixture {
     }
 }
 
+/// A transition's commit as a dead writer left it.
+struct DeadCommit<'a> {
+    seq: i64,
+    version: i64,
+    rid: &'a str,
+    action: &'a str,
+    next: Document,
+    /// Whether the entry still carries its `todo: "cache"` mark.
+    todo: bool,
+}
+
 impl Fixture {
-    async fn send(&self) -> (imstore_core::MsgId, ObjectId) {
+    async fn send(&self) -> (MsgId, ObjectId) {
         let m = NewMessage {
             msg_type: MessageType::File,
             attachment: Some(Attachment {
@@ -74,40 +87,54 @@ impl Fixture {
         (m.msg_id, d.get_object_id("_id").unwrap())
     }
 
-    /// The records a recall by alice leaves when its process dies right after the commit insert.
-    async fn dead_recall(&self, msg_id: imstore_core::MsgId, msg: ObjectId, wall: i64) {
-        let now = self.clock.now().as_millis();
-        let created = self
-            .store
-            .get(&self.conv, msg_id, &self.alice)
+    async fn created_ms(&self, id: MsgId) -> i64 {
+        self.store
+            .audit(&self.conv, id)
             .await
             .unwrap()
+            .message
+            .lifecycle
             .created_at
-            .as_millis();
+            .as_millis()
+    }
+
+    /// The log entry a transition by alice commits (as the store writes it, follow-ups pending).
+    async fn dead_commit(&self, id: MsgId, msg: ObjectId, c: DeadCommit<'_>) {
+        let now = self.clock.now().as_millis();
+        let status = c.next.get_i32("status").unwrap();
+        let mut entry = doc! {
+            "_id": ObjectId::new(), "kind": "event", "conversation_id": self.conv.as_str(),
+            "seq": c.seq, "msg": msg, "version": c.version, "next": c.next,
+            "request_id": c.rid, "msg_id": id.as_i64(), "at": now,
+            "record": {"action": c.action, "requester": "alice", "status": status,
+                       "version": c.version, "changed": true},
+        };
+        if c.todo {
+            entry.insert("todo", "cache");
+        }
         self.db
-            .collection::<Document>("requests")
-            .insert_one(doc! {
-                "conversation_id": self.conv.as_str(), "request_id": "r-dead", "kind": "claim",
-                "msg_id": msg_id.as_i64(), "action": "recall", "requester": "alice", "at": now,
-            })
-            .await
-            .unwrap();
-        self.db
-            .collection::<Document>("changes")
-            .insert_one(doc! {
-                "msg": msg, "conversation_id": self.conv.as_str(), "msg_id": msg_id.as_i64(),
-                "version": 2_i64, "token": ObjectId::new(), "wall": wall, "done": false,
-                "kind": "apply",
-                "next": {"status": 1, "version": 2_i64, "created_at": created,
-                         "recalled_at": now, "recalled_by": "alice", "retired_at": now},
-                "request": {"request_id": "r-dead", "action": "recall", "requester": "alice",
-                            "status": 1, "version": 2_i64, "changed": true, "at": now},
-            })
+            .collection::<Document>("log")
+            .insert_one(entry)
             .await
             .unwrap();
     }
 
-    fn request(&self, action: Action, msg_id: imstore_core::MsgId, rid: &str) -> TransitionRequest {
+    async fn dead_recall(&self, id: MsgId, msg: ObjectId, rid: &str) {
+        let now = self.clock.now().as_millis();
+        let next = doc! {"status": 1, "version": 2_i64, "created_at": self.created_ms(id).await,
+        "recalled_at": now, "recalled_by": "alice", "retired_at": now};
+        let commit = DeadCommit {
+            seq: 1,
+            version: 2,
+            rid,
+            action: "recall",
+            next,
+            todo: true,
+        };
+        self.dead_commit(id, msg, commit).await;
+    }
+
+    fn request(&self, action: Action, msg_id: MsgId, rid: &str) -> TransitionRequest {
         TransitionRequest {
             action,
             requester: self.alice.clone(),
@@ -129,37 +156,44 @@ impl Fixture {
             .map(|e| (e.version, e.status))
             .collect()
     }
+
+    async fn document_version(&self, id: MsgId) -> Option<i64> {
+        self.db
+            .collection::<Document>("messages")
+            .find_one(doc! {"msg_id": id.as_i64()})
+            .await
+            .unwrap()
+            .map(|d| d.get_i64("version").unwrap())
+    }
+
+    async fn finish(self) {
+        self.factory.drop_namespace(&self.ns).await;
+    }
 }
 
-/// A commit left unfinished long ago is completed by the next feed read: the event appears once,
-/// the message shows the committed state, and the dead request's retry is a replay.
+/// A transition whose writer died right after its commit is seen by every reader at once (get,
+/// list, feed), its retry is a replay, and the next transition builds on it.
 #[tokio::test]
-async fn overdue_commit_is_completed_by_the_next_feed_read() {
+async fn a_commit_whose_writer_died_is_seen_by_every_reader() {
     let f = fixture().await;
     let (id, oid) = f.send().await;
-    f.dead_recall(id, oid, 0).await;
-    // The message document has not been written yet: readers still see version 1.
-    assert_eq!(f.store.get(&f.conv, id, &f.alice).await.unwrap().version, 1);
-    assert_eq!(f.versions_in_feed().await, vec![(2, Status::Recalled)]);
-    assert_eq!(f.versions_in_feed().await, vec![(2, Status::Recalled)]);
+    f.dead_recall(id, oid, "r-dead").await;
+    assert_eq!(f.document_version(id).await, Some(1), "the document trails");
     let v = f.store.get(&f.conv, id, &f.alice).await.unwrap();
     assert_eq!((v.status, v.version), (Status::Recalled, 2));
+    let page = f
+        .store
+        .list(&f.conv, &f.alice, ListOptions::newest(10))
+        .await
+        .unwrap();
+    assert_eq!(page.items[0].status, Status::Recalled);
+    assert_eq!(f.versions_in_feed().await, vec![(2, Status::Recalled)]);
     let retry = f
         .store
         .transition(f.request(Action::Recall, id, "r-dead"))
         .await
         .unwrap();
     assert!(retry.replayed && retry.changed && retry.version == 2);
-    f.db.drop().await.unwrap();
-}
-
-/// The next transition of the message completes the dead commit before its own, so the feed
-/// keeps version order.
-#[tokio::test]
-async fn overdue_commit_is_completed_by_the_next_transition() {
-    let f = fixture().await;
-    let (id, oid) = f.send().await;
-    f.dead_recall(id, oid, 0).await;
     let restored = f
         .store
         .transition(f.request(Action::Restore, id, "r-restore"))
@@ -170,45 +204,82 @@ async fn overdue_commit_is_completed_by_the_next_transition() {
         f.versions_in_feed().await,
         vec![(2, Status::Recalled), (3, Status::Normal)]
     );
-    f.db.drop().await.unwrap();
+    assert_eq!(f.document_version(id).await, Some(3));
+    f.finish().await;
 }
 
-/// A fresh unfinished commit belongs to a writer presumed alive: readers do not take it over
-/// before `takeover_after`, and a competing transition waits for it rather than overtaking it.
+/// The next purge batch writes what a dead committer left, so a message its commit made
+/// purgeable is purged on time.
 #[tokio::test]
-async fn fresh_commit_is_left_to_its_writer() {
+async fn the_next_purge_writes_what_a_dead_committer_left() {
     let f = fixture().await;
     let (id, oid) = f.send().await;
-    let wall = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    f.dead_recall(id, oid, wall).await;
-    assert_eq!(f.versions_in_feed().await, vec![]);
-    // A competing delete cannot commit version 2; after the takeover delay it completes the
-    // recall, then deletes (version 3).
-    let started = std::time::Instant::now();
-    let deleted = f
+    f.dead_recall(id, oid, "r-dead").await;
+    f.clock.advance(Duration::from_secs(31 * 24 * 3600));
+    let report = f
         .store
-        .transition(f.request(Action::Delete, id, "r-delete"))
+        .purge(PurgeOptions { batch_size: 10 })
         .await
         .unwrap();
-    assert!(
-        started.elapsed() >= Duration::from_secs(4),
-        "it waited for the writer"
-    );
-    assert_eq!((deleted.status, deleted.version), (Status::Deleted, 3));
+    assert_eq!((report.messages, report.events), (1, 1));
     assert_eq!(
-        f.versions_in_feed().await,
-        vec![(2, Status::Recalled), (3, Status::Deleted)]
+        report.released_attachments,
+        vec!["blobs/crash.bin".to_string()]
     );
-    f.db.drop().await.unwrap();
+    assert_eq!(
+        f.store.get(&f.conv, id, &f.alice).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(f.versions_in_feed().await, vec![]);
+    f.finish().await;
 }
 
-/// A purge that died after committing hides nothing it should not: transitions of that message
-/// already answer NotFound, and the next purge finishes it and reports its attachment.
+/// A document that claims a purgeable state its log has moved on from (a restore whose writer
+/// died and left no mark) is corrected by the purge, not purged, and does not keep every later
+/// batch reporting `more` while purging nothing.
 #[tokio::test]
-async fn stalled_purge_is_finished_by_the_next_purge() {
+async fn a_dead_transition_does_not_keep_the_purge_busy() {
+    let f = fixture().await;
+    let (id, oid) = f.send().await;
+    f.store
+        .transition(f.request(Action::Recall, id, "r-recall"))
+        .await
+        .unwrap();
+    let now = f.clock.now().as_millis();
+    let next = doc! {"status": 0, "version": 3_i64, "created_at": f.created_ms(id).await,
+    "restored_at": now};
+    // No `todo` mark: as if the mark itself were lost, the document is all the purge has.
+    let commit = DeadCommit {
+        seq: 2,
+        version: 3,
+        rid: "r-restore",
+        action: "restore",
+        next,
+        todo: false,
+    };
+    f.dead_commit(id, oid, commit).await;
+    f.clock.advance(Duration::from_secs(31 * 24 * 3600));
+    let mut reports = Vec::new();
+    for _ in 0..3 {
+        let r = f.store.purge(PurgeOptions { batch_size: 1 }).await.unwrap();
+        reports.push((r.messages, r.more));
+        if !r.more {
+            break;
+        }
+    }
+    assert_eq!(reports.last(), Some(&(0, false)), "{reports:?}");
+    assert!(reports.len() <= 2, "{reports:?}");
+    let v = f.store.get(&f.conv, id, &f.alice).await.unwrap();
+    assert_eq!((v.status, v.version), (Status::Normal, 3));
+    assert_eq!(f.document_version(id).await, Some(3));
+    f.finish().await;
+}
+
+/// A purge whose purger died after committing hides the message at once (reads and transitions
+/// answer NotFound, the feed no longer shows its events), and the next purge finishes it and
+/// reports its attachment, once counted.
+#[tokio::test]
+async fn a_purge_whose_purger_died_is_finished_by_the_next() {
     let f = fixture().await;
     let (id, oid) = f.send().await;
     f.store
@@ -216,14 +287,21 @@ async fn stalled_purge_is_finished_by_the_next_purge() {
         .await
         .unwrap();
     f.clock.advance(Duration::from_secs(31 * 24 * 3600));
-    f.db.collection::<Document>("changes")
+    let pid = ObjectId::new();
+    f.db.collection::<Document>("log")
         .insert_one(doc! {
-            "msg": oid, "conversation_id": f.conv.as_str(), "msg_id": id.as_i64(),
-            "version": 3_i64, "token": ObjectId::new(), "wall": 0_i64, "done": false,
-            "kind": "purge", "attachment": "blobs/crash.bin",
+            "_id": pid, "kind": "purge", "conversation_id": f.conv.as_str(), "seq": 2_i64,
+            "msg": oid, "version": 3_i64, "request_id": format!("\u{1}purge:{}", pid.to_hex()),
+            "msg_id": id.as_i64(), "wall": 0_i64, "todo": "finish",
+            "attachment": "blobs/crash.bin",
         })
         .await
         .unwrap();
+    assert_eq!(
+        f.store.get(&f.conv, id, &f.alice).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(f.versions_in_feed().await, vec![]);
     let e = f
         .store
         .transition(f.request(Action::Delete, id, "r-del-2"))
@@ -235,21 +313,17 @@ async fn stalled_purge_is_finished_by_the_next_purge() {
         .purge(PurgeOptions { batch_size: 10 })
         .await
         .unwrap();
-    assert_eq!(report.messages, 1);
-    assert_eq!(report.events, 1);
+    assert_eq!((report.messages, report.events), (1, 1));
     assert_eq!(
         report.released_attachments,
         vec!["blobs/crash.bin".to_string()]
     );
-    assert_eq!(
-        f.store.get(&f.conv, id, &f.alice).await.unwrap_err().kind(),
-        ErrorKind::NotFound
-    );
+    assert_eq!(f.document_version(id).await, None);
     let again = f
         .store
         .purge(PurgeOptions { batch_size: 10 })
         .await
         .unwrap();
     assert_eq!((again.messages, again.more), (0, false));
-    f.db.drop().await.unwrap();
+    f.finish().await;
 }

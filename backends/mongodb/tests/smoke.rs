@@ -1,21 +1,20 @@
 //! Proves the server behind `IMSTORE_MONGODB_URL` is a real MongoDB-compatible server: prints its
-//! `buildInfo` version, then writes and reads a message through the store.
+//! `buildInfo` version, writes and reads a message through the store, and prints how the server
+//! plans the hot reads.
 
 use std::sync::Arc;
 
-use imstore_conformance::{require_env, unique_namespace};
+use imstore_conformance::StoreFactory;
 use imstore_core::{
     ConversationId, ManualClock, MessageStore, MsgIdGenerator, NewMessage, StoreSettings, UserId,
 };
-use imstore_mongodb::{MongoConfig, MongoStore};
-use mongodb::Client;
+use imstore_mongodb::testing::MongoFactory;
 use mongodb::bson::doc;
 
 #[tokio::test]
 async fn server_version_and_round_trip() {
-    let url = require_env("IMSTORE_MONGODB_URL");
-    let client = Client::with_uri_str(&url).await.expect("valid url");
-    let ns = unique_namespace("mg_smoke");
+    let factory = MongoFactory::from_env().with_prefix("mgsmoke");
+    let client = factory.client().await;
     let info = client
         .database("admin")
         .run_command(doc! {"buildInfo": 1})
@@ -28,14 +27,13 @@ async fn server_version_and_round_trip() {
     }
     assert!(!version.is_empty());
 
+    let ns = factory.create_namespace().await;
     let clock = ManualClock::starting_now();
     let settings = StoreSettings {
         clock: Arc::new(clock.clone()),
         ..StoreSettings::default()
     };
-    let store = MongoStore::with_client(client.clone(), MongoConfig::new(&url, &ns), settings)
-        .await
-        .expect("open");
+    let store = factory.open(&ns, settings).await;
     let ids = MsgIdGenerator::new(7, Arc::new(clock)).unwrap();
     let conv = ConversationId::new("smoke").unwrap();
     let alice = UserId::new("alice").unwrap();
@@ -44,7 +42,8 @@ async fn server_version_and_round_trip() {
     let v = store.get(&conv, m.msg_id, &alice).await.expect("get");
     assert_eq!(v.body.expect("body").content, b"hi");
 
-    // How the server runs the two hot reads: a newest-first page and a feed pull.
+    // How the server runs the hot reads: a newest-first page, the log probe every read of a
+    // message makes, a feed pull and the feed head.
     for (name, cmd) in [
         (
             "list page",
@@ -53,10 +52,20 @@ async fn server_version_and_round_trip() {
             "sort": {"msg_id": -1}, "limit": 51},
         ),
         (
+            "log probe",
+            doc! {"find": "log", "filter": {"msg": mongodb::bson::oid::ObjectId::new(), "version": {"$gt": 1_i64}}},
+        ),
+        (
             "feed pull",
-            doc! {"find": "events",
-            "filter": {"conversation_id": "smoke", "seq": {"$gt": 0_i64}, "hollow": {"$ne": true}},
+            doc! {"find": "log",
+            "filter": {"conversation_id": "smoke", "seq": {"$gt": 0_i64}, "kind": "event"},
             "sort": {"seq": 1}, "limit": 100},
+        ),
+        (
+            "feed head",
+            doc! {"find": "log",
+            "filter": {"conversation_id": "smoke", "seq": {"$gt": 0_i64}},
+            "sort": {"seq": -1}, "limit": 1},
         ),
     ] {
         let plan = client
@@ -66,5 +75,5 @@ async fn server_version_and_round_trip() {
             .expect("explain");
         println!("explain {name}: {plan}");
     }
-    client.database(&ns).drop().await.expect("drop");
+    factory.drop_namespace(&ns).await;
 }

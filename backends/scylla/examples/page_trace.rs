@@ -2,16 +2,18 @@
 //! messages over ~100 buckets, purges 900 of them (tombstones), then traces the statements a
 //! `list` page runs and prints what Cassandra/ScyllaDB says they read.
 //!
-//! `source .servers/env && cargo run -p imstore-scylla --example page_trace`
+//! `source .servers/env && cargo run -p imstore-scylla --features testing --example page_trace`
+//! (the keyspace comes from the testing factory, and is dropped at the end).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use imstore_conformance::StoreFactory;
 use imstore_core::{
     Authority, Clock, ConversationId, ListOptions, ManualClock, MessageStore, MessageStoreExt,
     MsgId, NewMessage, Policy, PurgeOptions, RequestId, StoreSettings, Timestamp, UserId,
 };
-use imstore_scylla::{Replication, ScyllaConfig, ScyllaStore, schema};
+use imstore_scylla::testing::ScyllaFactory;
 use scylla::statement::prepared::PreparedStatement;
 
 const N: i64 = 3_000;
@@ -19,11 +21,10 @@ const HOUR: i64 = 3_600_000;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let nodes = std::env::var("IMSTORE_SCYLLA_NODES")
-        .map_err(|_| "IMSTORE_SCYLLA_NODES is not set: source .servers/env")?;
-    let ks = format!("sc_trace_{}", std::process::id());
-    let mut config = ScyllaConfig::from_node_list(&nodes, &ks);
-    config.replication = Replication::Everywhere(1);
+    let factory = ScyllaFactory::from_env()
+        .with_prefix("sctrace")
+        .with_reuse(false);
+    let ks = factory.create_namespace().await;
     let clock = ManualClock::starting_now();
     let policy = Policy::builder()
         .retention(Duration::from_secs(86_400))
@@ -34,11 +35,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         clock: Arc::new(clock.clone()),
         ..StoreSettings::default()
     };
-    let store = ScyllaStore::connect(config, settings).await?;
+    let store = factory.open_store(&ks, settings).await?;
     println!(
         "server: {:?} {}",
-        store.server().flavour,
-        store.server().release_version
+        store.inner().server().flavour,
+        store.inner().server().release_version
     );
     let conv = ConversationId::new("big-group")?;
     let alice = UserId::new("alice")?;
@@ -83,7 +84,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         report.messages, report.events
     );
 
-    let s = store.session();
+    let s = store.inner().session();
     let trace = |cql: String| async move {
         let mut p: PreparedStatement = s.prepare(cql).await?;
         p.set_tracing(true);
@@ -96,8 +97,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let page = trace(format!("SELECT msg_id, content FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id < ? LIMIT ?")).await?;
     let states = trace(format!("SELECT k, status FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k >= ? AND k <= ?")).await?;
 
-    let newest_bucket = store.bucket_of(ids[ids.len() - 1]);
-    let oldest_live_bucket = store.bucket_of(ids[600]);
+    let newest_bucket = store.inner().bucket_of(ids[ids.len() - 1]);
+    let oldest_live_bucket = store.inner().bucket_of(ids[600]);
     let mut all = Vec::new();
     for (label, bucket) in [
         ("newest bucket", newest_bucket),
@@ -141,6 +142,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let p = store.list(&conv, &bob, opts).await?;
         println!("{label}: {} items in {:?}", p.items.len(), t.elapsed());
     }
-    schema::drop_keyspace(store.session(), &ks).await?;
+    factory.drop_namespace(&ks).await;
     Ok(())
 }

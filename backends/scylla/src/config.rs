@@ -1,6 +1,8 @@
-//! How to reach the cluster and how to lay the data out: nodes, keyspace, replication,
-//! consistency levels, bucket width.
+//! How to reach the cluster and how to lay the data out: nodes, credentials, keyspace,
+//! replication, consistency levels, bucket width. Private fields, `with_*` builders, checked by
+//! [`ScyllaConfig::validate`] when the backend is built.
 
+use std::fmt;
 use std::time::Duration;
 
 use imstore_core::{Error, Result};
@@ -11,6 +13,7 @@ pub const DEFAULT_BUCKET_WIDTH: Duration = Duration::from_secs(10 * 24 * 3600);
 
 /// How the keyspace is replicated when the store creates it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Replication {
     /// `NetworkTopologyStrategy` with the same factor in every datacenter (the usual choice).
     Everywhere(u32),
@@ -50,51 +53,75 @@ impl Replication {
     }
 }
 
-/// Everything the ScyllaDB/Cassandra backend needs; `ScyllaConfig::new(nodes, keyspace)` gives
-/// production defaults (RF 3, LOCAL_QUORUM, LOCAL_SERIAL, 10-day buckets).
+/// A user name and password for `PasswordAuthenticator`; the password never appears in `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    user: String,
+    password: String,
+}
+
+impl Credentials {
+    /// Credentials of `user`.
+    pub fn new(user: impl Into<String>, password: impl Into<String>) -> Self {
+        Credentials {
+            user: user.into(),
+            password: password.into(),
+        }
+    }
+
+    /// The user name.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    pub(crate) fn password(&self) -> &str {
+        &self.password
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Everything the ScyllaDB/Cassandra backend needs; [`ScyllaConfig::new`] gives production
+/// defaults (RF 3, LOCAL_QUORUM, LOCAL_SERIAL, 10-day buckets, schema created at start-up).
 #[derive(Clone, Debug)]
 pub struct ScyllaConfig {
-    /// Contact points, `host:port`.
-    pub nodes: Vec<String>,
-    /// The keyspace holding the store's tables: `[a-z][a-z0-9_]{0,47}`.
-    pub keyspace: String,
-    /// Replication used when the keyspace is created (an existing keyspace is left as it is).
-    pub replication: Replication,
-    /// Consistency of reads and writes (and the commit consistency of conditional writes).
-    pub consistency: Consistency,
-    /// Consistency of the Paxos phase of conditional writes.
-    pub serial_consistency: SerialConsistency,
-    /// Width of the time buckets messages are partitioned by; fixed for the life of a keyspace.
-    pub bucket_width: Duration,
-    /// Create the keyspace and tables (idempotently) when the store starts.
-    pub create_schema: bool,
-    /// Client-side timeout of one statement.
-    pub request_timeout: Duration,
-    /// How many read-plan-CAS rounds a transition tries under contention before giving up with
-    /// `Unavailable`.
-    pub max_cas_attempts: u32,
-    /// Fetch schema metadata for token-aware routing (only of this keyspace).
-    pub fetch_schema_metadata: bool,
+    nodes: Vec<String>,
+    keyspace: String,
+    credentials: Option<Credentials>,
+    replication: Replication,
+    consistency: Consistency,
+    serial_consistency: SerialConsistency,
+    bucket_width: Duration,
+    create_schema: bool,
+    request_timeout: Duration,
+    fetch_schema_metadata: bool,
 }
 
 impl ScyllaConfig {
-    /// Production defaults for `keyspace` on the cluster reachable through `nodes`.
+    /// Production defaults for `keyspace` on the cluster reachable through `nodes` (`host:port`).
     pub fn new(nodes: impl IntoIterator<Item = impl Into<String>>, keyspace: &str) -> Self {
         ScyllaConfig {
             nodes: nodes.into_iter().map(Into::into).collect(),
             keyspace: keyspace.to_string(),
+            credentials: None,
             replication: Replication::Everywhere(3),
             consistency: Consistency::LocalQuorum,
             serial_consistency: SerialConsistency::LocalSerial,
             bucket_width: DEFAULT_BUCKET_WIDTH,
             create_schema: true,
             request_timeout: Duration::from_secs(10),
-            max_cas_attempts: 400,
             fetch_schema_metadata: true,
         }
     }
 
-    /// The same config from a comma-separated node list (`IMSTORE_SCYLLA_NODES` format).
+    /// The same defaults from a comma-separated node list (the `IMSTORE_SCYLLA_NODES` format).
     pub fn from_node_list(list: &str, keyspace: &str) -> Self {
         ScyllaConfig::new(
             list.split(',')
@@ -103,6 +130,111 @@ impl ScyllaConfig {
                 .map(str::to_string),
             keyspace,
         )
+    }
+
+    /// Logs in with these credentials (`PasswordAuthenticator`).
+    pub fn with_credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
+        self
+    }
+
+    /// The replication used when the keyspace is created (an existing keyspace is left as it is).
+    pub fn with_replication(mut self, replication: Replication) -> Self {
+        self.replication = replication;
+        self
+    }
+
+    /// The consistency of reads, plain writes and the commit of conditional writes.
+    pub fn with_consistency(mut self, consistency: Consistency) -> Self {
+        self.consistency = consistency;
+        self
+    }
+
+    /// The consistency of the Paxos phase of conditional writes and of the reads that settle a
+    /// conditional write whose outcome a timeout left unknown.
+    pub fn with_serial_consistency(mut self, serial: SerialConsistency) -> Self {
+        self.serial_consistency = serial;
+        self
+    }
+
+    /// The width of the time buckets messages are partitioned by; fixed for the life of a keyspace.
+    pub fn with_bucket_width(mut self, width: Duration) -> Self {
+        self.bucket_width = width;
+        self
+    }
+
+    /// Whether the store creates (and migrates) the keyspace and tables at start-up.
+    pub fn with_create_schema(mut self, create: bool) -> Self {
+        self.create_schema = create;
+        self
+    }
+
+    /// The client-side timeout of one statement.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Whether the driver fetches schema metadata (of this keyspace only) for token-aware routing.
+    pub fn with_fetch_schema_metadata(mut self, fetch: bool) -> Self {
+        self.fetch_schema_metadata = fetch;
+        self
+    }
+
+    /// The same configuration for another keyspace of the same cluster.
+    pub fn with_keyspace(mut self, keyspace: &str) -> Self {
+        self.keyspace = keyspace.to_string();
+        self
+    }
+
+    /// The contact points.
+    pub fn nodes(&self) -> &[String] {
+        &self.nodes
+    }
+
+    /// The keyspace holding the store's tables.
+    pub fn keyspace(&self) -> &str {
+        &self.keyspace
+    }
+
+    /// The credentials, if any.
+    pub fn credentials(&self) -> Option<&Credentials> {
+        self.credentials.as_ref()
+    }
+
+    /// The replication used when the keyspace is created.
+    pub fn replication(&self) -> &Replication {
+        &self.replication
+    }
+
+    /// The consistency of reads and writes.
+    pub fn consistency(&self) -> Consistency {
+        self.consistency
+    }
+
+    /// The consistency of the Paxos phase.
+    pub fn serial_consistency(&self) -> SerialConsistency {
+        self.serial_consistency
+    }
+
+    /// The bucket width.
+    pub fn bucket_width(&self) -> Duration {
+        self.bucket_width
+    }
+
+    /// Whether the schema is created at start-up.
+    pub fn create_schema(&self) -> bool {
+        self.create_schema
+    }
+
+    /// The client-side timeout of one statement.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// Whether the driver fetches schema metadata.
+    pub fn fetch_schema_metadata(&self) -> bool {
+        self.fetch_schema_metadata
     }
 
     /// Checks every field; refuses what would be inlined into DDL unsafely.
@@ -124,16 +256,16 @@ impl ScyllaConfig {
         if self.bucket_ms() > i64::from(i32::MAX) * 1000 {
             return Err(Error::invalid_input("bucket_width", "is too large"));
         }
-        if self.max_cas_attempts == 0 {
-            return Err(Error::invalid_input(
-                "max_cas_attempts",
-                "must be at least one",
-            ));
-        }
         if self.request_timeout.is_zero() {
             return Err(Error::invalid_input(
                 "request_timeout",
                 "must be greater than zero",
+            ));
+        }
+        if self.credentials.as_ref().is_some_and(|c| c.user.is_empty()) {
+            return Err(Error::invalid_input(
+                "credentials",
+                "the user name must not be empty",
             ));
         }
         Ok(())
@@ -189,7 +321,16 @@ mod tests {
     #[test]
     fn node_lists_split_on_commas() {
         let c = ScyllaConfig::from_node_list("127.0.0.1:9042, 127.0.0.2:9042,", "ks");
-        assert_eq!(c.nodes, vec!["127.0.0.1:9042", "127.0.0.2:9042"]);
+        assert_eq!(c.nodes(), ["127.0.0.1:9042", "127.0.0.2:9042"]);
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn debug_never_prints_the_password() {
+        let c = ScyllaConfig::new(["n:9042"], "ks")
+            .with_credentials(Credentials::new("imstore", "s3cr3t-pw"));
+        let printed = format!("{c:?}");
+        assert!(printed.contains("imstore"), "{printed}");
+        assert!(!printed.contains("s3cr3t-pw"), "{printed}");
     }
 }

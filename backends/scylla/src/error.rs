@@ -1,14 +1,16 @@
 //! Driver errors mapped once to the contract's [`ErrorKind`]s.
 //!
-//! Everything that a retry may cure (timeouts, unavailable or overloaded replicas, broken or
-//! missing connections, schema agreement not reached) becomes [`ErrorKind::Unavailable`], which
-//! [`Error::is_temporary`] reports; statements the server refuses (syntax, invalid, config,
-//! authorisation) become [`ErrorKind::Backend`]; rows that do not decode become [`ErrorKind::Decode`].
+//! Everything that a retry may cure (timeouts, unavailable or overloaded replicas, read or write
+//! failures, broken or missing connections, schema agreement not reached) becomes
+//! [`ErrorKind::Unavailable`], which [`Error::is_temporary`] reports; statements the server
+//! refuses (syntax, invalid, config, authorisation) become [`ErrorKind::Backend`]. Rows that do
+//! not have the shape the schema promises are [`Error::corrupt`] (`Backend`): retrying will not
+//! fix them.
 
 use imstore_core::{Error, ErrorKind};
 use scylla::errors::{
     DbError, ExecutionError, NewSessionError, PrepareError, RequestAttemptError,
-    SchemaAgreementError, WriteType,
+    SchemaAgreementError,
 };
 
 /// The kind a server-side error stands for.
@@ -85,12 +87,12 @@ pub(crate) fn schema_agreement(e: SchemaAgreementError) -> Error {
 
 /// A row or result that does not have the shape the schema promises.
 pub(crate) fn decode(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
-    Error::new(ErrorKind::Decode, format!("could not decode {what}")).with_source(e)
+    Error::corrupt(format!("could not decode {what}")).with_source(e)
 }
 
 /// A stored value that decoded but is not valid for the contract (negative version, bad id).
 pub(crate) fn corrupt(what: &str) -> Error {
-    Error::new(ErrorKind::Decode, format!("stored {what} is invalid"))
+    Error::corrupt(format!("stored {what} is invalid"))
 }
 
 /// True when a conditional (Paxos) write timed out or lost its coordinator: it may or may not have
@@ -99,25 +101,25 @@ pub(crate) fn lwt_outcome_unknown(e: &Error) -> bool {
     e.kind() == ErrorKind::Unavailable
 }
 
-/// True when the error is a Paxos write timeout (kept for logs and tests of the mapping).
-#[allow(dead_code)]
-pub(crate) fn is_cas_timeout(e: &ExecutionError) -> bool {
-    matches!(
-        e,
-        ExecutionError::LastAttemptError(RequestAttemptError::DbError(
-            DbError::WriteTimeout {
-                write_type: WriteType::Cas,
-                ..
-            },
-            _
-        ))
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use scylla::errors::WriteType;
     use scylla::statement::Consistency;
+
+    /// True when the error is a Paxos write timeout.
+    fn is_cas_timeout(e: &ExecutionError) -> bool {
+        matches!(
+            e,
+            ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+                DbError::WriteTimeout {
+                    write_type: WriteType::Cas,
+                    ..
+                },
+                _
+            ))
+        )
+    }
 
     #[test]
     fn timeouts_and_unavailable_replicas_are_temporary() {

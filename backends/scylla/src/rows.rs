@@ -4,8 +4,8 @@ use std::collections::HashMap;
 
 use imstore_core::lifecycle::RequestRecord;
 use imstore_core::{
-    Action, Attachment, ChangeEvent, ConversationId, Lifecycle, MessageType, MsgId, NewMessage,
-    RequestId, Result, Status, Timestamp, UserId,
+    Action, Attachment, ChangeEvent, ConversationId, ErrorKind, Lifecycle, MessageType, MsgId,
+    NewMessage, RequestId, Result, Status, Timestamp, UserId,
 };
 use scylla::response::query_result::QueryResult;
 use scylla::value::{CqlValue, Row};
@@ -23,7 +23,8 @@ pub(crate) type MessageCols = (
     Option<i64>,
 );
 
-/// The columns of a lifecycle row of `conversation_state`.
+/// The columns of a lifecycle row of `conversation_state`: status, version, recalled_at,
+/// recalled_by, restored_at, deleted_at, deleted_by, event_seqs, purging.
 pub(crate) type StateCols = (
     Option<i8>,
     Option<i32>,
@@ -36,7 +37,8 @@ pub(crate) type StateCols = (
     Option<bool>,
 );
 
-/// The columns of a request record row.
+/// The columns of a request record row: action, msg_id, requester, status, version, changed,
+/// at, refusal, token.
 pub(crate) type RequestCols = (
     Option<String>,
     Option<i64>,
@@ -45,9 +47,12 @@ pub(crate) type RequestCols = (
     Option<i32>,
     Option<bool>,
     Option<i64>,
+    Option<String>,
+    Option<i64>,
 );
 
-/// The columns of an event row: seq, msg_id, status, version, at, actor.
+/// The columns of an event row: seq, msg_id, status, version, at, actor, and the feed head
+/// (static, so it comes with every row, read in the same snapshot).
 pub(crate) type EventCols = (
     i64,
     Option<i64>,
@@ -55,6 +60,7 @@ pub(crate) type EventCols = (
     Option<i32>,
     Option<i64>,
     Option<String>,
+    Option<i64>,
 );
 
 /// A stored message: the sender's fields with content still encoded, and its acceptance time.
@@ -67,9 +73,9 @@ pub(crate) struct MessageRow {
     pub(crate) insert_token: Option<i64>,
 }
 
-/// A lifecycle row: the state after the first transition, the seqs of its events, and the purge mark.
+/// The lifecycle fields of a row: the state after the message's last transition.
 #[derive(Clone, Debug)]
-pub(crate) struct StateRow {
+pub(crate) struct Changed {
     pub(crate) status: Status,
     pub(crate) version: u32,
     pub(crate) recalled_at: Option<Timestamp>,
@@ -77,29 +83,55 @@ pub(crate) struct StateRow {
     pub(crate) restored_at: Option<Timestamp>,
     pub(crate) deleted_at: Option<Timestamp>,
     pub(crate) deleted_by: Option<UserId>,
-    pub(crate) event_seqs: Vec<i64>,
-    pub(crate) purging: bool,
+}
+
+/// A lifecycle row (kind 0, k = msg_id) of `conversation_state`.
+#[derive(Clone, Debug)]
+pub(crate) enum StateRow {
+    /// The message changed at least once; the seqs of its events.
+    Live {
+        changed: Changed,
+        event_seqs: Vec<i64>,
+    },
+    /// A purge marked it (step 1 of the purge): gone for readers, fenced against transitions;
+    /// the purge that finishes deletes these events with it.
+    Purging { event_seqs: Vec<i64> },
 }
 
 impl StateRow {
-    /// The lifecycle of a message accepted at `created_at` in this state.
-    pub(crate) fn lifecycle(&self, created_at: Timestamp) -> Lifecycle {
-        Lifecycle {
-            status: self.status,
-            version: self.version,
-            created_at,
-            recalled_at: self.recalled_at,
-            recalled_by: self.recalled_by.clone(),
-            restored_at: self.restored_at,
-            deleted_at: self.deleted_at,
-            deleted_by: self.deleted_by.clone(),
+    /// The version a compare-and-set on this row expects (`None` for a purge mark).
+    pub(crate) fn version(&self) -> Option<u32> {
+        match self {
+            StateRow::Live { changed, .. } => Some(changed.version),
+            StateRow::Purging { .. } => None,
+        }
+    }
+
+    /// The seqs of the message's change events.
+    pub(crate) fn event_seqs(&self) -> &[i64] {
+        match self {
+            StateRow::Live { event_seqs, .. } | StateRow::Purging { event_seqs } => event_seqs,
         }
     }
 }
 
-/// The lifecycle of a message: its state row, or a never-changed message's initial state.
-pub(crate) fn lifecycle_of(state: Option<&StateRow>, created_at: Timestamp) -> Lifecycle {
-    state.map_or_else(|| Lifecycle::new(created_at), |s| s.lifecycle(created_at))
+/// The lifecycle of a live message accepted at `created_at`: its row's fields, or a
+/// never-changed message's initial state. `None` for a message a purge marked.
+pub(crate) fn lifecycle_of(state: Option<&StateRow>, created_at: Timestamp) -> Option<Lifecycle> {
+    match state {
+        None => Some(Lifecycle::new(created_at)),
+        Some(StateRow::Purging { .. }) => None,
+        Some(StateRow::Live { changed: c, .. }) => Some(Lifecycle {
+            status: c.status,
+            version: c.version,
+            created_at,
+            recalled_at: c.recalled_at,
+            recalled_by: c.recalled_by.clone(),
+            restored_at: c.restored_at,
+            deleted_at: c.deleted_at,
+            deleted_by: c.deleted_by.clone(),
+        }),
+    }
 }
 
 fn user(v: Option<String>, what: &str) -> Result<Option<UserId>> {
@@ -157,27 +189,36 @@ pub(crate) fn message(
 pub(crate) fn state(cols: StateCols) -> Result<StateRow> {
     let (st, ver, recalled_at, recalled_by, restored_at, deleted_at, deleted_by, seqs, purging) =
         cols;
-    Ok(StateRow {
-        status: status(st)?,
-        version: version(ver)?,
-        recalled_at: ts(recalled_at),
-        recalled_by: user(recalled_by, "recalled_by")?,
-        restored_at: ts(restored_at),
-        deleted_at: ts(deleted_at),
-        deleted_by: user(deleted_by, "deleted_by")?,
+    if purging == Some(true) {
+        return Ok(StateRow::Purging {
+            event_seqs: seqs.unwrap_or_default(),
+        });
+    }
+    Ok(StateRow::Live {
+        changed: Changed {
+            status: status(st)?,
+            version: version(ver)?,
+            recalled_at: ts(recalled_at),
+            recalled_by: user(recalled_by, "recalled_by")?,
+            restored_at: ts(restored_at),
+            deleted_at: ts(deleted_at),
+            deleted_by: user(deleted_by, "deleted_by")?,
+        },
         event_seqs: seqs.unwrap_or_default(),
-        purging: purging.unwrap_or(false),
     })
 }
 
-/// A request record row.
+/// A request record row, and the token of the call that wrote it.
 pub(crate) fn request(
     conversation: &ConversationId,
     request_id: &RequestId,
     cols: RequestCols,
-) -> Result<RequestRecord> {
-    let (action, msg_id, actor, st, ver, changed, at) = cols;
-    Ok(RequestRecord {
+) -> Result<(RequestRecord, Option<i64>)> {
+    let (action, msg_id, actor, st, ver, changed, at, refusal, token) = cols;
+    let refusal = refusal
+        .map(|r| ErrorKind::parse(&r).ok_or_else(|| error::corrupt("request refusal")))
+        .transpose()?;
+    let record = RequestRecord {
         conversation_id: conversation.clone(),
         request_id: request_id.clone(),
         action: Action::parse(&required(action, "request action")?)?,
@@ -188,12 +229,14 @@ pub(crate) fn request(
         version: version(ver)?,
         changed: required(changed, "request changed")?,
         at: Timestamp::from_millis(required(at, "request time")?),
-    })
+        refusal,
+    };
+    Ok((record, token))
 }
 
-/// A change event row.
+/// A change event row (its feed-head column is read by the caller).
 pub(crate) fn event(conversation: &ConversationId, cols: EventCols) -> Result<ChangeEvent> {
-    let (seq, msg_id, st, ver, at, actor) = cols;
+    let (seq, msg_id, st, ver, at, actor, _head) = cols;
     Ok(ChangeEvent {
         seq: u64::try_from(seq).map_err(|_| error::corrupt("event seq"))?,
         conversation_id: conversation.clone(),

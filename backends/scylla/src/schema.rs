@@ -1,4 +1,5 @@
-//! The keyspace and its five tables, created idempotently at start-up, and server detection.
+//! The keyspace and its six tables, created idempotently at start-up, the migrations of keyspaces
+//! made by older versions, and server detection.
 //!
 //! Only CQL that both Apache Cassandra (4/5) and ScyllaDB accept is sent to both; the
 //! ScyllaDB-only options (`tablets`, `tombstone_gc`) are appended only when the server is ScyllaDB.
@@ -12,6 +13,7 @@ use crate::error;
 
 /// Which server speaks CQL on the other end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Flavour {
     /// ScyllaDB: LWT results carry the old row; keyspaces may default to tablets.
     Scylla,
@@ -21,6 +23,7 @@ pub enum Flavour {
 
 /// The server's flavour and the version it reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ServerInfo {
     /// ScyllaDB or Apache Cassandra.
     pub flavour: Flavour,
@@ -60,7 +63,16 @@ pub async fn detect(session: &Session) -> Result<ServerInfo> {
     })
 }
 
-/// The DDL of the five tables, in creation order, for `keyspace` on `flavour`.
+/// Columns added to `conversation_state` after its first release, with their types: created by
+/// the current DDL, added by [`ensure`] to keyspaces made before.
+const ADDED_STATE_COLUMNS: [(&str, &str); 2] = [
+    // The kind of a recorded refusal (`ErrorKind::as_str`); null for an applied outcome.
+    ("refusal", "text"),
+    // The random token of the transition call that wrote a request record.
+    ("call_token", "bigint"),
+];
+
+/// The DDL of the six tables, in creation order, for `keyspace` on `flavour`.
 pub fn table_ddl(keyspace: &str, flavour: Flavour) -> Vec<String> {
     // ScyllaDB: drop tombstones only after repair has propagated them, so a deleted message or
     // event cannot come back from a replica that missed the delete.
@@ -95,9 +107,9 @@ pub fn table_ddl(keyspace: &str, flavour: Flavour) -> Vec<String> {
             ) WITH CLUSTERING ORDER BY (bucket DESC){gc}"
         ),
         // Per conversation, one partition that every transition changes with ONE conditional
-        // batch: the message's lifecycle (kind 0, k = msg_id), the change event (kind 1,
-        // k = feed seq), the request record (kind 2, request_id) and the feed head (static);
-        // the legal hold (static) fences the purge's conditional mark.
+        // batch: the message's lifecycle (kind 0, k = msg_id; purging = the purge's mark), the
+        // change event (kind 1, k = feed seq), the request record (kind 2, request_id) and the
+        // feed head (static); the legal hold (static) fences the purge's mark.
         format!(
             "CREATE TABLE IF NOT EXISTS {keyspace}.conversation_state (
                 conversation_id text,
@@ -120,11 +132,13 @@ pub fn table_ddl(keyspace: &str, flavour: Flavour) -> Vec<String> {
                 actor text,
                 action text,
                 changed boolean,
+                refusal text,
+                call_token bigint,
                 PRIMARY KEY ((conversation_id), kind, k, request_id)
             ) WITH compaction = {{'class': 'LeveledCompactionStrategy'}}{gc}"
         ),
-        // Messages (request_id '') and request records that become purgeable, by the day they
-        // do and then by the exact time.
+        // Messages (request_id '') and request records that become purgeable after the
+        // retention, by the day they do and then by the exact time.
         format!(
             "CREATE TABLE IF NOT EXISTS {keyspace}.purge_queue (
                 day int,
@@ -135,13 +149,24 @@ pub fn table_ddl(keyspace: &str, flavour: Flavour) -> Vec<String> {
                 PRIMARY KEY ((day), due, conversation_id, msg_id, request_id)
             ) WITH comment = 'imstore purge index'{gc}"
         ),
-        // The days that have purge_queue entries.
+        // The days that have purge_queue (shard 0) or history_queue (shard 1) entries.
         format!(
             "CREATE TABLE IF NOT EXISTS {keyspace}.purge_days (
                 shard int,
                 day int,
                 PRIMARY KEY ((shard), day)
             ) WITH comment = 'imstore purge days'{gc}"
+        ),
+        // Every message by the day and time it was accepted: the history limit's index (the
+        // insert does not know the policy; the purge does).
+        format!(
+            "CREATE TABLE IF NOT EXISTS {keyspace}.history_queue (
+                day int,
+                created_at bigint,
+                conversation_id text,
+                msg_id bigint,
+                PRIMARY KEY ((day), created_at, conversation_id, msg_id)
+            ) WITH comment = 'imstore history-limit index'{gc}"
         ),
     ]
 }
@@ -156,11 +181,28 @@ fn is_refusal(e: &ExecutionError) -> bool {
     )
 }
 
-/// Creates the keyspace (if absent) and the tables (if absent), waiting for schema agreement.
+async fn run(session: &Session, cql: String) -> Result<()> {
+    session
+        .query_unpaged(cql, &[])
+        .await
+        .map_err(error::execution)?;
+    Ok(())
+}
+
+async fn agree(session: &Session) -> Result<()> {
+    session
+        .await_schema_agreement()
+        .await
+        .map_err(error::schema_agreement)?;
+    Ok(())
+}
+
+/// Creates the keyspace (if absent) and the tables (if absent), adds the columns newer versions
+/// use to tables made before, and waits for schema agreement.
 pub async fn ensure(session: &Session, config: &ScyllaConfig, flavour: Flavour) -> Result<()> {
-    validate_keyspace(&config.keyspace)?;
-    let ks = &config.keyspace;
-    let replication = config.replication.to_cql()?;
+    let ks = config.keyspace();
+    validate_keyspace(ks)?;
+    let replication = config.replication().to_cql()?;
     let plain = format!(
         "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {replication} AND durable_writes = true"
     );
@@ -170,49 +212,88 @@ pub async fn ensure(session: &Session, config: &ScyllaConfig, flavour: Flavour) 
         let with_vnodes = format!("{plain} AND tablets = {{'enabled': false}}");
         match session.query_unpaged(with_vnodes, &[]).await {
             Ok(_) => {}
-            Err(e) if is_refusal(&e) => {
-                session
-                    .query_unpaged(plain, &[])
-                    .await
-                    .map_err(error::execution)?;
-            }
+            Err(e) if is_refusal(&e) => run(session, plain).await?,
             Err(e) => return Err(error::execution(e)),
         }
     } else {
-        session
-            .query_unpaged(plain, &[])
-            .await
-            .map_err(error::execution)?;
+        run(session, plain).await?;
     }
-    session
-        .await_schema_agreement()
-        .await
-        .map_err(error::schema_agreement)?;
+    agree(session).await?;
     for ddl in table_ddl(ks, flavour) {
-        session
-            .query_unpaged(ddl, &[])
-            .await
-            .map_err(error::execution)?;
+        run(session, ddl).await?;
     }
-    session
-        .await_schema_agreement()
+    migrate(session, ks).await?;
+    agree(session).await
+}
+
+/// Adds the `conversation_state` columns that a keyspace made by an older version lacks
+/// (`refusal`, `call_token`); idempotent.
+pub async fn migrate(session: &Session, keyspace: &str) -> Result<()> {
+    validate_keyspace(keyspace)?;
+    let rows = session
+        .query_unpaged(
+            "SELECT column_name FROM system_schema.columns WHERE keyspace_name = ? AND table_name = 'conversation_state'",
+            (keyspace,),
+        )
         .await
-        .map_err(error::schema_agreement)?;
+        .map_err(error::execution)?
+        .into_rows_result()
+        .map_err(|e| error::decode("system_schema.columns", e))?;
+    let have = rows
+        .rows::<(String,)>()
+        .map_err(|e| error::decode("system_schema.columns", e))?
+        .map(|r| r.map(|(c,)| c))
+        .collect::<std::result::Result<Vec<String>, _>>()
+        .map_err(|e| error::decode("system_schema.columns", e))?;
+    for (column, ty) in ADDED_STATE_COLUMNS {
+        if !have.iter().any(|c| c == column) {
+            run(
+                session,
+                format!("ALTER TABLE {keyspace}.conversation_state ADD {column} {ty}"),
+            )
+            .await?;
+        }
+    }
     Ok(())
 }
 
 /// Drops the keyspace and everything in it (tests and tear-down).
 pub async fn drop_keyspace(session: &Session, keyspace: &str) -> Result<()> {
     validate_keyspace(keyspace)?;
-    session
-        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), &[])
-        .await
-        .map_err(error::execution)?;
-    session
-        .await_schema_agreement()
-        .await
-        .map_err(error::schema_agreement)?;
+    run(session, format!("DROP KEYSPACE IF EXISTS {keyspace}")).await?;
+    agree(session).await
+}
+
+/// Empties every table of the keyspace, leaving the schema (tests reuse keyspaces this way).
+pub async fn truncate_keyspace(session: &Session, keyspace: &str, flavour: Flavour) -> Result<()> {
+    validate_keyspace(keyspace)?;
+    let tables: Vec<String> = table_ddl(keyspace, flavour)
+        .iter()
+        .filter_map(|ddl| {
+            let start = ddl.find(&format!("{keyspace}."))? + keyspace.len() + 1;
+            let end = start + ddl[start..].find(' ')?;
+            Some(ddl[start..end].to_string())
+        })
+        .collect();
+    for table in tables {
+        run(session, format!("TRUNCATE TABLE {keyspace}.{table}")).await?;
+    }
     Ok(())
+}
+
+/// The names of every keyspace of the cluster.
+pub async fn keyspaces(session: &Session) -> Result<Vec<String>> {
+    let rows = session
+        .query_unpaged("SELECT keyspace_name FROM system_schema.keyspaces", &[])
+        .await
+        .map_err(error::execution)?
+        .into_rows_result()
+        .map_err(|e| error::decode("system_schema.keyspaces", e))?;
+    rows.rows::<(String,)>()
+        .map_err(|e| error::decode("system_schema.keyspaces", e))?
+        .map(|r| r.map(|(k,)| k))
+        .collect::<std::result::Result<Vec<String>, _>>()
+        .map_err(|e| error::decode("system_schema.keyspaces", e))
 }
 
 #[cfg(test)]
@@ -232,5 +313,13 @@ mod tests {
                 .iter()
                 .all(|d| d.contains("tombstone_gc"))
         );
+    }
+
+    #[test]
+    fn every_added_column_is_in_the_current_ddl() {
+        let ddl = &table_ddl("ks", Flavour::Cassandra)[2];
+        for (column, ty) in ADDED_STATE_COLUMNS {
+            assert!(ddl.contains(&format!("{column} {ty},")), "{column}");
+        }
     }
 }

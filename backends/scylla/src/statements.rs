@@ -33,7 +33,7 @@ macro_rules! statements {
         impl Statements {
             /// Prepares every statement against `config.keyspace`.
             pub(crate) async fn prepare(session: &Session, config: &ScyllaConfig) -> Result<Self> {
-                let ks = &config.keyspace;
+                let ks = config.keyspace();
                 let texts: Vec<(String, Mode)> = vec![
                     $((format!($cql, ks = ks), Mode::$mode),)*
                 ];
@@ -58,19 +58,19 @@ macro_rules! statements {
 }
 
 fn configure(p: &mut PreparedStatement, mode: Mode, config: &ScyllaConfig) {
-    p.set_request_timeout(Some(config.request_timeout));
-    p.set_serial_consistency(Some(config.serial_consistency));
+    p.set_request_timeout(Some(config.request_timeout()));
+    p.set_serial_consistency(Some(config.serial_consistency()));
     match mode {
         Mode::Idempotent => {
-            p.set_consistency(config.consistency);
+            p.set_consistency(config.consistency());
             p.set_is_idempotent(true);
         }
         Mode::Conditional => {
-            p.set_consistency(config.consistency);
+            p.set_consistency(config.consistency());
             p.set_is_idempotent(false);
         }
         Mode::SerialRead => {
-            p.set_consistency(match config.serial_consistency {
+            p.set_consistency(match config.serial_consistency() {
                 SerialConsistency::Serial => Consistency::Serial,
                 SerialConsistency::LocalSerial => Consistency::LocalSerial,
             });
@@ -84,11 +84,11 @@ statements! {
     msg_insert: Conditional => "INSERT INTO {ks}.messages (conversation_id, bucket, msg_id, sender_id, msg_type, content, attachment_key, attachment_size, attachment_mime, created_at, insert_token) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
     msg_get: Idempotent => "SELECT sender_id, msg_type, content, attachment_key, attachment_size, attachment_mime, created_at, insert_token FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id = ?",
     msg_get_serial: SerialRead => "SELECT sender_id, msg_type, content, attachment_key, attachment_size, attachment_mime, created_at, insert_token FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id = ?",
+    msg_get_meta: Idempotent => "SELECT sender_id, msg_type, attachment_key, attachment_size, attachment_mime, created_at FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id = ?",
     msg_page_desc: Idempotent => "SELECT msg_id, sender_id, msg_type, content, attachment_key, attachment_size, attachment_mime, created_at FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id < ? LIMIT ?",
     msg_page_asc: Idempotent => "SELECT msg_id, sender_id, msg_type, content, attachment_key, attachment_size, attachment_mime, created_at FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id > ? ORDER BY msg_id ASC LIMIT ?",
     msg_delete: Conditional => "DELETE FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id = ? IF EXISTS",
     msg_any: Idempotent => "SELECT msg_id FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? LIMIT 1",
-    msg_set_content: Conditional => "UPDATE {ks}.messages SET content = ? WHERE conversation_id = ? AND bucket = ? AND msg_id = ? IF EXISTS",
 
     // --- buckets: the non-empty buckets of a conversation.
     bucket_add: Idempotent => "INSERT INTO {ks}.buckets (conversation_id, bucket) VALUES (?, ?)",
@@ -96,33 +96,43 @@ statements! {
     buckets_desc: Idempotent => "SELECT bucket FROM {ks}.buckets WHERE conversation_id = ? AND bucket <= ? LIMIT ?",
     buckets_asc: Idempotent => "SELECT bucket FROM {ks}.buckets WHERE conversation_id = ? AND bucket >= ? ORDER BY bucket ASC LIMIT ?",
 
-    // --- conversation_state: lifecycles (kind 0), events (kind 1), request records (kind 2).
+    // --- conversation_state, kind 0: lifecycles (k = msg_id).
     state_get: Idempotent => "SELECT status, version, recalled_at, recalled_by, restored_at, deleted_at, deleted_by, event_seqs, purging FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = ''",
     state_get_serial: SerialRead => "SELECT status, version, recalled_at, recalled_by, restored_at, deleted_at, deleted_by, event_seqs, purging FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = ''",
     state_range: Idempotent => "SELECT k, status, version, recalled_at, recalled_by, restored_at, deleted_at, deleted_by, event_seqs, purging FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k >= ? AND k <= ?",
-    state_write: Conditional => "UPDATE {ks}.conversation_state SET status = ?, version = ?, recalled_at = ?, recalled_by = ?, restored_at = ?, deleted_at = ?, deleted_by = ?, event_seqs = event_seqs + ?, purging = ? WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = '' IF version = ? AND purging = ?",
-    // The purge's mark: the same write, refused while the conversation is under legal hold.
-    state_mark: Conditional => "UPDATE {ks}.conversation_state SET status = ?, version = ?, recalled_at = ?, recalled_by = ?, restored_at = ?, deleted_at = ?, deleted_by = ?, event_seqs = event_seqs + ?, purging = ? WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = '' IF version = ? AND purging = ? AND legal_hold != true",
+    state_write: Conditional => "UPDATE {ks}.conversation_state SET status = ?, version = ?, recalled_at = ?, recalled_by = ?, restored_at = ?, deleted_at = ?, deleted_by = ?, event_seqs = event_seqs + ? WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = '' IF version = ? AND purging = null",
+    // The purge's mark, refused while the conversation is under legal hold.
+    state_mark: Conditional => "UPDATE {ks}.conversation_state SET purging = true WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = '' IF version = ? AND purging = null AND legal_hold != true",
+    state_delete: Conditional => "DELETE FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = '' IF purging = true",
     hold_set: Idempotent => "UPDATE {ks}.conversation_state SET legal_hold = ? WHERE conversation_id = ?",
     hold_get: Idempotent => "SELECT legal_hold FROM {ks}.conversation_state WHERE conversation_id = ? LIMIT 1",
-    state_delete: Conditional => "DELETE FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = '' IF purging = true",
+
+    // --- conversation_state, kind 1: the feed; feed_head (static) is its last seq.
     head_get: Idempotent => "SELECT feed_head FROM {ks}.conversation_state WHERE conversation_id = ? LIMIT 1",
     head_get_serial: SerialRead => "SELECT feed_head FROM {ks}.conversation_state WHERE conversation_id = ? LIMIT 1",
     head_claim: Conditional => "UPDATE {ks}.conversation_state SET feed_head = ? WHERE conversation_id = ? IF feed_head = ?",
     event_put: Conditional => "INSERT INTO {ks}.conversation_state (conversation_id, kind, k, request_id, msg_id, status, version, at_ms, actor) VALUES (?, 1, ?, '', ?, ?, ?, ?, ?)",
     event_delete: Conditional => "DELETE FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 1 AND k = ? AND request_id = ''",
-    events_after: Idempotent => "SELECT k, msg_id, status, version, at_ms, actor FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 1 AND k > ? LIMIT ?",
-    request_get: Idempotent => "SELECT action, msg_id, actor, status, version, changed, at_ms FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 2 AND k = 0 AND request_id = ?",
-    request_expire: Conditional => "DELETE FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 2 AND k = 0 AND request_id = ? IF at_ms <= ?",
-    request_get_serial: SerialRead => "SELECT action, msg_id, actor, status, version, changed, at_ms FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 2 AND k = 0 AND request_id = ?",
-    request_put: Conditional => "UPDATE {ks}.conversation_state SET action = ?, msg_id = ?, actor = ?, status = ?, version = ?, changed = ?, at_ms = ? WHERE conversation_id = ? AND kind = 2 AND k = 0 AND request_id = ? IF at_ms = ?",
+    events_after: Idempotent => "SELECT k, msg_id, status, version, at_ms, actor, feed_head FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 1 AND k > ? LIMIT ?",
 
-    // --- purge index.
+    // --- conversation_state, kind 2: request records.
+    request_get: Idempotent => "SELECT action, msg_id, actor, status, version, changed, at_ms, refusal, call_token FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 2 AND k = 0 AND request_id = ?",
+    request_get_serial: SerialRead => "SELECT action, msg_id, actor, status, version, changed, at_ms, refusal, call_token FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 2 AND k = 0 AND request_id = ?",
+    // Insert-if-absent: a record is the first outcome of its id and is never overwritten.
+    request_put: Conditional => "UPDATE {ks}.conversation_state SET action = ?, msg_id = ?, actor = ?, status = ?, version = ?, changed = ?, at_ms = ?, refusal = ?, call_token = ? WHERE conversation_id = ? AND kind = 2 AND k = 0 AND request_id = ? IF at_ms = null",
+    request_expire: Conditional => "DELETE FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 2 AND k = 0 AND request_id = ? IF at_ms <= ?",
+
+    // --- retention index (shard 0 of purge_days) and history index (shard 1).
     queue_add: Idempotent => "INSERT INTO {ks}.purge_queue (day, due, conversation_id, msg_id, request_id) VALUES (?, ?, ?, ?, ?)",
     queue_remove: Idempotent => "DELETE FROM {ks}.purge_queue WHERE day = ? AND due = ? AND conversation_id = ? AND msg_id = ? AND request_id = ?",
     queue_due: Idempotent => "SELECT due, conversation_id, msg_id, request_id FROM {ks}.purge_queue WHERE day = ? AND due <= ?",
     queue_any: Idempotent => "SELECT due FROM {ks}.purge_queue WHERE day = ? LIMIT 1",
-    days_add: Idempotent => "INSERT INTO {ks}.purge_days (shard, day) VALUES (0, ?)",
-    days_list: Idempotent => "SELECT day FROM {ks}.purge_days WHERE shard = 0 AND day > ? AND day <= ? LIMIT ?",
-    days_remove: Idempotent => "DELETE FROM {ks}.purge_days WHERE shard = 0 AND day = ?",
+    history_add: Idempotent => "INSERT INTO {ks}.history_queue (day, created_at, conversation_id, msg_id) VALUES (?, ?, ?, ?)",
+    history_remove: Idempotent => "DELETE FROM {ks}.history_queue WHERE day = ? AND created_at = ? AND conversation_id = ? AND msg_id = ?",
+    history_due: Idempotent => "SELECT created_at, conversation_id, msg_id FROM {ks}.history_queue WHERE day = ? AND created_at <= ?",
+    history_any: Idempotent => "SELECT created_at FROM {ks}.history_queue WHERE day = ? LIMIT 1",
+    history_drop_day: Idempotent => "DELETE FROM {ks}.history_queue WHERE day = ?",
+    days_add: Idempotent => "INSERT INTO {ks}.purge_days (shard, day) VALUES (?, ?)",
+    days_list: Idempotent => "SELECT day FROM {ks}.purge_days WHERE shard = ? AND day > ? AND day <= ? LIMIT ?",
+    days_remove: Idempotent => "DELETE FROM {ks}.purge_days WHERE shard = ? AND day = ?",
 }

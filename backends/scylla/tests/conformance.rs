@@ -1,6 +1,27 @@
-//! Every conformance case against the CQL server named by `IMSTORE_SCYLLA_NODES`
-//! (Apache Cassandra 5 from `scripts/servers.sh`), each in its own keyspace.
+//! Every conformance case against the CQL server named by `IMSTORE_SCYLLA_NODES` (Apache
+//! Cassandra 5 from `scripts/servers.sh`), each in a keyspace of its own, on the store directly
+//! and through `Arc<dyn MessageStore>`. The two runs share the process's pool of emptied
+//! keyspaces (see `imstore_scylla::testing`), so the second costs no DDL.
 
-mod common;
+use imstore_scylla::testing::ScyllaFactory;
 
-imstore_conformance::conformance_tests!(common::ScyllaFactory::new().await);
+mod direct {
+    imstore_conformance::conformance_tests!(super::ScyllaFactory::from_env());
+}
+
+mod through_arc_dyn {
+    imstore_conformance::conformance_tests!(imstore_conformance::DynFactory(
+        super::ScyllaFactory::from_env()
+    ));
+}
+
+/// Keyspaces of this factory's prefix older than a day are left by crashed or finished runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftovers_of_earlier_runs_are_swept() {
+    let f = ScyllaFactory::from_env();
+    let dropped = f
+        .sweep_leftovers(std::time::Duration::from_secs(24 * 3600))
+        .await
+        .expect("sweep");
+    println!("swept {} leftover keyspaces", dropped.len());
+}

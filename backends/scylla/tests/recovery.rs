@@ -1,26 +1,23 @@
-//! Crash recovery specific to this backend's multi-step purge: a purger that dies between its
-//! conditional steps leaves state that the next purge completes, counting nothing twice.
-
-mod common;
+//! Crash recovery specific to this backend's multi-step purge, replayed with raw CQL: a purger
+//! that dies between its conditional steps leaves state that the next purge completes, counting
+//! nothing twice; stale queue entries; request-record lifetime.
 
 use std::time::Duration;
 
 use imstore_conformance::fixtures::Cast;
 use imstore_conformance::{Harness, Setup};
 use imstore_core::{
-    Action, Clock, ErrorKind, FeedCursor, MessageStore, MessageStoreExt, PurgeOptions, Status,
+    Action, Clock, ErrorKind, FeedCursor, MessageStore, MessageStoreExt, MsgId, PurgeOptions,
+    Status,
 };
+use imstore_scylla::testing::ScyllaFactory;
+
+type H<'f> = Harness<'f, ScyllaFactory>;
 
 const PAST_RETENTION: Duration = Duration::from_secs(31 * 24 * 3600);
 
 /// Recalls a file message, lets its retention pass, and returns (harness, cast, msg_id).
-async fn recalled_and_expired(
-    f: &common::ScyllaFactory,
-) -> (
-    Harness<'_, common::ScyllaFactory>,
-    Cast,
-    imstore_core::MsgId,
-) {
+async fn recalled_and_expired(f: &ScyllaFactory) -> (H<'_>, Cast, MsgId) {
     let h = Harness::start(f, Setup::default()).await;
     let c = Cast::new(&h.settings);
     let m = c.file("blob-1");
@@ -35,27 +32,32 @@ async fn recalled_and_expired(
     (h, c, m.msg_id)
 }
 
-async fn cql(h: &Harness<'_, common::ScyllaFactory>, stmt: &str, id: i64) {
-    let ks = h.namespace();
-    let stmt = stmt.replace("{ks}", ks);
+/// Runs `stmt` (with `{ks}` replaced) on the store's session.
+async fn cql(h: &H<'_>, stmt: &str, values: impl scylla::serialize::row::SerializeRow) {
+    let stmt = stmt.replace("{ks}", h.namespace());
     h.store
+        .inner()
         .session()
-        .query_unpaged(stmt, ("group-1", id))
+        .query_unpaged(stmt, values)
         .await
         .expect("raw CQL");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn purge_completes_after_a_purger_died_after_marking() {
-    let f = common::ScyllaFactory::new().await;
-    let (h, c, id) = recalled_and_expired(&f).await;
-    // Step 1 of a purger that then died: the lifecycle is marked, nothing deleted yet.
+/// Step (1) of a purger that then died: the lifecycle is marked, nothing deleted yet.
+async fn mark(h: &H<'_>, id: MsgId) {
     cql(
-        &h,
-        "UPDATE {ks}.conversation_state SET purging = true WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = '' IF version = 2",
-        id.as_i64(),
+        h,
+        "UPDATE {ks}.conversation_state SET purging = true WHERE conversation_id = 'group-1' AND kind = 0 AND k = ? AND request_id = '' IF version = 2",
+        (id.as_i64(),),
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_completes_after_a_purger_died_after_marking() {
+    let f = ScyllaFactory::from_env();
+    let (h, c, id) = recalled_and_expired(&f).await;
+    mark(&h, id).await;
     assert_eq!(
         h.store.get(&c.conv, id, &c.alice).await.unwrap_err().kind(),
         ErrorKind::NotFound
@@ -94,25 +96,17 @@ async fn purge_completes_after_a_purger_died_after_marking() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_completes_after_a_purger_died_after_deleting_the_message() {
-    let f = common::ScyllaFactory::new().await;
+    let f = ScyllaFactory::from_env();
     let (h, c, id) = recalled_and_expired(&f).await;
     // Steps 1 and 2 of a purger that then died (and so never reported the message).
+    mark(&h, id).await;
+    let bucket = h.store.inner().bucket_of(id);
     cql(
         &h,
-        "UPDATE {ks}.conversation_state SET purging = true WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = '' IF version = 2",
-        id.as_i64(),
+        "DELETE FROM {ks}.messages WHERE conversation_id = 'group-1' AND bucket = ? AND msg_id = ? IF EXISTS",
+        (bucket, id.as_i64()),
     )
     .await;
-    let bucket = h.store.bucket_of(id);
-    let ks = h.namespace().to_string();
-    h.store
-        .session()
-        .query_unpaged(
-            format!("DELETE FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id = ? IF EXISTS"),
-            ("group-1", bucket, id.as_i64()),
-        )
-        .await
-        .unwrap();
     let report = h
         .store
         .purge_all(PurgeOptions { batch_size: 10 })
@@ -134,30 +128,26 @@ async fn purge_completes_after_a_purger_died_after_deleting_the_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_purge_entry_never_purges_a_live_message() {
-    let f = common::ScyllaFactory::new().await;
+    let f = ScyllaFactory::from_env();
     let h = Harness::start(&f, Setup::default()).await;
     let c = Cast::new(&h.settings);
     let m = c.text("still here");
     h.store.insert(m.clone()).await.unwrap();
     // The queue entry of a transition whose batch then failed: due now, message still Normal.
     let now = h.clock.now().as_millis();
-    let ks = h.namespace().to_string();
     let day = (now.div_euclid(86_400_000)) as i32;
-    let s = h.store.session();
-    s.query_unpaged(
-        format!("INSERT INTO {ks}.purge_days (shard, day) VALUES (0, ?)"),
+    cql(
+        &h,
+        "INSERT INTO {ks}.purge_days (shard, day) VALUES (0, ?)",
         (day,),
     )
-    .await
-    .unwrap();
-    s.query_unpaged(
-        format!(
-            "INSERT INTO {ks}.purge_queue (day, due, conversation_id, msg_id, request_id) VALUES (?, ?, ?, ?, '')"
-        ),
-        (day, now, "group-1", m.msg_id.as_i64()),
+    .await;
+    cql(
+        &h,
+        "INSERT INTO {ks}.purge_queue (day, due, conversation_id, msg_id, request_id) VALUES (?, ?, 'group-1', ?, '')",
+        (day, now, m.msg_id.as_i64()),
     )
-    .await
-    .unwrap();
+    .await;
     let report = h
         .store
         .purge(PurgeOptions { batch_size: 10 })
@@ -166,7 +156,11 @@ async fn a_stale_purge_entry_never_purges_a_live_message() {
     assert_eq!(report.messages, 0);
     let v = h.store.get(&c.conv, m.msg_id, &c.bob).await.unwrap();
     assert_eq!(v.body.unwrap().content, b"still here");
-    let left = s
+    let ks = h.namespace().to_string();
+    let left = h
+        .store
+        .inner()
+        .session()
         .query_unpaged(
             format!("SELECT msg_id FROM {ks}.purge_queue WHERE day = ?"),
             (day,),
@@ -182,7 +176,7 @@ async fn a_stale_purge_entry_never_purges_a_live_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_records_live_until_a_purge_removes_them_except_under_legal_hold() {
-    let f = common::ScyllaFactory::new().await;
+    let f = ScyllaFactory::from_env();
     let h = Harness::start(&f, Setup::default()).await;
     let c = Cast::new(&h.settings);
     let held = Cast::in_conversation(&h.settings, "held-group");
@@ -213,7 +207,7 @@ async fn request_records_live_until_a_purge_removes_them_except_under_legal_hold
         .purge_all(PurgeOptions { batch_size: 10 })
         .await
         .unwrap();
-    // Purged record: the request is planned afresh, and the recall window is long closed.
+    // Purged record: the request is decided afresh, and the recall window is long closed.
     assert_eq!(
         h.store
             .transition(replay(&recall))

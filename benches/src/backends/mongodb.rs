@@ -1,14 +1,19 @@
 //! MongoDB / FerretDB: imstore-mongodb in a fresh database, against the mongodb driver with the
 //! minimal command on the same `messages` collection (same unique key `{conversation_id, msg_id}`)
 //! and on a minimal `bench_events` collection keyed `{conversation_id, seq}` for the feed.
+//!
+//! Every database is made by the backend's shipped test factory (`imstore_mongodb::testing`),
+//! named `bench_mongo_<unix seconds>_...` so that its sweeper can tell a crashed run's leftovers.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
+use imstore_conformance::StoreFactory;
 use imstore_core::{NewMessage, StoreSettings};
-use imstore_mongodb::{MongoConfig, MongoStore};
+use imstore_mongodb::testing::MongoFactory;
+use imstore_mongodb::{MongoBackend, MongoStore};
 use mongodb::bson::{Binary, Bson, Document, doc, spec::BinarySubtype};
 use mongodb::event::EventHandler;
 use mongodb::event::command::CommandEvent;
@@ -25,7 +30,9 @@ type DriverCounts = Arc<Mutex<BTreeMap<String, u64>>>;
 /// The MongoDB target over database `db`.
 pub struct MongoTarget {
     url: String,
+    factory: MongoFactory,
     db_name: String,
+    counting_db: String,
     version: String,
     client: Client,
     raw: Arc<MongoRaw>,
@@ -59,26 +66,28 @@ async fn opcounters(db: &Database) -> R<Option<BTreeMap<String, u64>>> {
     Ok(Some(out))
 }
 
-impl MongoTarget {
-    /// The database of the isolated stores that count a recall's writes.
-    fn counting_db(&self) -> String {
-        format!("{}_w", self.db_name)
-    }
+/// The factory every bench database comes from.
+fn factory(url: &str) -> MongoFactory {
+    MongoFactory::new(url).with_prefix("bench_mongo")
+}
 
-    /// Connects imstore (which builds its indexes) and the baseline to a fresh database.
-    pub async fn connect(url: &str, db_name: String) -> R<Self> {
-        let client = Client::with_uri_str(url)
-            .await
-            .map_err(|e| format!("mongodb: cannot connect to IMSTORE_MONGODB_URL: {e}"))?;
+impl MongoTarget {
+    /// Connects imstore (which builds its indexes) and the baseline to a fresh database from the
+    /// backend's factory (which names it; `_suggested` is the generic bench name, unused).
+    pub async fn connect(url: &str, _suggested: String) -> R<Self> {
+        let factory = factory(url);
+        let db_name = factory.create_namespace().await;
+        // The isolated stores that count a recall's writes get a database of their own.
+        let counting_db = factory.create_namespace().await;
+        let client = factory.client().await.clone();
         let admin = client.database("admin");
         let info = admin.run_command(doc! {"buildInfo": 1}).await?;
         let mut version = info.get_str("version").unwrap_or("?").to_owned();
         if let Ok(f) = info.get_str("ferretdbVersion") {
             version = format!("{version} (FerretDB {f})");
         }
-        let config = MongoConfig::new(url, db_name.clone());
-        // Opening a store once builds the collections' indexes before anything is loaded.
-        MongoStore::with_client(client.clone(), config, StoreSettings::default()).await?;
+        // Opening a backend once builds the collections' indexes before anything is loaded.
+        factory.backend(&db_name).await;
         let db = client.database(&db_name);
         let wc = CollectionOptions::builder()
             .write_concern(WriteConcern::majority())
@@ -109,7 +118,9 @@ impl MongoTarget {
         probe.drop().await?;
         Ok(MongoTarget {
             url: url.to_owned(),
+            factory,
             db_name,
+            counting_db,
             version,
             raw: Arc::new(MongoRaw {
                 messages: db.collection_with_options("messages", wc.clone()),
@@ -134,8 +145,7 @@ impl Target for MongoTarget {
         Some(self.version.clone())
     }
     async fn open(&self, settings: StoreSettings) -> R<Handle> {
-        let config = MongoConfig::new(&self.url, self.db_name.clone());
-        let store = MongoStore::with_client(self.client.clone(), config, settings).await?;
+        let store = self.factory.open(&self.db_name, settings).await;
         Ok(Handle {
             store: Arc::new(store),
             close: None,
@@ -179,8 +189,9 @@ impl Target for MongoTarget {
         // A database of its own: FerretDB v1 reads by scanning the collection, and by the time
         // writes are counted the send paths have added thousands of messages to the shared one.
         // Writes per recall do not depend on the other conversations, on MongoDB or FerretDB.
-        let config = MongoConfig::new(&self.url, self.counting_db());
-        let store = MongoStore::with_client(client.clone(), config, settings).await?;
+        let config = self.factory.config(&self.counting_db);
+        let backend = MongoBackend::with_client(client.clone(), config).await?;
+        let store = MongoStore::with_backend(backend, settings)?;
         Ok(Handle {
             store: Arc::new(store),
             close: Some(Box::pin(async move { client.shutdown().await })),
@@ -209,8 +220,8 @@ impl Target for MongoTarget {
         }
     }
     async fn drop_namespace(&self) -> R<()> {
-        self.client.database(&self.db_name).drop().await?;
-        self.client.database(&self.counting_db()).drop().await?;
+        self.factory.drop_namespace(&self.db_name).await;
+        self.factory.drop_namespace(&self.counting_db).await;
         Ok(())
     }
 }
@@ -310,17 +321,8 @@ impl Raw for MongoRaw {
     }
 }
 
-/// Drops every `bench_mongo_*` database (left behind by interrupted runs); returns their names.
+/// Drops the `bench_mongo_*` databases interrupted runs left (older than the factory's
+/// leftover age, so a concurrent run keeps its own); returns their names.
 pub async fn drop_leftovers(url: &str) -> R<Vec<String>> {
-    let client = Client::with_uri_str(url).await?;
-    let names: Vec<String> = client
-        .list_database_names()
-        .await?
-        .into_iter()
-        .filter(|n| n.starts_with("bench_mongo_"))
-        .collect();
-    for n in &names {
-        client.database(n).drop().await?;
-    }
-    Ok(names)
+    Ok(factory(url).sweep_leftovers().await)
 }

@@ -1,6 +1,7 @@
-//! Cassandra / ScyllaDB: imstore-scylla in a fresh keyspace, against the scylla driver with the
-//! minimal prepared statement on the same tables (`messages` keyed `((conversation_id, bucket),
-//! msg_id)`, `conversation_state` keyed `((conversation_id), kind, k, request_id)`).
+//! Cassandra / ScyllaDB: imstore-scylla in a fresh keyspace made by the crate's testing factory,
+//! against the scylla driver with the minimal prepared statement on the same tables (`messages`
+//! keyed `((conversation_id, bucket), msg_id)`, `conversation_state` keyed `((conversation_id),
+//! kind, k, request_id)`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,7 +9,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 use imstore_core::{MsgId, NewMessage, StoreSettings};
-use imstore_scylla::{Replication, ScyllaConfig, ScyllaStore, session_for};
+use imstore_scylla::ScyllaStore;
+use imstore_scylla::testing::ScyllaFactory;
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, Row};
@@ -17,37 +19,45 @@ use crate::harness::R;
 use crate::now_ms;
 use crate::target::{Handle, Raw, Target};
 
+/// The keyspace prefix of the bench (its sweeper drops only these).
+const PREFIX: &str = "bench_scylla";
+
+/// The testing factory for `nodes` (replication factor 1: a single node), bench keyspaces.
+fn factory(nodes: &str) -> ScyllaFactory {
+    ScyllaFactory::new(nodes)
+        .with_prefix(PREFIX)
+        .with_reuse(false)
+}
+
 /// The Cassandra/ScyllaDB target over keyspace `keyspace`.
 pub struct ScyllaTarget {
     keyspace: String,
     version: String,
     session: Arc<Session>,
-    config: ScyllaConfig,
+    factory: ScyllaFactory,
     raw: Arc<ScyllaRaw>,
 }
 
 impl ScyllaTarget {
-    /// Creates the keyspace (replication factor 1: a single node) through imstore, and prepares
-    /// the baseline's statements on the same session.
+    /// Creates the keyspace through the testing factory, and prepares the baseline's
+    /// statements on the same session.
     pub async fn connect(nodes: &str, keyspace: String) -> R<Self> {
-        let mut config = ScyllaConfig::from_node_list(nodes, &keyspace);
-        config.replication = Replication::Everywhere(1);
-        let session = Arc::new(
-            session_for(&config)
-                .await
-                .map_err(|e| format!("scylla: cannot connect to IMSTORE_SCYLLA_NODES: {e}"))?,
-        );
-        let base =
-            ScyllaStore::with_session(session.clone(), config.clone(), StoreSettings::default())
-                .await?;
-        let info = base.server();
+        let factory = factory(nodes);
+        factory.create_keyspace(&keyspace).await.map_err(|e| {
+            format!("scylla: cannot create {keyspace} on IMSTORE_SCYLLA_NODES: {e}")
+        })?;
+        let session = factory.session().await;
+        let base = factory
+            .open_store(&keyspace, StoreSettings::default())
+            .await?;
+        let info = base.inner().server();
         let version = format!("{:?} {}", info.flavour, info.release_version);
         let raw = Arc::new(ScyllaRaw::prepare(session.clone(), &keyspace, base.clone()).await?);
         Ok(ScyllaTarget {
             keyspace,
             version,
             session,
-            config,
+            factory,
             raw,
         })
     }
@@ -65,9 +75,7 @@ impl Target for ScyllaTarget {
         Some(self.version.clone())
     }
     async fn open(&self, settings: StoreSettings) -> R<Handle> {
-        let mut config = self.config.clone();
-        config.create_schema = false;
-        let store = ScyllaStore::with_session(self.session.clone(), config, settings).await?;
+        let store = self.factory.open_store(&self.keyspace, settings).await?;
         Ok(Handle {
             store: Arc::new(store),
             close: None,
@@ -109,7 +117,7 @@ impl Target for ScyllaTarget {
         Ok(Some(out))
     }
     async fn drop_namespace(&self) -> R<()> {
-        imstore_scylla::schema::drop_keyspace(&self.session, &self.keyspace).await?;
+        self.factory.drop_keyspace(&self.keyspace).await?;
         Ok(())
     }
 }
@@ -173,7 +181,7 @@ impl ScyllaRaw {
     }
 
     fn bucket(&self, id: MsgId) -> i32 {
-        self.store.bucket_of(id)
+        self.store.inner().bucket_of(id)
     }
 
     /// One plain INSERT of `m`'s message row, with `content` as the stored bytes.
@@ -290,21 +298,7 @@ impl Raw for ScyllaRaw {
 
 /// Drops every `bench_scylla_*` keyspace (left behind by interrupted runs); returns their names.
 pub async fn drop_leftovers(nodes: &str) -> R<Vec<String>> {
-    let config = ScyllaConfig::from_node_list(nodes, "bench_probe");
-    let session = session_for(&config).await?;
-    let rows = session
-        .query_unpaged("SELECT keyspace_name FROM system_schema.keyspaces", &[])
-        .await?
-        .into_rows_result()?;
-    let mut names = Vec::new();
-    for r in rows.rows::<(String,)>()? {
-        let (n,) = r?;
-        if n.starts_with("bench_scylla_") {
-            names.push(n);
-        }
-    }
-    for n in &names {
-        imstore_scylla::schema::drop_keyspace(&session, n).await?;
-    }
-    Ok(names)
+    Ok(factory(nodes)
+        .sweep_leftovers(std::time::Duration::ZERO)
+        .await?)
 }

@@ -1,0 +1,335 @@
+//! The retention purge and legal holds.
+//!
+//! A message is purged by inserting its `purge` entry into the log as version `v + 1` at feed
+//! position `head + 1`: the same compare-and-set as a transition, so it wins or loses against
+//! every transition and every other purger that read version `v`, and from that insert on every
+//! reader finds the message gone. The entry is then finished (idempotent, by this purger or the
+//! next one if it dies): the message's events leave the feed (kept as `gone` entries, which
+//! hold their feed positions and request records), the document is deleted, the attachment key
+//! is reported if no other message references it.
+//!
+//! A legal hold is ordered against running purges by its fence: `set_legal_hold(true)` records
+//! the hold, then takes the conversation's next feed position. A purge reads the feed head,
+//! then the hold, then inserts at `head + 1`; if the hold was recorded before that head was
+//! read, the purge sees it, and if not, the fence came after the head, so it took `head + 1`
+//! (the purge loses) or a later position (the purge committed before the fence, before
+//! `set_legal_hold` returned). No message of a held conversation is purged after it returns.
+
+use std::collections::BTreeMap;
+
+use futures::{StreamExt, TryStreamExt};
+use imstore_core::backend::PurgeJob;
+use imstore_core::{ConversationId, PurgeReport, Result, Retry};
+use mongodb::bson::oid::ObjectId;
+use mongodb::bson::{Document, doc};
+
+use crate::doc::{self as d, Row, kind, todo};
+use crate::error::map;
+use crate::feed;
+use crate::handle::MongoBackend;
+use crate::read::{self, Freshness};
+use crate::transition::{insert_entry, write_cache, write_document};
+
+/// How many messages of one purge batch are worked on concurrently.
+const CONCURRENCY: usize = 8;
+
+/// How long (wall clock) an entry that holds a feed position or a message version without being
+/// an event stays: longer than any request or purge still in flight could have read the head or
+/// the version it guards, so neither is ever handed out twice.
+const TOMBSTONE_MS: i64 = 24 * 60 * 60 * 1000;
+
+async fn collect(cursor: mongodb::Cursor<Document>) -> Result<Vec<Document>> {
+    cursor.try_collect().await.map_err(map)
+}
+
+/// What finishing one purge did.
+#[derive(Default)]
+struct Finished {
+    /// This call deleted the message document.
+    deleted: bool,
+    /// Change events the message had (counted by whoever deleted it).
+    events: u64,
+    /// The attachment key, when no stored message references it any more.
+    released: Option<String>,
+}
+
+impl Finished {
+    fn add_to(self, report: &mut PurgeReport) {
+        if self.deleted {
+            report.messages += 1;
+            report.events += self.events;
+        }
+        report.released_attachments.extend(self.released);
+    }
+}
+
+/// Finishes a committed purge: events off the feed, document deleted, key reported, `todo`
+/// cleared. Safe to run twice or concurrently: the document is deleted (and counted) once; the
+/// key may be reported twice, never not at all.
+async fn finish(b: &MongoBackend, entry: &Document) -> Result<Finished> {
+    let id = d::get_oid(entry, "_id")?;
+    let msg = d::get_oid(entry, "msg")?;
+    let version = d::get_version(entry, "version")?;
+    b.log
+        .update_many(
+            doc! {"msg": msg, "kind": kind::EVENT},
+            doc! {"$set": {"kind": kind::GONE, "wall": d::wall_now()}, "$unset": {"todo": ""}},
+        )
+        .await
+        .map_err(map)?;
+    let deleted = b
+        .messages
+        .delete_one(doc! {"_id": msg})
+        .await
+        .map_err(map)?
+        .deleted_count
+        == 1;
+    let released = match entry.get_str("attachment") {
+        Ok(key) => {
+            let referenced = b
+                .messages
+                .find_one(doc! {"attachment.key": key})
+                .projection(doc! {"_id": 1})
+                .await
+                .map_err(map)?
+                .is_some();
+            (!referenced).then(|| key.to_string())
+        }
+        Err(_) => None,
+    };
+    b.log
+        .update_one(doc! {"_id": id}, doc! {"$unset": {"todo": ""}})
+        .await
+        .map_err(map)?;
+    // Versions 2..=v each have one event; the purge is version v + 1.
+    let events = u64::from(version.saturating_sub(2));
+    Ok(Finished {
+        deleted,
+        events,
+        released,
+    })
+}
+
+/// True when `conversation` is under legal hold.
+async fn held(b: &MongoBackend, conversation: &ConversationId) -> Result<bool> {
+    Ok(b.holds
+        .find_one(doc! {"_id": conversation.as_str(), "held": true})
+        .await
+        .map_err(map)?
+        .is_some())
+}
+
+/// Purges one candidate if it is still purgeable and its conversation is not held; re-reads
+/// after a lost race.
+async fn purge_one(b: &MongoBackend, job: &PurgeJob<'_>, first: Row) -> Result<Finished> {
+    let conversation = first.stored.message.conversation_id.clone();
+    let msg_id = first.stored.message.msg_id;
+    let mut known = Some(first);
+    let entry = Retry::default()
+        .run(|_| {
+            let given = known.take();
+            let conversation = &conversation;
+            async move {
+                let row = match given {
+                    Some(row) => row,
+                    None => {
+                        let fields = imstore_core::backend::Fields::NoContent;
+                        let Some(row) = read::document(b, conversation, msg_id, fields).await?
+                        else {
+                            return Ok(Some(None));
+                        };
+                        match read::current(b, vec![row]).await?.pop() {
+                            Some((row, f)) if f != Freshness::Purged => row,
+                            _ => return Ok(Some(None)),
+                        }
+                    }
+                };
+                if !job.purgeable(&row.stored.lifecycle) {
+                    return Ok(Some(None));
+                }
+                // Head first, then the hold: see the module docs.
+                let head = feed::head(b, conversation).await?;
+                if held(b, conversation).await? {
+                    return Ok(Some(None));
+                }
+                let id = ObjectId::new();
+                let version = row.stored.lifecycle.version.saturating_add(1);
+                let entry = d::purge_doc(id, &row, head.saturating_add(1), version, d::wall_now());
+                Ok(insert_entry(b, entry.clone()).await?.then_some(Some(entry)))
+            }
+        })
+        .await?;
+    match entry {
+        Some(entry) => finish(b, &entry).await,
+        None => Ok(Finished::default()),
+    }
+}
+
+/// One purge batch (see the module docs), bounded by `job.batch_size()` messages.
+pub(crate) async fn batch(b: &MongoBackend, job: &PurgeJob<'_>) -> Result<PurgeReport> {
+    let size = u64::from(job.batch_size());
+    let limit = i64::from(job.batch_size());
+    let cutoff = job.retention_cutoff().as_millis();
+    let old = d::wall_now().saturating_sub(TOMBSTONE_MS);
+    let mut report = PurgeReport::default();
+
+    // Request records past retention go everywhere: the skew check refuses requests that old.
+    // Gone events go once past retention and a day old (below their purge entry, never the head).
+    b.log
+        .delete_many(doc! {"kind": kind::RECORD, "at": {"$lte": cutoff}})
+        .await
+        .map_err(map)?;
+    b.log
+        .delete_many(doc! {"kind": kind::GONE, "at": {"$lte": cutoff}, "wall": {"$lt": old}})
+        .await
+        .map_err(map)?;
+
+    // Purges left unfinished (by a dead purger, or in flight: finishing twice is harmless).
+    let stalled = collect(
+        b.log
+            .find(doc! {"todo": todo::FINISH})
+            .limit(limit)
+            .await
+            .map_err(map)?,
+    )
+    .await?;
+    let finished: Vec<Finished> = futures::stream::iter(stalled.clone())
+        .map(|entry| async move { finish(b, &entry).await })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect()
+        .await?;
+    finished.into_iter().for_each(|f| f.add_to(&mut report));
+
+    // Documents a dead committer left behind their log: written now, so that the candidate
+    // query below (by index on the documents) finds what the log made purgeable.
+    let behind = collect(
+        b.log
+            .find(doc! {"todo": todo::CACHE})
+            .projection(doc! {"msg": 1, "next": 1})
+            .limit(limit)
+            .await
+            .map_err(map)?,
+    )
+    .await?;
+    futures::stream::iter(behind)
+        .map(|e| async move {
+            let next = d::next_of(&e)?;
+            write_cache(b, d::get_oid(&e, "msg")?, d::get_oid(&e, "_id")?, &next).await
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
+
+    let budget = size.saturating_sub(report.messages);
+    let mut full = budget == 0 || stalled.len() as u64 == size;
+    if budget > 0 {
+        let holds = collect(b.holds.find(doc! {"held": true}).await.map_err(map)?).await?;
+        let held: Vec<&str> = holds
+            .iter()
+            .map(|h| d::get_str(h, "_id"))
+            .collect::<Result<_>>()?;
+        let mut expired = vec![doc! {"retired_at": {"$lte": cutoff}}];
+        if let Some(h) = job.history_cutoff() {
+            expired.push(doc! {"created_at": {"$lte": h.as_millis()}});
+        }
+        let candidates = collect(
+            b.messages
+                .find(doc! {"conversation_id": {"$nin": &held}, "$or": expired})
+                .projection(doc! {"content": 0})
+                .limit(i64::try_from(budget).unwrap_or(i64::MAX))
+                .await
+                .map_err(map)?,
+        )
+        .await?;
+        full |= candidates.len() as u64 == budget;
+        let rows = candidates
+            .iter()
+            .map(d::row_of)
+            .collect::<Result<Vec<_>>>()?;
+        let mut due = Vec::new();
+        for (row, freshness) in read::current(b, rows).await? {
+            match freshness {
+                // Its purge entry is finished by the stalled pass of this or the next batch.
+                Freshness::Purged => {}
+                _ if job.purgeable(&row.stored.lifecycle) => due.push(row),
+                // The document claimed more than the log: correct it, so it is not found again.
+                Freshness::Behind => {
+                    write_document(b, row.id, &row.stored.lifecycle).await?;
+                }
+                Freshness::Current => {}
+            }
+        }
+        let finished: Vec<Finished> = futures::stream::iter(due)
+            .map(|row| purge_one(b, job, row))
+            .buffer_unordered(CONCURRENCY)
+            .try_collect()
+            .await?;
+        finished.into_iter().for_each(|f| f.add_to(&mut report));
+    }
+    sweep_tombstones(b, limit, old).await?;
+    report.more = full;
+    Ok(report)
+}
+
+/// Deletes finished purge entries and fences older than [`TOMBSTONE_MS`], except an entry
+/// that holds its conversation's head (the head is never deleted, so never reused).
+async fn sweep_tombstones(b: &MongoBackend, limit: i64, old: i64) -> Result<()> {
+    let stale = collect(
+        b.log
+            .find(doc! {
+                "kind": {"$in": [kind::PURGE, kind::FENCE]},
+                "wall": {"$lt": old},
+                "todo": {"$exists": false},
+            })
+            .projection(doc! {"conversation_id": 1})
+            .limit(limit)
+            .await
+            .map_err(map)?,
+    )
+    .await?;
+    let mut by_conversation: BTreeMap<String, Vec<ObjectId>> = BTreeMap::new();
+    for e in &stale {
+        by_conversation
+            .entry(d::get_str(e, "conversation_id")?.to_string())
+            .or_default()
+            .push(d::get_oid(e, "_id")?);
+    }
+    for (conversation, ids) in by_conversation {
+        let Ok(conv) = ConversationId::new(conversation.as_str()) else {
+            continue;
+        };
+        let head = feed::head(b, &conv).await?;
+        b.log
+            .delete_many(doc! {"_id": {"$in": ids}, "seq": {"$lt": head}})
+            .await
+            .map_err(map)?;
+    }
+    Ok(())
+}
+
+/// Records the hold, then (when placing one) takes the conversation's next feed position as its
+/// fence, so that no purge that read the hold as absent can commit after this returns.
+pub(crate) async fn set_legal_hold(
+    b: &MongoBackend,
+    conversation: &ConversationId,
+    on: bool,
+) -> Result<()> {
+    b.holds
+        .update_one(
+            doc! {"_id": conversation.as_str()},
+            doc! {"$set": {"held": on}},
+        )
+        .upsert(true)
+        .await
+        .map_err(map)?;
+    if !on {
+        return Ok(());
+    }
+    Retry::default()
+        .run(|_| async {
+            let head = feed::head(b, conversation).await?;
+            let fence = d::fence_doc(conversation, head.saturating_add(1), d::wall_now());
+            Ok(insert_entry(b, fence).await?.then_some(()))
+        })
+        .await
+}

@@ -1,0 +1,283 @@
+//! Inserts: `INSERT ... IF NOT EXISTS`, so message rows are only ever written by Paxos.
+//!
+//! Order of one insert: the bucket index row and the history index entry (plain, idempotent
+//! writes) BEFORE the message, so a crash in between leaves an empty listed bucket or a stale
+//! index entry, both harmless, never an unlisted message; then the conditional insert.
+//!
+//! Not applied: the server's returned row (or a SERIAL re-read when it returned none) is the
+//! stored message, for the core to tell a retry from a conflict. Each insert call writes a random
+//! `insert_token`; after a timeout, a stored row carrying the call's own token is its own write.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use imstore_core::backend::{EncodedMessage, Fields, Inserted};
+use imstore_core::{
+    ConversationId, Error, Lifecycle, NewMessage, Result, Retry, StoredMessage, Timestamp,
+};
+use scylla::value::MaybeUnset;
+
+use crate::error;
+use crate::handle::ScyllaBackend;
+use crate::purge::{BoxedRow, enqueue_history};
+use crate::read;
+use crate::rows::{self, MessageRow};
+use crate::transition::run_batch;
+
+/// Rows per conditional insert batch (one partition).
+const MAX_BATCH_ROWS: usize = 50;
+/// Encoded content per conditional insert batch: under Cassandra's default 50 KiB
+/// `batch_size_fail_threshold`, with room for the other columns.
+const MAX_BATCH_BYTES: usize = 32 * 1024;
+/// Index writes and partition inserts in flight per batch call.
+const IN_FLIGHT: usize = 16;
+
+async fn add_bucket(b: &ScyllaBackend, conversation: &ConversationId, bucket: i32) -> Result<()> {
+    b.session()
+        .execute_unpaged(&b.st().bucket_add, (conversation.as_str(), bucket))
+        .await
+        .map_err(error::execution)?;
+    Ok(())
+}
+
+/// The values of `msg_insert` for one message (content already encoded).
+fn insert_values(
+    b: &ScyllaBackend,
+    m: &NewMessage,
+    created_at: Timestamp,
+    token: i64,
+) -> Result<BoxedRow> {
+    let att = m.attachment.as_ref();
+    let size = att
+        .map(|a| i64::try_from(a.size))
+        .transpose()
+        .map_err(|_| Error::invalid_input("attachment.size", "must fit in 63 bits"))?;
+    Ok(Box::new((
+        m.conversation_id.as_str().to_string(),
+        b.bucket_of(m.msg_id),
+        m.msg_id.as_i64(),
+        m.sender_id.as_str().to_string(),
+        m.msg_type.code(),
+        m.content.clone(),
+        att.map_or(MaybeUnset::Unset, |a| MaybeUnset::Set(a.key.clone())),
+        size.map_or(MaybeUnset::Unset, MaybeUnset::Set),
+        att.map_or(MaybeUnset::Unset, |a| MaybeUnset::Set(a.mime.clone())),
+        created_at.as_millis(),
+        token,
+    )))
+}
+
+fn existing(row: MessageRow) -> Inserted {
+    // The core compares only the sender's fields; the stored lifecycle is not read for that.
+    let lifecycle = Lifecycle::new(row.created_at);
+    Inserted::Existing(StoredMessage {
+        message: row.message,
+        lifecycle,
+    })
+}
+
+/// Inserts one encoded message whose bucket is already indexed (see the module docs).
+async fn insert_one(
+    b: &ScyllaBackend,
+    m: &NewMessage,
+    created_at: Timestamp,
+    token: i64,
+) -> Result<Inserted> {
+    let conv = &m.conversation_id;
+    Retry::default()
+        .run(|_| async move {
+            let found = match b
+                .session()
+                .execute_unpaged(&b.st().msg_insert, insert_values(b, m, created_at, token)?)
+                .await
+            {
+                Ok(res) => {
+                    let lwt = rows::lwt(res)?;
+                    if lwt.applied {
+                        return Ok(Some(Inserted::New));
+                    }
+                    match rows::message_from_lwt(&lwt.columns) {
+                        Some((cols, token)) => {
+                            let mut row = rows::message(conv, m.msg_id, cols)?;
+                            row.insert_token = token;
+                            Some(row)
+                        }
+                        None => read::message(b, conv, m.msg_id, Fields::All, true).await?,
+                    }
+                }
+                Err(e) => {
+                    let e = error::execution(e);
+                    if !error::lwt_outcome_unknown(&e) {
+                        return Err(e);
+                    }
+                    match read::message(b, conv, m.msg_id, Fields::All, true).await {
+                        Ok(found) => found,
+                        Err(e) if error::lwt_outcome_unknown(&e) => return Ok(None),
+                        Err(e) => return Err(e),
+                    }
+                }
+            };
+            Ok(match found {
+                // Not there after all (a timed-out attempt that was not applied): try again.
+                None => None,
+                Some(row) if row.insert_token == Some(token) => Some(Inserted::New),
+                Some(row) => Some(existing(row)),
+            })
+        })
+        .await
+}
+
+/// Inserts one message (see the module docs).
+pub(crate) async fn insert(
+    b: &ScyllaBackend,
+    message: &EncodedMessage,
+    created_at: Timestamp,
+) -> Result<Inserted> {
+    let m = message.message();
+    let bucket = b.bucket_of(m.msg_id);
+    futures::try_join!(
+        add_bucket(b, &m.conversation_id, bucket),
+        enqueue_history(b, &m.conversation_id, m.msg_id, created_at)
+    )?;
+    insert_one(b, m, created_at, rand::random()).await
+}
+
+/// Messages of ONE partition: first as one conditional batch (one Paxos round when they are all
+/// new, the common case), then one by one when any exists or the outcome is unknown.
+async fn insert_chunk(
+    b: &ScyllaBackend,
+    chunk: &[&NewMessage],
+    created_at: Timestamp,
+) -> Vec<Result<Inserted>> {
+    let tokens: Vec<i64> = chunk.iter().map(|_| rand::random()).collect();
+    if chunk.len() > 1 {
+        let mut batch = b.conditional_batch();
+        let values: Result<Vec<BoxedRow>> = chunk
+            .iter()
+            .zip(&tokens)
+            .map(|(m, t)| {
+                batch.append_statement(b.st().msg_insert.clone());
+                insert_values(b, m, created_at, *t)
+            })
+            .collect();
+        if let Ok(values) = values {
+            match run_batch(b, &batch, values).await {
+                Ok(true) => return chunk.iter().map(|_| Ok(Inserted::New)).collect(),
+                Ok(false) => {}
+                Err(e) if error::lwt_outcome_unknown(&e) => {}
+                Err(e) => {
+                    let (kind, msg) = (e.kind(), e.to_string());
+                    let mut out = vec![Err(e)];
+                    out.extend((1..chunk.len()).map(|_| Err(Error::new(kind, msg.clone()))));
+                    return out;
+                }
+            }
+        }
+    }
+    let singles = chunk
+        .iter()
+        .zip(&tokens)
+        .map(|(m, t)| insert_one(b, m, created_at, *t));
+    futures::future::join_all(singles).await
+}
+
+/// The results of one partition chunk, by position in the batch.
+type Answers = Vec<(usize, Result<Inserted>)>;
+
+/// Runs index writes, a few at a time.
+async fn run_all(writes: Vec<BoxFuture<'_, Result<()>>>) -> Result<()> {
+    futures::stream::iter(writes)
+        .buffer_unordered(IN_FLIGHT)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
+/// Inserts a batch the core has validated, grouped by partition; the results in order.
+pub(crate) async fn insert_batch(
+    b: &ScyllaBackend,
+    messages: &[EncodedMessage],
+    created_at: Timestamp,
+) -> Result<Vec<Inserted>> {
+    let buckets: HashSet<(&ConversationId, i32)> = messages
+        .iter()
+        .map(|m| {
+            (
+                &m.message().conversation_id,
+                b.bucket_of(m.message().msg_id),
+            )
+        })
+        .collect();
+    let mut indexes: Vec<BoxFuture<'_, Result<()>>> = Vec::new();
+    for (c, k) in &buckets {
+        indexes.push(add_bucket(b, c, *k).boxed());
+    }
+    for m in messages {
+        let m = m.message();
+        indexes.push(enqueue_history(b, &m.conversation_id, m.msg_id, created_at).boxed());
+    }
+    run_all(indexes).await?;
+    // Identical repeats inside the batch (the core checked they are identical) are retries
+    // of the first: answered with it as stored.
+    let mut first: HashMap<(&ConversationId, i64), usize> = HashMap::new();
+    let mut repeats: Vec<(usize, usize)> = Vec::new();
+    let mut chunks: BTreeMap<(&ConversationId, i32), Vec<Vec<usize>>> = BTreeMap::new();
+    for (i, em) in messages.iter().enumerate() {
+        let m = em.message();
+        if let Some(&j) = first.get(&(&m.conversation_id, m.msg_id.as_i64())) {
+            repeats.push((i, j));
+            continue;
+        }
+        first.insert((&m.conversation_id, m.msg_id.as_i64()), i);
+        let list = chunks
+            .entry((&m.conversation_id, b.bucket_of(m.msg_id)))
+            .or_default();
+        let fits = list.last().is_some_and(|c| {
+            c.len() < MAX_BATCH_ROWS
+                && c.iter()
+                    .map(|&k| messages[k].content().len())
+                    .sum::<usize>()
+                    + em.content().len()
+                    <= MAX_BATCH_BYTES
+        });
+        if !fits {
+            list.push(Vec::new());
+        }
+        if let Some(last) = list.last_mut() {
+            last.push(i);
+        }
+    }
+    let mut runs: Vec<BoxFuture<'_, Answers>> = Vec::new();
+    for idx in chunks.into_values().flatten() {
+        runs.push(
+            async move {
+                let ms: Vec<&NewMessage> = idx.iter().map(|&i| messages[i].message()).collect();
+                let results = insert_chunk(b, &ms, created_at).await;
+                idx.into_iter().zip(results).collect::<Vec<_>>()
+            }
+            .boxed(),
+        );
+    }
+    let done: Vec<(usize, Result<Inserted>)> = futures::stream::iter(runs)
+        .buffer_unordered(IN_FLIGHT / 2)
+        .flat_map(futures::stream::iter)
+        .collect()
+        .await;
+    let mut out: Vec<Option<Inserted>> = vec![None; messages.len()];
+    for (i, r) in done {
+        out[i] = Some(r?);
+    }
+    for (i, j) in repeats {
+        out[i] = Some(match &out[j] {
+            Some(Inserted::Existing(stored)) => Inserted::Existing(stored.clone()),
+            _ => Inserted::Existing(StoredMessage {
+                message: messages[j].message().clone(),
+                lifecycle: Lifecycle::new(created_at),
+            }),
+        });
+    }
+    out.into_iter()
+        .map(|r| r.ok_or_else(|| Error::corrupt("a batch insert result is missing")))
+        .collect()
+}

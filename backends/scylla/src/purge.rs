@@ -1,0 +1,502 @@
+//! The purge, its two due-day indexes, and the legal hold that fences it.
+//!
+//! * `purge_queue` (days in `purge_days` shard 0): a transition queues its request record, and
+//!   the message when it becomes Recalled/Deleted, at `now + retention`, BEFORE its batch (a
+//!   crash leaves at worst a stale entry, which the purge re-checks and drops).
+//! * `history_queue` (shard 1): the insert queues every message by the day it was accepted; with
+//!   a history limit the purge reads the days up to the history cutoff (the insert cannot know
+//!   the policy; the purge job does), without one it drops the days older than the retention
+//!   (a history limit is never shorter than the retention, so they can never become due).
+//!
+//! Removing one message: (1) mark its lifecycle `purging = true` `IF version = <read> AND
+//! purging = null AND legal_hold != true` (this fences transitions, other purgers and a legal
+//! hold placed after the purge looked; readers treat the mark as not found); (2) `DELETE FROM
+//! messages ... IF EXISTS` (applied: this purger counts the message and reports its attachment
+//! key); (3) one conditional batch deletes the lifecycle row `IF purging = true` and its events
+//! (applied: this purger counts the events); (4) drop the queue entry. A purger that dies after
+//! (1) leaves the mark and the entry, and the next purge resumes at (2). Conversations under
+//! legal hold are skipped and their entries kept.
+
+use std::collections::{HashMap, HashSet};
+use std::ops::ControlFlow;
+
+use imstore_core::backend::{Fields, PurgeJob};
+use imstore_core::{
+    ConversationId, Lifecycle, MsgId, Policy, PurgeReport, Result, Status, Timestamp,
+};
+use scylla::response::PagingState;
+use scylla::serialize::row::SerializeRow;
+
+use crate::error;
+use crate::handle::ScyllaBackend;
+use crate::read::{self, day_of};
+use crate::rows::{self, StateRow};
+
+/// `purge_days` shard of `purge_queue` days.
+const RETENTION_SHARD: i32 = 0;
+/// `purge_days` shard of `history_queue` days.
+const HISTORY_SHARD: i32 = 1;
+/// Queue rows fetched per page.
+const QUEUE_PAGE: i32 = 256;
+/// Day rows fetched per round trip.
+const DAYS_PAGE: i32 = 32;
+
+/// A boxed statement's values, so one batch can mix statement shapes.
+pub(crate) type BoxedRow = Box<dyn SerializeRow + Send + Sync>;
+
+/// Writes the `purge_days` row of `day` in `shard`, once per process and day.
+async fn note_day(b: &ScyllaBackend, shard: i32, day: i32) -> Result<()> {
+    let known = &b.inner().known_days;
+    if known
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(&(shard, day))
+    {
+        return Ok(());
+    }
+    b.session()
+        .execute_unpaged(&b.st().days_add, (shard, day))
+        .await
+        .map_err(error::execution)?;
+    known
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert((shard, day));
+    Ok(())
+}
+
+/// Queues `(conversation, msg_id)`, and the request record `request_id` when not empty, for the
+/// purge at `due`.
+pub(crate) async fn enqueue_retention(
+    b: &ScyllaBackend,
+    conversation: &ConversationId,
+    msg_id: MsgId,
+    request_id: &str,
+    due: Timestamp,
+) -> Result<()> {
+    let day = day_of(due);
+    note_day(b, RETENTION_SHARD, day).await?;
+    b.session()
+        .execute_unpaged(
+            &b.st().queue_add,
+            (
+                day,
+                due.as_millis(),
+                conversation.as_str(),
+                msg_id.as_i64(),
+                request_id,
+            ),
+        )
+        .await
+        .map_err(error::execution)?;
+    Ok(())
+}
+
+/// Indexes a message by the time it was accepted, for a history limit.
+pub(crate) async fn enqueue_history(
+    b: &ScyllaBackend,
+    conversation: &ConversationId,
+    msg_id: MsgId,
+    created_at: Timestamp,
+) -> Result<()> {
+    let day = day_of(created_at);
+    note_day(b, HISTORY_SHARD, day).await?;
+    b.session()
+        .execute_unpaged(
+            &b.st().history_add,
+            (
+                day,
+                created_at.as_millis(),
+                conversation.as_str(),
+                msg_id.as_i64(),
+            ),
+        )
+        .await
+        .map_err(error::execution)?;
+    Ok(())
+}
+
+/// When a message in state `lc` is next worth looking at for the retention: its recall or
+/// deletion plus the retention. A scheduling hint only; whether it goes is always
+/// `PurgeJob::purgeable`.
+pub(crate) fn retention_due(lc: &Lifecycle, policy: &Policy) -> Option<Timestamp> {
+    let since = match lc.status {
+        Status::Recalled => lc.recalled_at,
+        Status::Deleted => lc.deleted_at,
+        Status::Normal => None,
+    };
+    since.map(|t| t.saturating_add(policy.retention()))
+}
+
+/// Places or lifts the hold: a plain QUORUM write of the static cell every purge commit reads
+/// through Paxos, so no commit that starts after this returned can remove a held message.
+pub(crate) async fn set_legal_hold(
+    b: &ScyllaBackend,
+    conversation: &ConversationId,
+    held: bool,
+) -> Result<()> {
+    b.session()
+        .execute_unpaged(&b.st().hold_set, (held, conversation.as_str()))
+        .await
+        .map_err(error::execution)?;
+    Ok(())
+}
+
+/// What became of one message the purge looked at.
+enum Verdict {
+    /// Removed now, or already gone: its entry can go.
+    Done,
+    /// Not purgeable yet; worth another look at this time, if ever.
+    NotYet(Option<Timestamp>),
+    /// A transition or a legal hold got there first: keep the entry for the next call.
+    Busy,
+}
+
+/// One purge call.
+struct Run<'a, 'j> {
+    b: &'a ScyllaBackend,
+    job: &'a PurgeJob<'j>,
+    report: PurgeReport,
+    holds: HashMap<ConversationId, bool>,
+    touched: HashSet<(ConversationId, i32)>,
+}
+
+/// Reads the days of `shard` after `after` up to `upto`.
+async fn days(b: &ScyllaBackend, shard: i32, after: i32, upto: i32) -> Result<Vec<i32>> {
+    let res = b
+        .session()
+        .execute_unpaged(&b.st().days_list, (shard, after, upto, DAYS_PAGE))
+        .await
+        .map_err(error::execution)?
+        .into_rows_result()
+        .map_err(|e| error::decode("purge days", e))?;
+    res.rows::<(i32,)>()
+        .map_err(|e| error::decode("purge days", e))?
+        .map(|r| r.map(|(d,)| d).map_err(|e| error::decode("purge days", e)))
+        .collect()
+}
+
+async fn is_empty(
+    b: &ScyllaBackend,
+    st: &scylla::statement::prepared::PreparedStatement,
+    values: impl SerializeRow,
+) -> Result<bool> {
+    let res = b
+        .session()
+        .execute_unpaged(st, values)
+        .await
+        .map_err(error::execution)?
+        .into_rows_result()
+        .map_err(|e| error::decode("emptiness check", e))?;
+    Ok(res.rows_num() == 0)
+}
+
+/// Pages of `st` over one day's partition, as raw rows decoded by `T`.
+async fn page_of<T>(
+    b: &ScyllaBackend,
+    st: &scylla::statement::prepared::PreparedStatement,
+    values: (i32, i64),
+    paging: PagingState,
+) -> Result<(Vec<T>, Option<PagingState>)>
+where
+    T: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+{
+    let mut st = st.clone();
+    st.set_page_size(QUEUE_PAGE);
+    let (res, next) = b
+        .session()
+        .execute_single_page(&st, values, paging)
+        .await
+        .map_err(error::execution)?;
+    let rows = res
+        .into_rows_result()
+        .map_err(|e| error::decode("purge index", e))?
+        .rows::<T>()
+        .map_err(|e| error::decode("purge index", e))?
+        .collect::<std::result::Result<Vec<T>, _>>()
+        .map_err(|e| error::decode("purge index", e))?;
+    let next = match next.into_paging_control_flow() {
+        ControlFlow::Continue(ps) => Some(ps),
+        ControlFlow::Break(()) => None,
+    };
+    Ok((rows, next))
+}
+
+fn ids(conv: String, msg_id: i64) -> Result<(ConversationId, MsgId)> {
+    Ok((
+        ConversationId::new(conv).map_err(|_| error::corrupt("purge entry"))?,
+        MsgId::from_i64(msg_id).map_err(|_| error::corrupt("purge entry"))?,
+    ))
+}
+
+impl<'a, 'j> Run<'a, 'j> {
+    fn full(&self) -> bool {
+        self.report.messages >= u64::from(self.job.batch_size())
+    }
+
+    async fn held(&mut self, conv: &ConversationId) -> Result<bool> {
+        if let Some(h) = self.holds.get(conv) {
+            return Ok(*h);
+        }
+        let h = read::legal_hold(self.b, conv).await?;
+        self.holds.insert(conv.clone(), h);
+        Ok(h)
+    }
+
+    /// Removes one message if the job says it is purgeable now (see the module docs).
+    async fn message(&mut self, conv: &ConversationId, msg_id: MsgId) -> Result<Verdict> {
+        let b = self.b;
+        let (row, state) = futures::try_join!(
+            read::message(b, conv, msg_id, Fields::NoContent, false),
+            read::state(b, conv, msg_id, false)
+        )?;
+        let resuming = matches!(state, Some(StateRow::Purging { .. }));
+        if !resuming {
+            // Gone already, or never written (an insert that failed after indexing it).
+            let Some(row) = &row else {
+                return Ok(Verdict::Done);
+            };
+            let Some(lc) = rows::lifecycle_of(state.as_ref(), row.created_at) else {
+                return Ok(Verdict::Done);
+            };
+            if !self.job.purgeable(&lc) {
+                return Ok(Verdict::NotYet(retention_due(&lc, self.job.policy())));
+            }
+            let mut mark = b.conditional_batch();
+            mark.append_statement(b.st().state_mark.clone());
+            let values: Vec<BoxedRow> = vec![Box::new((
+                conv.as_str().to_string(),
+                msg_id.as_i64(),
+                state
+                    .as_ref()
+                    .and_then(StateRow::version)
+                    .map(crate::transition::version_col)
+                    .transpose()?,
+            ))];
+            if !crate::transition::run_batch(b, &mark, values).await? {
+                // A transition or another purger got there first, or a legal hold was just
+                // placed (the mark is conditional on it): the next call looks again.
+                return Ok(Verdict::Busy);
+            }
+        }
+        let bucket = b.bucket_of(msg_id);
+        if let Some(row) = &row {
+            let res = b
+                .session()
+                .execute_unpaged(&b.st().msg_delete, (conv.as_str(), bucket, msg_id.as_i64()))
+                .await
+                .map_err(error::execution)?;
+            if rows::lwt(res)?.applied {
+                self.report.messages += 1;
+                if let Some(a) = &row.message.attachment {
+                    self.report.released_attachments.push(a.key.clone());
+                }
+                self.touched.insert((conv.clone(), bucket));
+            }
+        }
+        let seqs = state
+            .as_ref()
+            .map(|s| s.event_seqs().to_vec())
+            .unwrap_or_default();
+        let mut cleanup = b.conditional_batch();
+        let mut values: Vec<BoxedRow> = Vec::with_capacity(seqs.len() + 1);
+        cleanup.append_statement(b.st().state_delete.clone());
+        values.push(Box::new((conv.as_str().to_string(), msg_id.as_i64())));
+        for seq in &seqs {
+            cleanup.append_statement(b.st().event_delete.clone());
+            values.push(Box::new((conv.as_str().to_string(), *seq)));
+        }
+        if crate::transition::run_batch(b, &cleanup, values).await? {
+            self.report.events += seqs.len() as u64;
+        }
+        Ok(Verdict::Done)
+    }
+
+    async fn retention_queue(&mut self) -> Result<()> {
+        let b = self.b;
+        let now = self.job.now();
+        let today = day_of(now);
+        let cutoff = self.job.retention_cutoff().as_millis();
+        let mut after = i32::MIN;
+        loop {
+            let list = days(b, RETENTION_SHARD, after, today).await?;
+            if list.is_empty() {
+                return Ok(());
+            }
+            for day in list {
+                after = day;
+                let mut paging = Some(PagingState::start());
+                while let Some(p) = paging.take() {
+                    let (entries, next) = page_of::<(i64, String, i64, String)>(
+                        b,
+                        &b.st().queue_due,
+                        (day, now.as_millis()),
+                        p,
+                    )
+                    .await?;
+                    paging = next;
+                    for (due, conv, msg_id, request_id) in entries {
+                        let (conv, id) = ids(conv, msg_id)?;
+                        let remove = (day, due, conv.as_str().to_string(), msg_id, request_id);
+                        let request_id = &remove.4;
+                        let keep = if self.held(&conv).await? {
+                            // Kept, record included, until the hold is lifted.
+                            true
+                        } else {
+                            if !request_id.is_empty() {
+                                b.session()
+                                    .execute_unpaged(
+                                        &b.st().request_expire,
+                                        (conv.as_str(), request_id.as_str(), cutoff),
+                                    )
+                                    .await
+                                    .map_err(error::execution)?;
+                            }
+                            match self.message(&conv, id).await? {
+                                Verdict::Done | Verdict::NotYet(None) => false,
+                                Verdict::NotYet(Some(d))
+                                    if d.as_millis() != due || !request_id.is_empty() =>
+                                {
+                                    enqueue_retention(b, &conv, id, "", d).await?;
+                                    false
+                                }
+                                Verdict::NotYet(Some(_)) | Verdict::Busy => true,
+                            }
+                        };
+                        if !keep {
+                            b.session()
+                                .execute_unpaged(&b.st().queue_remove, remove)
+                                .await
+                                .map_err(error::execution)?;
+                        }
+                        if self.full() {
+                            return Ok(());
+                        }
+                    }
+                }
+                // A past day whose queue is empty is forgotten (no entry can land in the past).
+                if day < today - 1 && is_empty(b, &b.st().queue_any, (day,)).await? {
+                    b.session()
+                        .execute_unpaged(&b.st().days_remove, (RETENTION_SHARD, day))
+                        .await
+                        .map_err(error::execution)?;
+                }
+            }
+        }
+    }
+
+    async fn history_queue(&mut self) -> Result<()> {
+        let b = self.b;
+        let Some(cutoff) = self.job.history_cutoff() else {
+            // No history limit: days older than the retention can never become due under any
+            // valid policy, so the index of them goes, a partition at a time.
+            let last = day_of(self.job.retention_cutoff()).saturating_sub(1);
+            let mut after = i32::MIN;
+            loop {
+                let list = days(b, HISTORY_SHARD, after, last).await?;
+                if list.is_empty() {
+                    return Ok(());
+                }
+                for day in list {
+                    after = day;
+                    b.session()
+                        .execute_unpaged(&b.st().history_drop_day, (day,))
+                        .await
+                        .map_err(error::execution)?;
+                    b.session()
+                        .execute_unpaged(&b.st().days_remove, (HISTORY_SHARD, day))
+                        .await
+                        .map_err(error::execution)?;
+                }
+            }
+        };
+        let last = day_of(cutoff);
+        let mut after = i32::MIN;
+        loop {
+            let list = days(b, HISTORY_SHARD, after, last).await?;
+            if list.is_empty() {
+                return Ok(());
+            }
+            for day in list {
+                after = day;
+                let mut paging = Some(PagingState::start());
+                while let Some(p) = paging.take() {
+                    let (entries, next) = page_of::<(i64, String, i64)>(
+                        b,
+                        &b.st().history_due,
+                        (day, cutoff.as_millis()),
+                        p,
+                    )
+                    .await?;
+                    paging = next;
+                    for (created_at, conv, msg_id) in entries {
+                        let (conv, id) = ids(conv, msg_id)?;
+                        let keep = if self.held(&conv).await? {
+                            true
+                        } else {
+                            matches!(self.message(&conv, id).await?, Verdict::Busy)
+                        };
+                        if !keep {
+                            b.session()
+                                .execute_unpaged(
+                                    &b.st().history_remove,
+                                    (day, created_at, conv.as_str(), msg_id),
+                                )
+                                .await
+                                .map_err(error::execution)?;
+                        }
+                        if self.full() {
+                            return Ok(());
+                        }
+                    }
+                }
+                if day < last && is_empty(b, &b.st().history_any, (day,)).await? {
+                    b.session()
+                        .execute_unpaged(&b.st().days_remove, (HISTORY_SHARD, day))
+                        .await
+                        .map_err(error::execution)?;
+                }
+            }
+        }
+    }
+
+    /// Unlists a bucket the purge emptied, so page walks stop reading its tombstones; re-lists
+    /// it if a message landed in the meantime.
+    async fn drop_bucket_if_empty(&self, conv: &ConversationId, bucket: i32) -> Result<()> {
+        let b = self.b;
+        if !is_empty(b, &b.st().msg_any, (conv.as_str(), bucket)).await? {
+            return Ok(());
+        }
+        b.session()
+            .execute_unpaged(&b.st().bucket_remove, (conv.as_str(), bucket))
+            .await
+            .map_err(error::execution)?;
+        if !is_empty(b, &b.st().msg_any, (conv.as_str(), bucket)).await? {
+            b.session()
+                .execute_unpaged(&b.st().bucket_add, (conv.as_str(), bucket))
+                .await
+                .map_err(error::execution)?;
+        }
+        Ok(())
+    }
+}
+
+/// One purge batch: the retention queue, then the history index, at most `batch_size` messages.
+pub(crate) async fn purge(b: &ScyllaBackend, job: &PurgeJob<'_>) -> Result<PurgeReport> {
+    let mut run = Run {
+        b,
+        job,
+        report: PurgeReport::default(),
+        holds: HashMap::new(),
+        touched: HashSet::new(),
+    };
+    run.retention_queue().await?;
+    if !run.full() {
+        run.history_queue().await?;
+    }
+    for (conv, bucket) in std::mem::take(&mut run.touched) {
+        run.drop_bucket_if_empty(&conv, bucket).await?;
+    }
+    run.report.more = run.full();
+    Ok(run.report)
+}
