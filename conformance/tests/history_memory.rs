@@ -145,6 +145,7 @@ impl Build {
                     result: Ok(ChangePage {
                         events,
                         next: cursor,
+                        resync: None,
                     }),
                 }
             })
@@ -646,10 +647,11 @@ impl<S: MessageStore> MessageStore for Broken<S> {
     async fn changes_since(
         &self,
         c: &ConversationId,
+        viewer: &UserId,
         cursor: FeedCursor,
         limit: u32,
     ) -> Result<ChangePage> {
-        let mut page = self.inner.changes_since(c, cursor, limit).await?;
+        let mut page = self.inner.changes_since(c, viewer, cursor, limit).await?;
         if self.fault == Fault::SkipsEvents && page.events.len() > 1 {
             let n = self.calls.fetch_add(1, Ordering::Relaxed);
             if n.is_multiple_of(5) {
@@ -657,6 +659,9 @@ impl<S: MessageStore> MessageStore for Broken<S> {
             }
         }
         Ok(page)
+    }
+    async fn changed_conversations(&self, cursors: &[SyncCursor]) -> Result<Vec<ConversationChange>> {
+        self.inner.changed_conversations(cursors).await
     }
     async fn purge(&self, options: PurgeOptions) -> Result<PurgeReport> {
         self.inner.purge(options).await

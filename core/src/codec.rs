@@ -304,11 +304,6 @@ impl ContentCodec {
         self.keys.is_some()
     }
 
-    /// The largest content this codec decodes; a store refuses a policy admitting more.
-    pub fn decode_limit(&self) -> usize {
-        MAX_DECODED_BYTES
-    }
-
     /// The most bytes [`ContentCodec::encode`] writes for `content_len` bytes of content: the
     /// envelope's header, key id, nonce and tag or checksum around the body (compression is only
     /// kept when it makes the body smaller).

@@ -279,7 +279,9 @@ impl<'a, S: MessageStore + ?Sized> Run<'a, S> {
             let start = self.tick();
             let result = self
                 .store
-                .changes_since(&conversation_id, cursor, limit)
+                // Devices pull as a recipient; the workload's policy shows restores to everyone,
+                // so every viewer's feed is the same and the model's feed check applies as is.
+                .changes_since(&conversation_id, &self.users.bob, cursor, limit)
                 .await
                 .map_err(|e| e.kind());
             let end = self.tick();
@@ -482,7 +484,7 @@ impl<'a, S: MessageStore + ?Sized> Run<'a, S> {
             &self.users.bob
         };
         let m = NewMessage::text(
-            self.ids.next_id(),
+            self.ids.next_id().expect("the clock is within the msg_id range"),
             conv.id.clone(),
             sender.clone(),
             format!("{}-c{ci}-m{k}", self.tag).into_bytes(),
