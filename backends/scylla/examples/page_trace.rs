@@ -94,7 +94,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "SELECT bucket FROM {ks}.buckets WHERE conversation_id = ? AND bucket <= ? LIMIT ?"
     ))
     .await?;
-    let page = trace(format!("SELECT msg_id, content FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id < ? LIMIT ?")).await?;
+    let page = trace(format!(
+        "SELECT msg_id, content FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? LIMIT ?"
+    ))
+    .await?;
     let states = trace(format!("SELECT k, status FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k >= ? AND k <= ?")).await?;
 
     let newest_bucket = store.inner().bucket_of(ids[ids.len() - 1]);
@@ -109,7 +112,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .await?;
         all.push((format!("bucket index from the {label}"), r.tracing_id()));
         let r = s
-            .execute_unpaged(&page, (conv.as_str(), bucket, i64::MAX, 51i32))
+            .execute_unpaged(&page, (conv.as_str(), bucket, 51i32))
             .await?;
         all.push((format!("messages of the {label}"), r.tracing_id()));
     }

@@ -1,11 +1,12 @@
 //! Driver errors mapped once to the contract's [`ErrorKind`]s.
 //!
-//! Everything that a retry may cure (timeouts, unavailable or overloaded replicas, read or write
-//! failures, broken or missing connections, schema agreement not reached) becomes
-//! [`ErrorKind::Unavailable`], which [`Error::is_temporary`] reports; statements the server
-//! refuses (syntax, invalid, config, authorisation) become [`ErrorKind::Backend`]. Rows that do
-//! not have the shape the schema promises are [`Error::corrupt`] (`Backend`): retrying will not
-//! fix them.
+//! Only what a retry may cure (timeouts, unavailable or overloaded replicas, broken or missing
+//! connections, schema agreement not reached) becomes [`ErrorKind::Unavailable`], which
+//! [`Error::is_temporary`] reports. A replica that *failed* a read or write (`READ_FAILURE`,
+//! `WRITE_FAILURE`: too many tombstones, a mutation over the commitlog limit, a replica-side
+//! exception) fails the same way on every retry, so it is [`ErrorKind::Backend`], like statements
+//! the server refuses (syntax, invalid, too large, config, authorisation). Rows that do not have the
+//! shape the schema promises are [`Error::corrupt`] (`Backend`): retrying will not fix them.
 
 use imstore_core::{Error, ErrorKind};
 use scylla::errors::{
@@ -21,10 +22,10 @@ fn db_kind(db: &DbError) -> ErrorKind {
         | DbError::IsBootstrapping
         | DbError::ReadTimeout { .. }
         | DbError::WriteTimeout { .. }
-        | DbError::ReadFailure { .. }
-        | DbError::WriteFailure { .. }
-        | DbError::RateLimitReached { .. }
-        | DbError::TruncateError => ErrorKind::Unavailable,
+        | DbError::RateLimitReached { .. } => ErrorKind::Unavailable,
+        // READ_FAILURE / WRITE_FAILURE are replicas answering "I could not": on Cassandra the
+        // message names the reason (READ_TOO_MANY_TOMBSTONES, a mutation over
+        // `max_mutation_size`), none of which a retry changes.
         _ => ErrorKind::Backend,
     }
 }
@@ -149,6 +150,40 @@ mod tests {
             ))
             .is_temporary()
         );
+    }
+
+    #[test]
+    fn server_side_limits_are_never_temporary() {
+        let tombstones = ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+            DbError::ReadFailure {
+                consistency: Consistency::LocalQuorum,
+                received: 0,
+                required: 1,
+                numfailures: 1,
+                data_present: false,
+            },
+            "Operation failed - received 0 responses and 1 failures: READ_TOO_MANY_TOMBSTONES"
+                .into(),
+        ));
+        let too_large = ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+            DbError::WriteFailure {
+                consistency: Consistency::LocalQuorum,
+                received: 0,
+                required: 1,
+                numfailures: 1,
+                write_type: WriteType::Simple,
+            },
+            "Mutation of 17MiB is too large for the maximum size of 16MiB".into(),
+        ));
+        let rejected = ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+            DbError::Invalid,
+            "Rejected an oversized mutation (17000000/16777216)".into(),
+        ));
+        for e in [tombstones, too_large, rejected] {
+            let e = execution(e);
+            assert_eq!(e.kind(), ErrorKind::Backend, "{e}");
+            assert!(!e.is_temporary());
+        }
     }
 
     #[test]

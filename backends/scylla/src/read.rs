@@ -13,6 +13,8 @@ use imstore_core::{
     ConversationId, Direction, MsgId, Result, StoredMessage, Timestamp, TransitionRequest,
 };
 
+use scylla::statement::prepared::PreparedStatement;
+
 use crate::error;
 use crate::handle::ScyllaBackend;
 use crate::rows::{self, MessageRow, RequestCols, StateCols, StateRow};
@@ -172,26 +174,35 @@ async fn bucket_chunk(
     Ok(buckets.into_iter().flatten().collect())
 }
 
-/// Up to `limit` message rows of one bucket after `bound` (exclusive) in `direction`.
+/// Up to `limit` message rows of one bucket after `bound` (exclusive) in `direction`; without a
+/// bound, from the bucket's newest (or oldest) message, the largest msg_id included.
 async fn bucket_page(
     b: &ScyllaBackend,
     conversation: &ConversationId,
     bucket: i32,
-    bound: i64,
+    bound: Option<i64>,
     limit: i32,
     direction: Direction,
 ) -> Result<Vec<MessageRow>> {
-    let st = match direction {
-        Direction::NewestFirst => &b.st().msg_page_desc,
-        Direction::OldestFirst => &b.st().msg_page_asc,
+    let session = b.session();
+    let conv = conversation.as_str();
+    let st: &PreparedStatement = match (direction, bound) {
+        (Direction::NewestFirst, None) => &b.st().msg_page_newest,
+        (Direction::NewestFirst, Some(_)) => &b.st().msg_page_desc,
+        (Direction::OldestFirst, _) => &b.st().msg_page_asc,
     };
-    let res = b
-        .session()
-        .execute_unpaged(st, (conversation.as_str(), bucket, bound, limit))
-        .await
-        .map_err(error::execution)?
-        .into_rows_result()
-        .map_err(|e| error::decode("message page", e))?;
+    let res = match (direction, bound) {
+        (Direction::NewestFirst, None) => session.execute_unpaged(st, (conv, bucket, limit)).await,
+        // Message ids are positive, so `> 0` is "from the oldest".
+        (_, bound) => {
+            session
+                .execute_unpaged(st, (conv, bucket, bound.unwrap_or(0), limit))
+                .await
+        }
+    }
+    .map_err(error::execution)?
+    .into_rows_result()
+    .map_err(|e| error::decode("message page", e))?;
     type PageCols = (
         i64,
         Option<String>,
@@ -225,9 +236,9 @@ pub(crate) async fn page(
     let want = query.fetch as usize;
     let dir = query.direction;
     let (mut from, bound) = match (dir, query.cursor) {
-        (_, Some(c)) => (b.bucket_of(c), c.as_i64()),
-        (Direction::NewestFirst, None) => (i32::MAX, i64::MAX),
-        (Direction::OldestFirst, None) => (i32::MIN, 0),
+        (_, Some(c)) => (b.bucket_of(c), Some(c.as_i64())),
+        (Direction::NewestFirst, None) => (i32::MAX, None),
+        (Direction::OldestFirst, None) => (i32::MIN, None),
     };
     let mut found: Vec<MessageRow> = Vec::new();
     'walk: loop {

@@ -85,6 +85,8 @@ statements! {
     msg_get: Idempotent => "SELECT sender_id, msg_type, content, attachment_key, attachment_size, attachment_mime, created_at, insert_token FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id = ?",
     msg_get_serial: SerialRead => "SELECT sender_id, msg_type, content, attachment_key, attachment_size, attachment_mime, created_at, insert_token FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id = ?",
     msg_get_meta: Idempotent => "SELECT sender_id, msg_type, attachment_key, attachment_size, attachment_mime, created_at FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id = ?",
+    // Newest first from the newest message: no bound, so the largest msg_id is included.
+    msg_page_newest: Idempotent => "SELECT msg_id, sender_id, msg_type, content, attachment_key, attachment_size, attachment_mime, created_at FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? LIMIT ?",
     msg_page_desc: Idempotent => "SELECT msg_id, sender_id, msg_type, content, attachment_key, attachment_size, attachment_mime, created_at FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id < ? LIMIT ?",
     msg_page_asc: Idempotent => "SELECT msg_id, sender_id, msg_type, content, attachment_key, attachment_size, attachment_mime, created_at FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id > ? ORDER BY msg_id ASC LIMIT ?",
     msg_delete: Conditional => "DELETE FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id = ? IF EXISTS",

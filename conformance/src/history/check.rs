@@ -123,6 +123,7 @@ pub fn check_with(
             .map(|&i| Item {
                 op: &history.ops[i],
                 relaxed: false,
+                unbounded: false,
             })
             .collect();
         let model = Model::new(policy, items.iter().map(|i| i.op));
@@ -224,17 +225,36 @@ fn list<T: fmt::Display>(xs: &[T]) -> String {
         .join(", ")
 }
 
-/// An op of a witness: its index in the history, and whether its answer is disregarded.
+/// An op of a witness: its index in the history, whether its answer is disregarded, and
+/// whether it may also take effect after its end or never (it was still running at the cut).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Cand {
     idx: usize,
     relaxed: bool,
+    unbounded: bool,
 }
+
+impl Cand {
+    fn kept(idx: usize) -> Self {
+        Cand {
+            idx,
+            relaxed: false,
+            unbounded: false,
+        }
+    }
+}
+
+/// States one trial search of the shrinker may explore: a trial that needs more is taken as
+/// not failing, which only leaves the witness larger, never wrong.
+const TRIAL_STATES: usize = 20_000;
+/// Trial searches per shrink; past them the witness found so far is reported.
+const TRIALS: usize = 3_000;
 
 struct Shrinker<'h> {
     history: &'h History,
     policy: &'h Policy,
     max_states: usize,
+    trials: std::cell::Cell<usize>,
 }
 
 impl Shrinker<'_> {
@@ -243,22 +263,28 @@ impl Shrinker<'_> {
             .map(|c| Item {
                 op: &self.history.ops[c.idx],
                 relaxed: c.relaxed,
+                unbounded: c.unbounded,
             })
             .collect()
     }
 
     fn fails(&self, set: &[Cand]) -> bool {
+        if self.trials.get() >= TRIALS {
+            return false;
+        }
+        self.trials.set(self.trials.get() + 1);
         let items = self.items(set);
         let model = Model::new(self.policy, items.iter().map(|i| i.op));
         matches!(
-            search(&model, &items, self.max_states, false),
+            search(&model, &items, self.max_states.min(TRIAL_STATES), false),
             Outcome::Fails(_)
         )
     }
 
-    /// The ops up to tick `t`: those done by then keep their answers, those still running are
-    /// relaxed, later ones dropped. Sound: the ops a linearization puts before `t` are exactly
-    /// such a set, so if this fails, the whole history does.
+    /// The ops up to tick `t`: those done by then as they are, those still running unbounded
+    /// (taken effect before `t` with their answer, or not yet), later ones dropped. Sound: the
+    /// ops a linearization puts before `t` are exactly such a set, so if this fails, the whole
+    /// history does.
     fn prefix(&self, part: &[usize], t: u64) -> Vec<Cand> {
         part.iter()
             .filter_map(|&idx| {
@@ -266,14 +292,15 @@ impl Shrinker<'_> {
                 if op.start > t {
                     None
                 } else if op.end <= t && !op.ret.is_indeterminate() {
-                    Some(Cand {
-                        idx,
-                        relaxed: false,
-                    })
+                    Some(Cand::kept(idx))
                 } else if matches!(op.call, Call::Get { .. }) {
                     None
                 } else {
-                    Some(Cand { idx, relaxed: true })
+                    Some(Cand {
+                        idx,
+                        relaxed: false,
+                        unbounded: true,
+                    })
                 }
             })
             .collect()
@@ -360,7 +387,8 @@ impl Shrinker<'_> {
         progress
     }
 
-    /// One pass of forgetting answers, latest first; true when one was forgotten.
+    /// One pass of forgetting answers, latest first; true when one was forgotten. The call keeps
+    /// its interval: it did return, so whatever it did, it did before its end.
     fn relax_pass(&self, set: &mut [Cand]) -> bool {
         for i in (0..set.len()).rev() {
             if set[i].relaxed || self.history.ops[set[i].idx].ret.is_indeterminate() {
@@ -385,14 +413,7 @@ impl Shrinker<'_> {
             .collect();
         ends.sort_unstable();
         ends.dedup();
-        let full: Vec<Cand> = part
-            .iter()
-            .map(|&idx| Cand {
-                idx,
-                relaxed: false,
-            })
-            .collect();
-        let mut set = full;
+        let mut set: Vec<Cand> = part.iter().map(|&idx| Cand::kept(idx)).collect();
         if let Some(&last) = ends.last()
             && self.fails(&self.prefix(part, last))
         {
@@ -419,20 +440,23 @@ impl Shrinker<'_> {
                 break;
             }
         }
-        // Relaxed ops that start after every kept answer can only come after them all.
-        let last_end = set
-            .iter()
-            .filter(|c| !c.relaxed && !self.history.ops[c.idx].ret.is_indeterminate())
-            .map(|c| self.history.ops[c.idx].end)
-            .max()
-            .unwrap_or(0);
-        let trimmed: Vec<Cand> = set
-            .iter()
-            .copied()
-            .filter(|c| !c.relaxed || self.history.ops[c.idx].start <= last_end)
-            .collect();
-        if self.fails(&trimmed) {
-            set = trimmed;
+        // Relaxed ops that start after every kept answer can only come after them all, where
+        // no kept answer can see them; not so while a kept op is unbounded (it may come later).
+        if !set.iter().any(|c| c.unbounded && !c.relaxed) {
+            let last_end = set
+                .iter()
+                .filter(|c| !c.relaxed && !self.history.ops[c.idx].ret.is_indeterminate())
+                .map(|c| self.history.ops[c.idx].end)
+                .max()
+                .unwrap_or(0);
+            let trimmed: Vec<Cand> = set
+                .iter()
+                .copied()
+                .filter(|c| !c.relaxed || self.history.ops[c.idx].start <= last_end)
+                .collect();
+            if trimmed.len() < set.len() && self.fails(&trimmed) {
+                set = trimmed;
+            }
         }
         // What shares no slot with the failing rest is independent of it.
         let idxs: Vec<usize> = set.iter().map(|c| c.idx).collect();
@@ -461,6 +485,7 @@ fn explain(
         history,
         policy,
         max_states: options.max_states,
+        trials: std::cell::Cell::new(0),
     };
     let set = shrinker.shrink(part);
     let (conversation, _) = about(history, part);
@@ -490,25 +515,37 @@ fn explain(
             "these answers"
         },
     );
+    let mark = |c: &Cand| if c.unbounded { "*" } else { " " };
     for c in &kept {
         text.push_str(&format!(
-            "  {}\n",
+            " {}{}\n",
+            mark(c),
             words::op(c.idx, &history.ops[c.idx], base)
         ));
     }
     if !relaxed.is_empty() {
+        let one = relaxed.len() == 1;
         text.push_str(&format!(
-            "with {} more call{} whose answer is not needed: each may have taken effect at any \
-             point after it started, or not at all:\n",
+            "with {} more call{} kept without {}: the violation stands whatever {} answered \
+             (each took effect between its start and its end as the contract says):\n",
             relaxed.len(),
-            if relaxed.len() == 1 { "" } else { "s" }
+            if one { "" } else { "s" },
+            if one { "its answer" } else { "their answers" },
+            if one { "it" } else { "they" },
         ));
         for c in &relaxed {
             text.push_str(&format!(
-                "  {}\n",
+                " {}{}\n",
+                mark(c),
                 words::op(c.idx, &history.ops[c.idx], base)
             ));
         }
+    }
+    if set.iter().any(|c| c.unbounded) {
+        text.push_str(
+            "(* had not returned when the last answer above was given: it may not have taken \
+             effect yet.)\n",
+        );
     }
     let items = shrinker.items(&set);
     let model = Model::new(policy, items.iter().map(|i| i.op));

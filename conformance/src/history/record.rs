@@ -66,6 +66,9 @@ struct Run<'a, S: ?Sized> {
     devices: Mutex<Vec<Device>>,
     ids: MsgIdGenerator,
     writers_done: AtomicBool,
+    /// The phase the clients are in (devices other than the first of a conversation stay
+    /// offline through phase 0, then catch up from their cursor).
+    phase: std::sync::atomic::AtomicUsize,
     users: Users,
 }
 
@@ -126,6 +129,7 @@ impl<'a, S: MessageStore + ?Sized> Run<'a, S> {
             ids: MsgIdGenerator::new((w.seed % 1024) as u16, Arc::new(clock.clone()))
                 .expect("node below 1024"),
             writers_done: AtomicBool::new(false),
+            phase: std::sync::atomic::AtomicUsize::new(0),
             users: Users {
                 alice: user("alice"),
                 bob: user("bob"),
@@ -152,6 +156,7 @@ impl<'a, S: MessageStore + ?Sized> Run<'a, S> {
                 .collect();
             for (p, phase) in self.w.phases.iter().enumerate() {
                 self.clock.advance(phase.advance);
+                self.phase.store(p, Ordering::SeqCst);
                 let n = self.w.phase_ops(p);
                 std::thread::scope(|s| {
                     for c in 0..self.w.clients.max(1) {
@@ -172,6 +177,7 @@ impl<'a, S: MessageStore + ?Sized> Run<'a, S> {
         let writers = async {
             for (p, phase) in self.w.phases.iter().enumerate() {
                 self.clock.advance(phase.advance);
+                self.phase.store(p, Ordering::SeqCst);
                 let n = self.w.phase_ops(p);
                 let clients = self.w.clients.max(1);
                 futures::future::join_all(
@@ -271,7 +277,15 @@ impl<'a, S: MessageStore + ?Sized> Run<'a, S> {
         let mut cursor = FeedCursor::START;
         let mut pulls = Vec::new();
         let mut failures = 0;
+        let offline_at_first = d >= self.convs.len();
         loop {
+            if offline_at_first
+                && self.phase.load(Ordering::SeqCst) == 0
+                && !self.writers_done.load(Ordering::SeqCst)
+            {
+                self.pause(true).await;
+                continue;
+            }
             // Read before the pull starts: an empty page after this saw every writer's change.
             let finished = self.writers_done.load(Ordering::SeqCst);
             let limit = 1 + rng.below(8) as u32;

@@ -16,8 +16,11 @@ use super::{NEVER, Op, Ret};
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Item<'h> {
     pub op: &'h Op,
-    /// Its answer is disregarded and it may take effect anywhere after its start, or never.
+    /// Its answer is disregarded (it took effect as the model says, whatever it answered).
     pub relaxed: bool,
+    /// It had not returned by the cut: it takes effect after its start with its answer, or not
+    /// yet (placed after every bounded op, where its answer no longer matters).
+    pub unbounded: bool,
 }
 
 impl Item<'_> {
@@ -27,15 +30,20 @@ impl Item<'_> {
     }
 
     fn end(&self) -> u64 {
-        if self.open() { NEVER } else { self.op.end }
+        if self.unbounded || self.op.ret.is_indeterminate() {
+            NEVER
+        } else {
+            self.op.end
+        }
     }
 
-    fn fits(&self, expected: &Ret) -> bool {
-        self.open() || &self.op.ret == expected
+    /// Whether the answer fits; `bounded_left` is how many bounded ops are not yet placed.
+    fn fits(&self, expected: &Ret, bounded_left: usize) -> bool {
+        self.open() || &self.op.ret == expected || (self.unbounded && bounded_left == 0)
     }
 }
 
-/// Where the deepest failed attempt stopped, for the report.
+/// Where the deepest failed attempt stopped, for the report (its order filled in by the caller).
 #[derive(Debug)]
 pub(crate) struct Stuck {
     /// The longest order explained, as item indices.
@@ -113,6 +121,7 @@ pub(crate) fn search(model: &Model, items: &[Item], max_states: usize, explain: 
     let mut cache: HashSet<(Vec<u64>, u128)> = HashSet::new();
     let mut calls: Vec<(usize, Vec<Write>, u128)> = Vec::new();
     let mut state = model.initial();
+    let mut bounded_left = items.iter().filter(|it| it.end() != NEVER).count();
     let mut stuck: Option<Box<Stuck>> = None;
     let mut entry = list.next[head];
     while list.next[head] != NIL {
@@ -124,7 +133,7 @@ pub(crate) fn search(model: &Model, items: &[Item], max_states: usize, explain: 
         if entry.is_multiple_of(2) {
             let i = entry / 2;
             let (expected, writes) = model.step(&state, items[i].op);
-            if items[i].fits(&expected) {
+            if items[i].fits(&expected, bounded_left) {
                 linearized[i / 64] |= 1 << (i % 64);
                 let fp = model.fingerprint_after(&state, &writes);
                 if cache.insert((linearized.clone(), fp)) {
@@ -132,6 +141,9 @@ pub(crate) fn search(model: &Model, items: &[Item], max_states: usize, explain: 
                     let undo = model.apply(&mut state, writes);
                     calls.push((i, undo, before));
                     list.lift(i);
+                    if items[i].end() != NEVER {
+                        bounded_left -= 1;
+                    }
                     entry = list.next[head];
                     continue;
                 }
@@ -140,14 +152,17 @@ pub(crate) fn search(model: &Model, items: &[Item], max_states: usize, explain: 
             entry = list.next[entry];
         } else {
             if explain && stuck.as_ref().is_none_or(|s| calls.len() > s.order.len()) {
-                stuck = Some(Box::new(where_stuck(
-                    model, items, &list, head, entry, &calls, &state,
-                )));
+                let mut s = where_stuck(model, items, &list, head, entry, &state, bounded_left);
+                s.order = calls.iter().map(|(i, _, _)| *i).collect();
+                stuck = Some(Box::new(s));
             }
             let Some((i, undo, fp)) = calls.pop() else {
                 return Outcome::Fails(stuck);
             };
             model.undo(&mut state, undo, fp);
+            if items[i].end() != NEVER {
+                bounded_left += 1;
+            }
             linearized[i / 64] &= !(1 << (i % 64));
             list.unlift(i);
             entry = list.next[2 * i];
@@ -164,8 +179,8 @@ fn where_stuck(
     list: &List,
     head: usize,
     ret: usize,
-    calls: &[(usize, Vec<Write>, u128)],
     state: &State,
+    bounded_left: usize,
 ) -> Stuck {
     let mut candidates = Vec::new();
     let mut node = list.next[head];
@@ -173,13 +188,13 @@ fn where_stuck(
         if node.is_multiple_of(2) {
             let i = node / 2;
             let (expected, _) = model.step(state, items[i].op);
-            let fits = items[i].fits(&expected);
+            let fits = items[i].fits(&expected, bounded_left);
             candidates.push((i, expected, fits));
         }
         node = list.next[node];
     }
     Stuck {
-        order: calls.iter().map(|(i, _, _)| *i).collect(),
+        order: Vec::new(),
         blocked: ret / 2,
         candidates,
         state: state.clone(),

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use imstore_core::Policy;
 
-/// The shape of a recorded run; every choice in it comes from `seed`.
+/// The shape of a recorded run: its size, its mix of calls, its phases and its seed.
 #[derive(Clone, Debug)]
 pub struct Workload {
     /// Conversations the clients work in.
@@ -18,7 +18,8 @@ pub struct Workload {
     /// Calls in all (inserts, transitions, reads), split over the phases; device pulls and the
     /// final reads come on top.
     pub ops: usize,
-    /// Devices following each conversation's change feed during and after the run.
+    /// Devices following each conversation's change feed; the first pulls from the start, the
+    /// others stay offline through the first phase and then catch up from their cursor.
     pub devices_per_conversation: usize,
     /// In this many conversations (the first ones), reused request ids also cross messages; such
     /// a conversation is checked as one part, the others message by message.
@@ -29,7 +30,8 @@ pub struct Workload {
     pub phases: Vec<Phase>,
     /// How far a stale request's client timestamp is from the store's clock.
     pub stale_by: Duration,
-    /// The seed of every choice.
+    /// The seed of every random choice (which call, on what, by whom); which requests are in
+    /// flight when a client picks one to retry still depends on timing.
     pub seed: u64,
 }
 
