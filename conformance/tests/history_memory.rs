@@ -151,6 +151,7 @@ impl Build {
             })
             .collect();
         self.history.devices.push(Device {
+            viewer: UserId::new("bob").unwrap(),
             name: "phone".into(),
             conversation_id: conv(),
             pulls,
