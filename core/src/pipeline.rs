@@ -44,11 +44,21 @@ impl<B: Backend> Store<B> {
     /// The checked store over `backend`; refuses settings the backend cannot honour (for
     /// instance a content limit above what the database can hold) with `InvalidInput`.
     pub fn with_backend(backend: B, settings: StoreSettings) -> Result<Self> {
+        let settings = Self::bounded(settings);
         Self::check(&backend, &settings)?;
         Ok(Store {
             backend: Arc::new(backend),
             settings,
         })
+    }
+
+    /// The codec never decodes more than the policy lets a message hold: a small forged envelope
+    /// that decompresses to far more is a decode error, not an allocation.
+    fn bounded(mut settings: StoreSettings) -> StoreSettings {
+        settings.codec = settings
+            .codec
+            .with_decode_limit(settings.policy.max_content_bytes());
+        settings
     }
 
     fn check(backend: &B, settings: &StoreSettings) -> Result<()> {
@@ -100,6 +110,7 @@ impl<B: Backend> Store<B> {
     /// Another store over the same backend and data with other settings (a rotated key ring,
     /// another policy), checked like [`Store::with_backend`].
     pub fn reconfigured(&self, settings: StoreSettings) -> Result<Self> {
+        let settings = Self::bounded(settings);
         Self::check(&self.backend, &settings)?;
         Ok(Store {
             backend: Arc::clone(&self.backend),
