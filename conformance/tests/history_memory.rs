@@ -734,7 +734,10 @@ impl<S: MessageStore> MessageStore for Broken<S> {
         }
         Ok(page)
     }
-    async fn changed_conversations(&self, cursors: &[SyncCursor]) -> Result<Vec<ConversationChange>> {
+    async fn changed_conversations(
+        &self,
+        cursors: &[SyncCursor],
+    ) -> Result<Vec<ConversationChange>> {
         self.inner.changed_conversations(cursors).await
     }
     async fn purge(&self, options: PurgeOptions) -> Result<PurgeReport> {

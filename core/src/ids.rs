@@ -294,7 +294,9 @@ mod tests {
                 let g = MsgIdGenerator::new(node, clock.clone()).unwrap();
                 (0..2).map(move |_| {
                     let g = g.clone();
-                    std::thread::spawn(move || (0..5_000).map(|_| g.next_id().unwrap()).collect::<Vec<_>>())
+                    std::thread::spawn(move || {
+                        (0..5_000).map(|_| g.next_id().unwrap()).collect::<Vec<_>>()
+                    })
                 })
             })
             .collect();

@@ -355,31 +355,40 @@ impl<B: Backend> MessageStore for Store<B> {
         cursor: FeedCursor,
         limit: u32,
     ) -> Result<ChangePage> {
-        traced(Operation::Changes, B::NAME, Some(conversation), None, async {
-            let policy = &self.settings.policy;
-            lifecycle::validate_conversation(conversation, policy)?;
-            lifecycle::validate_viewer(viewer, policy)?;
-            lifecycle::validate_page_size(limit, policy)?;
-            let slice = self.backend.changes(conversation, cursor, limit).await?;
-            check_cursor(cursor, slice.head)?;
-            let next = slice.events.last().map_or(cursor, |e| FeedCursor(e.seq));
-            let events = slice
-                .events
-                .into_iter()
-                .map(|e| view::event_for(e, viewer, policy))
-                .collect();
-            Ok(ChangePage {
-                events,
-                next,
-                resync: (cursor.0 < slice.purged_through).then_some(Resync {
-                    purged_through: FeedCursor(slice.purged_through),
-                }),
-            })
-        })
+        traced(
+            Operation::Changes,
+            B::NAME,
+            Some(conversation),
+            None,
+            async {
+                let policy = &self.settings.policy;
+                lifecycle::validate_conversation(conversation, policy)?;
+                lifecycle::validate_viewer(viewer, policy)?;
+                lifecycle::validate_page_size(limit, policy)?;
+                let slice = self.backend.changes(conversation, cursor, limit).await?;
+                check_cursor(cursor, slice.head)?;
+                let next = slice.events.last().map_or(cursor, |e| FeedCursor(e.seq));
+                let events = slice
+                    .events
+                    .into_iter()
+                    .map(|e| view::event_for(e, viewer, policy))
+                    .collect();
+                Ok(ChangePage {
+                    events,
+                    next,
+                    resync: (cursor.0 < slice.purged_through).then_some(Resync {
+                        purged_through: FeedCursor(slice.purged_through),
+                    }),
+                })
+            },
+        )
         .await
     }
 
-    async fn changed_conversations(&self, cursors: &[SyncCursor]) -> Result<Vec<ConversationChange>> {
+    async fn changed_conversations(
+        &self,
+        cursors: &[SyncCursor],
+    ) -> Result<Vec<ConversationChange>> {
         traced(Operation::Changes, B::NAME, None, None, async {
             let policy = &self.settings.policy;
             if cursors.len() > MAX_SYNC_CONVERSATIONS {

@@ -110,7 +110,10 @@ pub trait MessageStore: Send + Sync + Debug {
     /// Of the conversations a device follows (at most [`MAX_SYNC_CONVERSATIONS`]), those whose
     /// feed moved past the device's cursor, with their heads: one call, whatever the count, at a
     /// cost proportional to the conversations asked, never to their histories.
-    async fn changed_conversations(&self, cursors: &[SyncCursor]) -> Result<Vec<ConversationChange>>;
+    async fn changed_conversations(
+        &self,
+        cursors: &[SyncCursor],
+    ) -> Result<Vec<ConversationChange>>;
 
     /// Physically removes up to `options.batch_size` expired messages with their change events,
     /// skipping conversations under legal hold; call again while `more` to resume.
@@ -246,7 +249,9 @@ pub trait MessageStoreExt: MessageStore {
         let mut events = Vec::new();
         let mut resync = None;
         loop {
-            let got = self.changes_since(conversation, viewer, cursor, page).await?;
+            let got = self
+                .changes_since(conversation, viewer, cursor, page)
+                .await?;
             let done = got.events.is_empty();
             events.extend(got.events);
             resync = resync.or(got.resync);

@@ -138,6 +138,8 @@ macro_rules! __with_cases {
             extreme_client_timestamps_are_stale_requests,
             feed_cursor_beyond_the_head_is_invalid_input,
             oversized_ids_on_reads_are_invalid_input,
+            a_content_limit_the_store_cannot_keep_is_refused_when_built,
+            a_decompression_bomb_is_a_decode_error,
         }
     };
 }

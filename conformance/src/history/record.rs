@@ -500,7 +500,9 @@ impl<'a, S: MessageStore + ?Sized> Run<'a, S> {
             &self.users.bob
         };
         let m = NewMessage::text(
-            self.ids.next_id().expect("the clock is within the msg_id range"),
+            self.ids
+                .next_id()
+                .expect("the clock is within the msg_id range"),
             conv.id.clone(),
             sender.clone(),
             format!("{}-c{ci}-m{k}", self.tag).into_bytes(),
