@@ -19,7 +19,9 @@
 //! reads the content twice. The ring's 32-byte key is not used by XAES-256-GCM directly:
 //! HKDF-SHA256, once when the key enters the ring, derives the XAES key from it and its key id,
 //! so the AES-256-GCM cipher that still opens version 1 envelopes never shares an AES key with
-//! the version 2 cipher.
+//! the version 2 cipher. For another reader of these envelopes: the XAES-256-GCM key is
+//! HKDF-SHA256 with salt `"imstore content codec"`, the ring key as input keying material, info
+//! `"envelope v2 XAES-256-GCM key, key id "` followed by the key id (u32 BE), 32 bytes long.
 //!
 //! # Envelope version 2 (written)
 //!

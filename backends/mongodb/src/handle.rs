@@ -28,7 +28,7 @@ const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
 const MESSAGE_OVERHEAD_BYTES: usize = 64 * 1024;
 
 /// The imstore backend over one MongoDB (or FerretDB) database; cheap to clone, safe to share.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct MongoBackend {
     pub(crate) config: MongoConfig,
     pub(crate) client: Client,
@@ -36,6 +36,15 @@ pub struct MongoBackend {
     pub(crate) messages: Collection<Document>,
     pub(crate) log: Collection<Document>,
     pub(crate) holds: Collection<Document>,
+}
+
+impl std::fmt::Debug for MongoBackend {
+    // The configuration's Debug hides the URL; the client's would print every driver option.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MongoBackend")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The MongoDB store: the core pipeline over [`MongoBackend`].

@@ -3,9 +3,11 @@
 use std::time::Duration;
 
 use imstore_core::{Error, Result};
+use sqlx::postgres::PgConnectOptions;
 
-/// Connection settings of a [`crate::PostgresStore`]; build with [`PostgresConfig::new`] and the
-/// `with_*` methods, all of which keep every other setting.
+/// Connection settings of a [`crate::PostgresBackend`]; build with [`PostgresConfig::new`] and the
+/// `with_*` methods (each keeps every other setting); checked by [`PostgresConfig::validate`]
+/// when the store is built.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PostgresConfig {
     url: String,
@@ -48,7 +50,7 @@ impl PostgresConfig {
     }
 
     /// Whether connecting applies pending migrations (`true`), or leaves it to an explicit
-    /// [`crate::PostgresStore::migrate`] call (`false`, for deployments that migrate separately).
+    /// [`crate::PostgresBackend::migrate`] call (`false`, for deployments that migrate separately).
     pub fn with_migrate_on_connect(mut self, migrate: bool) -> Self {
         self.migrate_on_connect = migrate;
         self
@@ -92,8 +94,11 @@ impl PostgresConfig {
         self.acquire_timeout
     }
 
-    /// Checks the settings that the server would otherwise reject late or dangerously.
-    pub(crate) fn validate(&self) -> Result<()> {
+    /// Refuses, as `InvalidInput` naming the setting, what the server would reject late or
+    /// dangerously: a malformed URL, a pool size outside 1..=1000, a schema name that is not a
+    /// plain identifier.
+    pub fn validate(&self) -> Result<()> {
+        self.connect_options()?;
         if !(1..=1000).contains(&self.max_connections) {
             return Err(Error::invalid_input(
                 "max_connections",
@@ -104,6 +109,19 @@ impl PostgresConfig {
             validate_schema_name(schema)?;
         }
         Ok(())
+    }
+
+    /// The driver's connection options: the URL, with `search_path` set to the schema.
+    pub(crate) fn connect_options(&self) -> Result<PgConnectOptions> {
+        // The parse error is not attached: it may quote the URL, password included.
+        let options: PgConnectOptions = self
+            .url
+            .parse()
+            .map_err(|_| Error::invalid_input("url", "is not a valid PostgreSQL URL"))?;
+        Ok(match &self.schema {
+            Some(schema) => options.options([("search_path", schema.as_str())]),
+            None => options,
+        })
     }
 }
 

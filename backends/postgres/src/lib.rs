@@ -1,11 +1,13 @@
 //! The imstore backend for PostgreSQL: the message lifecycle contract on one SQL database.
 //!
-//! * [`PostgresStore`] implements [`imstore_core::MessageStore`]: every transition is one READ
-//!   COMMITTED transaction holding the status change, its change event and its request record;
-//!   the change feed's seq order is commit order; batch inserts are one UNNEST round trip;
-//!   purges run in bounded batches that concurrent workers split without blocking.
-//! * [`PostgresConfig`] says where the database is, how big the pool is, which schema the tables
-//!   live in, and whether connecting applies the embedded migrations ([`MIGRATOR`]).
+//! [`PostgresStore`] is the core's pipeline ([`imstore_core::Store`]) over [`PostgresBackend`]:
+//! core validates every argument, runs the codec, decides every transition and renders every
+//! view; this crate only persists. Every transition is one read and one atomic statement (the
+//! status change, its change event and its request record commit together); the change feed's
+//! seq order is commit order; batch inserts are one UNNEST statement per 64 MiB of content;
+//! purges run in bounded batches that concurrent workers split without blocking.
+//! [`PostgresConfig`] says where the database is, how the pool behaves, which schema the tables
+//! live in, and whether connecting applies the embedded migrations ([`MIGRATOR`]).
 //!
 //! ```no_run
 //! # async fn demo() -> imstore_core::Result<()> {
@@ -16,14 +18,25 @@
 //!     .with_schema("chat")
 //!     .with_max_connections(16);
 //! let store = PostgresStore::connect(config, StoreSettings::default()).await?;
-//! # let _ = store; Ok(()) }
+//! store.inner().migrate().await?; // idempotent; already done on connect by default
+//! # Ok(()) }
 //! ```
 
 #![deny(missing_docs)]
 
 mod config;
 mod error;
-mod store;
+mod feed;
+mod handle;
+mod insert;
+mod purge;
+mod read;
+mod rows;
+mod schema;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod transition;
 
 pub use config::{PostgresConfig, validate_schema_name};
-pub use store::{MIGRATOR, PostgresStore};
+pub use handle::{PostgresBackend, PostgresStore};
+pub use schema::MIGRATOR;

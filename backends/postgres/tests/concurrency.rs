@@ -1,21 +1,24 @@
-//! PostgreSQL-specific guarantees beyond the shared suite: concurrent purge workers split the work
-//! exactly, and a connection killed by the server mid-transition is a temporary error that leaves
-//! nothing half-applied.
+//! PostgreSQL-specific guarantees beyond the shared suite, checked in the tables themselves:
+//! concurrent purge workers split the work exactly; every answer to a request id racing state
+//! changes is the one its request record holds; and a connection killed by the server
+//! mid-transition is a temporary error that leaves nothing half-applied.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use imstore_conformance::StoreFactory;
 use imstore_conformance::fixtures::Cast;
-use imstore_conformance::{require_env, unique_namespace};
 use imstore_core::{
     Action, ErrorKind, FeedCursor, ManualClock, MessageStore, MessageStoreExt, Policy,
     PurgeOptions, Status, StoreSettings,
 };
-use imstore_postgres::{PostgresConfig, PostgresStore};
+use imstore_postgres::PostgresStore;
+use imstore_postgres::testing::PgFactory;
 use sqlx::AssertSqlSafe;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 
 struct Scratch {
+    factory: PgFactory,
     admin: PgPool,
     schema: String,
     store: PostgresStore,
@@ -24,30 +27,20 @@ struct Scratch {
 }
 
 async fn scratch(pool_size: u32) -> Scratch {
-    let url = require_env("IMSTORE_POSTGRES_URL");
-    let admin = PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&url)
-        .await
-        .expect("connect");
-    let schema = unique_namespace("imspg_conc");
-    sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&admin)
-        .await
-        .expect("create schema");
+    let factory = PgFactory::from_env()
+        .with_prefix("imspg_conc")
+        .with_pool_size(pool_size);
+    let schema = factory.create_namespace().await;
     let clock = ManualClock::starting_now();
     let settings = StoreSettings {
         policy: Policy::default(),
         clock: Arc::new(clock.clone()),
         ..StoreSettings::default()
     };
-    let config = PostgresConfig::new(&url)
-        .with_schema(&schema)
-        .with_max_connections(pool_size);
-    let store = PostgresStore::connect(config, settings.clone())
-        .await
-        .expect("connect store");
+    let store = factory.open(&schema, settings.clone()).await;
+    let admin = factory.admin().await.clone();
     Scratch {
+        factory,
         admin,
         schema,
         store,
@@ -58,13 +51,8 @@ async fn scratch(pool_size: u32) -> Scratch {
 
 impl Scratch {
     async fn drop_schema(self) {
-        sqlx::query(AssertSqlSafe(format!(
-            "DROP SCHEMA {} CASCADE",
-            self.schema
-        )))
-        .execute(&self.admin)
-        .await
-        .expect("drop schema");
+        self.store.inner().pool().close().await;
+        self.factory.drop_namespace(&self.schema).await;
     }
 }
 
@@ -191,5 +179,70 @@ async fn connection_killed_mid_transition_is_temporary_and_atomic() {
     assert!(again.replayed);
     let other = c.request(Action::Recall, &c.alice, m.msg_id);
     assert!(!s.store.transition(other).await.unwrap().changed);
+    s.drop_schema().await;
+}
+
+/// Copies of one request racing a sender who keeps recalling and restoring the message all get
+/// one answer, and it is the one the request record in the table holds (a no-op is recorded
+/// only if the message is still at the version it was decided at).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_answer_to_a_racing_request_is_the_recorded_one() {
+    let s = scratch(8).await;
+    let c = Arc::new(Cast::new(&s.settings));
+    let m = c.text("flip");
+    s.store.insert(m.clone()).await.unwrap();
+    let flipper = {
+        let (store, c, id) = (s.store.clone(), c.clone(), m.msg_id);
+        tokio::spawn(async move {
+            for _ in 0..40 {
+                for action in [Action::Recall, Action::Restore] {
+                    // A restore of a message the racing copies left Normal is refused.
+                    if let Err(e) = store.transition(c.request(action, &c.alice, id)).await {
+                        assert_eq!(e.kind(), ErrorKind::InvalidState, "{e}");
+                    }
+                }
+            }
+        })
+    };
+    for i in 0..40 {
+        let action = if i % 2 == 0 {
+            Action::Recall
+        } else {
+            Action::Restore
+        };
+        let req = c.request(action, &c.alice, m.msg_id);
+        let copies: Vec<_> = (0..3)
+            .map(|_| {
+                let (store, req) = (s.store.clone(), req.clone());
+                tokio::spawn(async move { store.transition(req).await })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for t in copies {
+            answers.push(match t.await.unwrap() {
+                Ok(o) => Ok((o.status, o.version, o.changed)),
+                Err(e) => Err(e.kind()),
+            });
+        }
+        let (status, version, changed, refusal): (i16, i64, bool, Option<String>) =
+            sqlx::query_as(AssertSqlSafe(format!(
+                "SELECT status, version, changed, refusal FROM {}.requests \
+                 WHERE conversation_id = $1 AND request_id = $2",
+                s.schema
+            )))
+            .bind(c.conv.as_str())
+            .bind(req.request_id.as_str())
+            .fetch_one(&s.admin)
+            .await
+            .expect("every decided request is recorded");
+        let recorded = match refusal {
+            Some(kind) => Err(ErrorKind::parse(&kind).unwrap()),
+            None => Ok((Status::from_code(status).unwrap(), version as u32, changed)),
+        };
+        for a in &answers {
+            assert_eq!(a, &recorded, "request {i}: answers {answers:?}");
+        }
+    }
+    flipper.await.unwrap();
     s.drop_schema().await;
 }

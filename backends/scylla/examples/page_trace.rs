@@ -98,7 +98,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "SELECT msg_id, content FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? LIMIT ?"
     ))
     .await?;
-    let states = trace(format!("SELECT k, status FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k >= ? AND k <= ?")).await?;
+    let states = trace(format!("SELECT k, status, at_ms FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k IN ? AND request_id = ''")).await?;
 
     let newest_bucket = store.inner().bucket_of(ids[ids.len() - 1]);
     let oldest_live_bucket = store.inner().bucket_of(ids[600]);
@@ -116,12 +116,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .await?;
         all.push((format!("messages of the {label}"), r.tracing_id()));
     }
-    let r = s
-        .execute_unpaged(
-            &states,
-            (conv.as_str(), ids[2_950].as_i64(), ids[2_999].as_i64()),
-        )
-        .await?;
+    // The page's lifecycle rows with their bucket's purge sentinel, as `list` reads them.
+    let mut keys: Vec<i64> = ids[2_950..].iter().map(|id| id.as_i64()).collect();
+    keys.push(-i64::from(newest_bucket) - 1);
+    let r = s.execute_unpaged(&states, (conv.as_str(), keys)).await?;
     all.push(("lifecycle rows of the newest page".into(), r.tracing_id()));
     for (label, id) in all {
         let Some(id) = id else { continue };

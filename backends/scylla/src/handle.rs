@@ -25,10 +25,6 @@ use crate::{error, feed, insert, purge, read, transition};
 /// The backend's name in errors and spans.
 pub(crate) const NAME: &str = "scylla";
 
-/// The largest mutation a node accepts by default: half of Cassandra's default 32 MiB commitlog
-/// segment (`max_mutation_size`).
-const DEFAULT_MAX_MUTATION: usize = 16 * 1024 * 1024;
-
 /// What the stored content may take of a mutation: the rest is for the keys, the sender, the
 /// attachment (at most ~1.5 KiB under the policy's id limits) and the mutation's own framing,
 /// with ample room.
@@ -48,6 +44,7 @@ pub(crate) struct Inner {
     pub(crate) config: ScyllaConfig,
     pub(crate) st: Statements,
     pub(crate) server: ServerInfo,
+    pub(crate) max_mutation: usize,
     /// `(shard, day)` rows already written to `purge_days` by this process (a day row is never
     /// removed while new entries can still land in it, so remembering it is safe).
     pub(crate) known_days: Mutex<HashSet<(i32, i32)>>,
@@ -65,7 +62,7 @@ impl std::fmt::Debug for ScyllaBackend {
 impl ScyllaBackend {
     /// A backend over an existing session (one session per application, shared by every store):
     /// checks the configuration, detects the server, creates or migrates the schema when the
-    /// configuration says so, and prepares every statement.
+    /// configuration says so, prepares every statement and reads the node's size limits.
     pub async fn with_session(session: Arc<Session>, config: ScyllaConfig) -> Result<Self> {
         config.validate()?;
         let server = schema::detect(&session).await?;
@@ -73,12 +70,14 @@ impl ScyllaBackend {
             schema::ensure(&session, &config, server.flavour).await?;
         }
         let st = Statements::prepare(&session, &config).await?;
+        let max_mutation = schema::max_mutation_bytes(&session, server.flavour).await;
         Ok(ScyllaBackend {
             inner: Arc::new(Inner {
                 session,
                 config,
                 st,
                 server,
+                max_mutation,
                 known_days: Mutex::new(HashSet::new()),
             }),
         })
@@ -184,10 +183,14 @@ impl Backend for ScyllaBackend {
     const NAME: &'static str = NAME;
 
     /// A message is one mutation (its partition's row, and the Paxos proposal that carries it),
-    /// so its content may take what a node accepts in one mutation by default, minus room for
-    /// the other columns.
+    /// so its content may take what the node accepts in one mutation (half a commitlog segment,
+    /// `max_mutation_size`, and on Cassandra the native protocol's frame limit; see
+    /// [`schema::max_mutation_bytes`]) minus room for the other columns.
     fn limits(&self) -> Limits {
-        Limits::new(DEFAULT_MAX_MUTATION - MUTATION_OVERHEAD, usize::MAX)
+        Limits::new(
+            self.inner.max_mutation.saturating_sub(MUTATION_OVERHEAD),
+            usize::MAX,
+        )
     }
 
     async fn insert(&self, message: &EncodedMessage, created_at: Timestamp) -> Result<Inserted> {

@@ -2,7 +2,9 @@
 //!
 //! Order of one insert: the bucket index row and the history index entry (plain, idempotent
 //! writes) BEFORE the message, so a crash in between leaves an empty listed bucket or a stale
-//! index entry, both harmless, never an unlisted message; then the conditional insert.
+//! index entry, both harmless, never an unlisted message; then the conditional insert; then the
+//! bucket index row AGAIN, so that a purge which unlisted the bucket as empty while the insert
+//! was on its way cannot hide the message from `list` (see `purge::drop_bucket_if_empty`).
 //!
 //! Not applied: the server's returned row (or a SERIAL re-read when it returned none) is the
 //! stored message, for the core to tell a retry from a conflict. Each insert call writes a random
@@ -140,7 +142,11 @@ pub(crate) async fn insert(
         add_bucket(b, &m.conversation_id, bucket),
         enqueue_history(b, &m.conversation_id, m.msg_id, created_at)
     )?;
-    insert_one(b, m, created_at, rand::random()).await
+    let inserted = insert_one(b, m, created_at, rand::random()).await?;
+    if inserted == Inserted::New {
+        add_bucket(b, &m.conversation_id, bucket).await?;
+    }
+    Ok(inserted)
 }
 
 /// Messages of ONE partition: first as one conditional batch (one Paxos round when they are all
@@ -265,8 +271,14 @@ pub(crate) async fn insert_batch(
         .collect()
         .await;
     let mut out: Vec<Option<Inserted>> = vec![None; messages.len()];
+    let mut relist = HashSet::new();
     for (i, r) in done {
-        out[i] = Some(r?);
+        let r = r?;
+        if r == Inserted::New {
+            let m = messages[i].message();
+            relist.insert((&m.conversation_id, b.bucket_of(m.msg_id)));
+        }
+        out[i] = Some(r);
     }
     for (i, j) in repeats {
         out[i] = Some(match &out[j] {
@@ -277,6 +289,11 @@ pub(crate) async fn insert_batch(
             }),
         });
     }
+    let mut adds: Vec<BoxFuture<'_, Result<()>>> = Vec::new();
+    for (c, k) in relist {
+        adds.push(add_bucket(b, c, k).boxed());
+    }
+    run_all(adds).await?;
     out.into_iter()
         .map(|r| r.ok_or_else(|| Error::corrupt("a batch insert result is missing")))
         .collect()

@@ -10,7 +10,8 @@
 //!
 //! Removing one message: (1) mark its lifecycle `purging = true` `IF version = <read> AND
 //! purging = null AND legal_hold != true` (this fences transitions, other purgers and a legal
-//! hold placed after the purge looked; readers treat the mark as not found); (2) `DELETE FROM
+//! hold placed after the purge looked; readers treat the mark as not found), and in the same
+//! batch stamp its bucket's sentinel with a new epoch (see `read`); (2) `DELETE FROM
 //! messages ... IF EXISTS` (applied: this purger counts the message and reports its attachment
 //! key); (3) one conditional batch deletes the lifecycle row `IF purging = true` and its events
 //! (applied: this purger counts the events); (4) drop the queue entry. A purger that dies after
@@ -29,7 +30,7 @@ use scylla::serialize::row::SerializeRow;
 
 use crate::error;
 use crate::handle::ScyllaBackend;
-use crate::read::{self, day_of};
+use crate::read::{self, day_of, sentinel_key};
 use crate::rows::{self, StateRow};
 
 /// `purge_days` shard of `purge_queue` days.
@@ -248,7 +249,7 @@ impl<'a, 'j> Run<'a, 'j> {
         let b = self.b;
         let (row, state) = futures::try_join!(
             read::message(b, conv, msg_id, Fields::NoContent, false),
-            read::state(b, conv, msg_id, false)
+            read::state(b, conv, msg_id)
         )?;
         let resuming = matches!(state, Some(StateRow::Purging { .. }));
         if !resuming {
@@ -264,15 +265,25 @@ impl<'a, 'j> Run<'a, 'j> {
             }
             let mut mark = b.conditional_batch();
             mark.append_statement(b.st().state_mark.clone());
-            let values: Vec<BoxedRow> = vec![Box::new((
-                conv.as_str().to_string(),
-                msg_id.as_i64(),
-                state
-                    .as_ref()
-                    .and_then(StateRow::version)
-                    .map(crate::transition::version_col)
-                    .transpose()?,
-            ))];
+            mark.append_statement(b.st().sentinel_set.clone());
+            let values: Vec<BoxedRow> = vec![
+                Box::new((
+                    conv.as_str().to_string(),
+                    msg_id.as_i64(),
+                    state
+                        .as_ref()
+                        .and_then(StateRow::version)
+                        .map(crate::transition::version_col)
+                        .transpose()?,
+                )),
+                // A reader that finds no lifecycle in a bucket with a sentinel re-checks the
+                // message row, and a transition of a never-changed message is fenced by it.
+                Box::new((
+                    rand::random::<i64>(),
+                    conv.as_str().to_string(),
+                    sentinel_key(b.bucket_of(msg_id)),
+                )),
+            ];
             if !crate::transition::run_batch(b, &mark, values).await? {
                 // A transition or another purger got there first, or a legal hold was just
                 // placed (the mark is conditional on it): the next call looks again.
@@ -460,25 +471,38 @@ impl<'a, 'j> Run<'a, 'j> {
         }
     }
 
-    /// Unlists a bucket the purge emptied, so page walks stop reading its tombstones; re-lists
-    /// it if a message landed in the meantime.
+    /// Unlists a bucket the purge emptied, so page walks stop reading its tombstones.
+    ///
+    /// The removal carries the time just before the purge saw the bucket empty: an insert
+    /// re-lists its bucket after writing its message, so any insert this check did not see
+    /// re-lists it later than that and wins; one that landed meanwhile is re-listed here.
     async fn drop_bucket_if_empty(&self, conv: &ConversationId, bucket: i32) -> Result<()> {
         let b = self.b;
+        let seen_at = now_micros();
         if !is_empty(b, &b.st().msg_any, (conv.as_str(), bucket)).await? {
             return Ok(());
         }
         b.session()
-            .execute_unpaged(&b.st().bucket_remove, (conv.as_str(), bucket))
+            .execute_unpaged(&b.st().bucket_remove, (seen_at, conv.as_str(), bucket))
             .await
             .map_err(error::execution)?;
         if !is_empty(b, &b.st().msg_any, (conv.as_str(), bucket)).await? {
+            let mut add = b.st().bucket_add.clone();
+            add.set_timestamp(Some(seen_at + 1));
             b.session()
-                .execute_unpaged(&b.st().bucket_add, (conv.as_str(), bucket))
+                .execute_unpaged(&add, (conv.as_str(), bucket))
                 .await
                 .map_err(error::execution)?;
         }
         Ok(())
     }
+}
+
+/// The wall clock in microseconds, the unit of CQL write timestamps.
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 /// One purge batch: the retention queue, then the history index, at most `batch_size` messages.

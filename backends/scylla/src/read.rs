@@ -2,17 +2,27 @@
 //! purge share.
 //!
 //! A message is its row in its bucket partition plus, once it changed, its lifecycle row in the
-//! conversation's state partition; the two are read in parallel. A lifecycle marked by a purge
-//! reads as "not found".
+//! conversation's state partition. The two are different partitions, so a reader could see the
+//! message row before the purge deleted it and the lifecycle after the purge deleted that too,
+//! and take the message for a never-changed Normal one. Two things rule that out:
+//!
+//! * the purge first marks the lifecycle (`purging = true`), and deletes the lifecycle only after
+//!   the message row; a mark reads as "not found";
+//! * the same mark stamps its bucket's *sentinel* (kind 0, k = `-(bucket + 1)`) with a new
+//!   epoch, and readers read a lifecycle together with its bucket's sentinel in ONE
+//!   single-partition query (one snapshot). A message with no lifecycle row in a bucket whose
+//!   sentinel is set may be one whose purge finished between the two reads, so it is re-checked
+//!   (its row must still be there after the lifecycle read); in a bucket never purged, an absent
+//!   lifecycle can only mean "never changed".
 
 use std::collections::HashMap;
 
+use futures::future::try_join_all;
 use imstore_core::backend::{Fields, PageQuery};
 use imstore_core::lifecycle::RequestRecord;
 use imstore_core::{
     ConversationId, Direction, MsgId, Result, StoredMessage, Timestamp, TransitionRequest,
 };
-
 use scylla::statement::prepared::PreparedStatement;
 
 use crate::error;
@@ -21,6 +31,23 @@ use crate::rows::{self, MessageRow, RequestCols, StateCols, StateRow};
 
 /// Buckets fetched per round trip while walking a conversation's bucket index.
 const BUCKET_CHUNK: i32 = 8;
+/// Keys per `IN (...)` list: under ScyllaDB's default `max_clustering_key_restrictions_per_query`
+/// (100).
+const IN_CHUNK: usize = 64;
+
+/// The state-partition key of a bucket's purge sentinel (message ids are positive).
+pub(crate) fn sentinel_key(bucket: i32) -> i64 {
+    -i64::from(bucket) - 1
+}
+
+/// A lifecycle row read in one snapshot with its bucket's purge sentinel.
+#[derive(Debug, Default)]
+pub(crate) struct Fenced {
+    /// The lifecycle row, if the message changed (or is being purged).
+    pub(crate) state: Option<StateRow>,
+    /// The sentinel's epoch: `None` while no purge ever committed in the bucket.
+    pub(crate) epoch: Option<i64>,
+}
 
 /// A stored message from its row and its lifecycle; `None` when a purge marker hides it.
 pub(crate) fn stored(row: MessageRow, state: Option<&StateRow>) -> Option<StoredMessage> {
@@ -96,42 +123,141 @@ pub(crate) async fn message(
         .transpose()
 }
 
-/// The lifecycle rows of the messages between `lo` and `hi` (inclusive), by msg_id.
-async fn states_between(
+type FencedCols = (
+    i64,
+    Option<i8>,
+    Option<i32>,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<Vec<i64>>,
+    Option<bool>,
+    Option<i64>,
+);
+
+/// The lifecycle rows of `ids` (all in `bucket`) and the bucket's sentinel, in one query.
+async fn fenced_chunk(
     b: &ScyllaBackend,
     conversation: &ConversationId,
-    lo: i64,
-    hi: i64,
-) -> Result<HashMap<i64, StateRow>> {
+    bucket: i32,
+    ids: &[i64],
+    serial: bool,
+) -> Result<(HashMap<i64, StateRow>, Option<i64>)> {
+    let sentinel = sentinel_key(bucket);
+    let mut keys = Vec::with_capacity(ids.len() + 1);
+    keys.push(sentinel);
+    keys.extend_from_slice(ids);
+    let st = if serial {
+        &b.st().state_fenced_serial
+    } else {
+        &b.st().state_fenced
+    };
     let res = b
         .session()
-        .execute_unpaged(&b.st().state_range, (conversation.as_str(), lo, hi))
+        .execute_unpaged(st, (conversation.as_str(), keys))
         .await
         .map_err(error::execution)?
         .into_rows_result()
         .map_err(|e| error::decode("lifecycle rows", e))?;
-    type RangeCols = (
-        i64,
-        Option<i8>,
-        Option<i32>,
-        Option<i64>,
-        Option<String>,
-        Option<i64>,
-        Option<i64>,
-        Option<String>,
-        Option<Vec<i64>>,
-        Option<bool>,
-    );
-    let mut out = HashMap::new();
+    let mut states = HashMap::new();
+    let mut epoch = None;
     for row in res
-        .rows::<RangeCols>()
+        .rows::<FencedCols>()
         .map_err(|e| error::decode("lifecycle rows", e))?
     {
-        let (k, a, b2, c, d, e, f, g, h, i) =
+        let (k, a, b2, c, d, e, f, g, h, i, at) =
             row.map_err(|e| error::decode("lifecycle rows", e))?;
-        out.insert(k, rows::state((a, b2, c, d, e, f, g, h, i))?);
+        if k == sentinel {
+            epoch = at;
+        } else {
+            states.insert(k, rows::state((a, b2, c, d, e, f, g, h, i))?);
+        }
     }
-    Ok(out)
+    Ok((states, epoch))
+}
+
+/// One message's lifecycle row with its bucket's sentinel, in one snapshot.
+pub(crate) async fn fenced(
+    b: &ScyllaBackend,
+    conversation: &ConversationId,
+    msg_id: MsgId,
+    serial: bool,
+) -> Result<Fenced> {
+    let id = msg_id.as_i64();
+    let (mut states, epoch) =
+        fenced_chunk(b, conversation, b.bucket_of(msg_id), &[id], serial).await?;
+    Ok(Fenced {
+        state: states.remove(&id),
+        epoch,
+    })
+}
+
+/// Which of `ids` (all in `bucket`) still have a message row, read after their lifecycles.
+async fn still_there(
+    b: &ScyllaBackend,
+    conversation: &ConversationId,
+    bucket: i32,
+    ids: Vec<i64>,
+) -> Result<Vec<i64>> {
+    let res = b
+        .session()
+        .execute_unpaged(&b.st().msg_exists, (conversation.as_str(), bucket, ids))
+        .await
+        .map_err(error::execution)?
+        .into_rows_result()
+        .map_err(|e| error::decode("message keys", e))?;
+    res.rows::<(i64,)>()
+        .map_err(|e| error::decode("message keys", e))?
+        .map(|r| {
+            r.map(|(id,)| id)
+                .map_err(|e| error::decode("message keys", e))
+        })
+        .collect()
+}
+
+/// The live messages among `found` (one bucket's rows, in page order): purge markers dropped,
+/// and, where the bucket was ever purged, messages without a lifecycle re-checked.
+async fn live(
+    b: &ScyllaBackend,
+    conversation: &ConversationId,
+    bucket: i32,
+    found: Vec<MessageRow>,
+) -> Result<Vec<StoredMessage>> {
+    let ids: Vec<i64> = found.iter().map(|m| m.message.msg_id.as_i64()).collect();
+    let chunks = try_join_all(
+        ids.chunks(IN_CHUNK)
+            .map(|c| fenced_chunk(b, conversation, bucket, c, false)),
+    )
+    .await?;
+    let mut states = HashMap::new();
+    let mut doubtful = Vec::new();
+    for ((chunk_states, epoch), chunk_ids) in chunks.into_iter().zip(ids.chunks(IN_CHUNK)) {
+        if epoch.is_some() {
+            doubtful.extend(chunk_ids.iter().filter(|id| !chunk_states.contains_key(id)));
+        }
+        states.extend(chunk_states);
+    }
+    let mut gone = std::collections::HashSet::new();
+    if !doubtful.is_empty() {
+        let there: Vec<Vec<i64>> = try_join_all(
+            doubtful
+                .chunks(IN_CHUNK)
+                .map(|c| still_there(b, conversation, bucket, c.to_vec())),
+        )
+        .await?;
+        let there: std::collections::HashSet<i64> = there.into_iter().flatten().collect();
+        gone.extend(doubtful.into_iter().filter(|id| !there.contains(id)));
+    }
+    Ok(found
+        .into_iter()
+        .filter(|m| !gone.contains(&m.message.msg_id.as_i64()))
+        .filter_map(|m| {
+            let state = states.get(&m.message.msg_id.as_i64());
+            stored(m, state)
+        })
+        .collect())
 }
 
 /// One message with its lifecycle, or `None` (never stored, purged, or being purged).
@@ -141,11 +267,17 @@ pub(crate) async fn fetch(
     msg_id: MsgId,
     fields: Fields,
 ) -> Result<Option<StoredMessage>> {
-    let (row, state) = futures::try_join!(
+    let (row, fenced) = futures::try_join!(
         message(b, conversation, msg_id, fields, false),
-        state(b, conversation, msg_id, false)
+        fenced(b, conversation, msg_id, false)
     )?;
-    Ok(row.and_then(|row| stored(row, state.as_ref())))
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    if !confirm_present(b, conversation, msg_id, &fenced).await? {
+        return Ok(None);
+    }
+    Ok(stored(row, fenced.state.as_ref()))
 }
 
 async fn bucket_chunk(
@@ -225,9 +357,9 @@ async fn bucket_page(
     Ok(out)
 }
 
-/// Up to `query.fetch` messages after the cursor, walking only the non-empty buckets a few at
-/// a time, then ONE range read of the page's lifecycle rows; messages a purge marked are left
-/// out.
+/// Up to `query.fetch` live messages after the cursor, walking only the non-empty buckets a few
+/// at a time; messages a purge is removing are skipped and the walk goes on past them, so a
+/// page is never cut short by them.
 pub(crate) async fn page(
     b: &ScyllaBackend,
     conversation: &ConversationId,
@@ -235,19 +367,31 @@ pub(crate) async fn page(
 ) -> Result<Vec<StoredMessage>> {
     let want = query.fetch as usize;
     let dir = query.direction;
-    let (mut from, bound) = match (dir, query.cursor) {
-        (_, Some(c)) => (b.bucket_of(c), Some(c.as_i64())),
-        (Direction::NewestFirst, None) => (i32::MAX, None),
-        (Direction::OldestFirst, None) => (i32::MIN, None),
+    let cursor = query.cursor.map(MsgId::as_i64);
+    let mut from = match (dir, query.cursor) {
+        (_, Some(c)) => b.bucket_of(c),
+        (Direction::NewestFirst, None) => i32::MAX,
+        (Direction::OldestFirst, None) => i32::MIN,
     };
-    let mut found: Vec<MessageRow> = Vec::new();
+    let mut out: Vec<StoredMessage> = Vec::new();
     'walk: loop {
         let chunk = bucket_chunk(b, conversation, from, dir).await?;
         for &bucket in &chunk {
-            let need = i32::try_from(want - found.len()).unwrap_or(i32::MAX);
-            found.extend(bucket_page(b, conversation, bucket, bound, need, dir).await?);
-            if found.len() >= want {
-                break 'walk;
+            // The cursor bounds its own bucket; every other bucket lies wholly past it.
+            let mut bound = cursor;
+            loop {
+                let need = want - out.len();
+                let limit = i32::try_from(need).unwrap_or(i32::MAX);
+                let rows = bucket_page(b, conversation, bucket, bound, limit, dir).await?;
+                let full = rows.len() >= need;
+                bound = rows.last().map(|m| m.message.msg_id.as_i64());
+                out.extend(live(b, conversation, bucket, rows).await?);
+                if out.len() >= want {
+                    break 'walk;
+                }
+                if !full {
+                    break;
+                }
             }
         }
         let (Some(&last), true) = (chunk.last(), chunk.len() == BUCKET_CHUNK as usize) else {
@@ -264,18 +408,8 @@ pub(crate) async fn page(
             },
         };
     }
-    let ids = found.iter().map(|m| m.message.msg_id.as_i64());
-    let states = match (ids.clone().min(), ids.max()) {
-        (Some(lo), Some(hi)) => states_between(b, conversation, lo, hi).await?,
-        _ => HashMap::new(),
-    };
-    Ok(found
-        .into_iter()
-        .filter_map(|m| {
-            let state = states.get(&m.message.msg_id.as_i64());
-            stored(m, state)
-        })
-        .collect())
+    out.truncate(want);
+    Ok(out)
 }
 
 /// The feed head (the last seq handed out), if any.
@@ -326,21 +460,15 @@ pub(crate) async fn request(
         .transpose()
 }
 
-/// A message's lifecycle row.
+/// A lifecycle row alone (the purge reads it with the message row; its mark is conditional).
 pub(crate) async fn state(
     b: &ScyllaBackend,
     conversation: &ConversationId,
     msg_id: MsgId,
-    serial: bool,
 ) -> Result<Option<StateRow>> {
-    let st = if serial {
-        &b.st().state_get_serial
-    } else {
-        &b.st().state_get
-    };
     let res = b
         .session()
-        .execute_unpaged(st, (conversation.as_str(), msg_id.as_i64()))
+        .execute_unpaged(&b.st().state_get, (conversation.as_str(), msg_id.as_i64()))
         .await
         .map_err(error::execution)?
         .into_rows_result()
@@ -365,6 +493,21 @@ pub(crate) async fn legal_hold(b: &ScyllaBackend, conversation: &ConversationId)
         .map_err(|e| error::decode("legal hold", e))?
         .and_then(|(h,)| h)
         .unwrap_or(false))
+}
+
+/// True when a message read as absent after `fenced` may in fact be a message being purged:
+/// see the module docs. Re-checks the message row when the bucket was ever purged.
+pub(crate) async fn confirm_present(
+    b: &ScyllaBackend,
+    conversation: &ConversationId,
+    msg_id: MsgId,
+    fenced: &Fenced,
+) -> Result<bool> {
+    if fenced.state.is_some() || fenced.epoch.is_none() {
+        return Ok(true);
+    }
+    let there = still_there(b, conversation, b.bucket_of(msg_id), vec![msg_id.as_i64()]).await?;
+    Ok(!there.is_empty())
 }
 
 /// The store clock's day of `t` (for the purge indexes), saturating at the i32 range.

@@ -1,5 +1,5 @@
 //! The keyspace and its six tables, created idempotently at start-up, the migrations of keyspaces
-//! made by older versions, and server detection.
+//! made by older versions, server detection, and the node's size limits.
 //!
 //! Only CQL that both Apache Cassandra (4/5) and ScyllaDB accept is sent to both; the
 //! ScyllaDB-only options (`tablets`, `tombstone_gc`) are appended only when the server is ScyllaDB.
@@ -296,6 +296,76 @@ pub async fn keyspaces(session: &Session) -> Result<Vec<String>> {
         .map_err(|e| error::decode("system_schema.keyspaces", e))
 }
 
+/// The commitlog segment both servers ship with by default (32 MiB on Cassandra; ScyllaDB's
+/// newer default is 64 MiB): the limit assumed when the node's settings cannot be read.
+const DEFAULT_SEGMENT_BYTES: usize = 32 * 1024 * 1024;
+
+/// The largest mutation the node accepts and the largest request frame it reads, whichever is
+/// smaller, in bytes.
+///
+/// A mutation may be at most half a commitlog segment (`max_mutation_size`, on Cassandra also
+/// settable on its own), and on Cassandra a protocol-v4 request frame at most
+/// `native_transport_max_frame_size` (16 MiB by default). Read from `system_views.settings`
+/// (Cassandra 4+) or `system.config` (ScyllaDB); when neither is readable, half of the default
+/// 32 MiB segment.
+pub async fn max_mutation_bytes(session: &Session, flavour: Flavour) -> usize {
+    let query = match flavour {
+        Flavour::Scylla => "SELECT name, value FROM system.config",
+        Flavour::Cassandra => "SELECT name, value FROM system_views.settings",
+    };
+    let settings: Vec<(String, Option<String>)> = match session.query_unpaged(query, &[]).await {
+        Ok(res) => match res.into_rows_result() {
+            Ok(rows) => rows
+                .rows::<(String, Option<String>)>()
+                .map(|it| it.filter_map(|r| r.ok()).collect())
+                .unwrap_or_default(),
+            Err(_) => Vec::new(),
+        },
+        Err(_) => Vec::new(),
+    };
+    limit_from_settings(&settings)
+}
+
+/// [`max_mutation_bytes`] from `(name, value)` pairs of the node's settings.
+fn limit_from_settings(settings: &[(String, Option<String>)]) -> usize {
+    let get = |names: &[&str]| {
+        settings.iter().find_map(|(n, v)| {
+            names
+                .contains(&n.as_str())
+                .then(|| v.as_deref().and_then(|v| parse_size(n, v)))
+                .flatten()
+        })
+    };
+    let segment = get(&["commitlog_segment_size", "commitlog_segment_size_in_mb"])
+        .unwrap_or(DEFAULT_SEGMENT_BYTES);
+    let mutation = get(&["max_mutation_size", "max_mutation_size_in_kb"]).unwrap_or(segment / 2);
+    let frame = get(&[
+        "native_transport_max_frame_size",
+        "native_transport_max_frame_size_in_mb",
+    ])
+    .unwrap_or(usize::MAX);
+    mutation.min(segment / 2).min(frame)
+}
+
+/// A size setting as bytes: `32MiB`-style values, or a bare number in the unit its name says
+/// (`_in_mb`, `_in_kb`).
+fn parse_size(name: &str, value: &str) -> Option<usize> {
+    let v = value.trim().trim_matches('"');
+    let digits: String = v.chars().take_while(char::is_ascii_digit).collect();
+    let n: usize = digits.parse().ok()?;
+    let unit = v[digits.len()..].trim().to_ascii_lowercase();
+    let scale = match unit.as_str() {
+        "" if name.ends_with("_in_mb") => 1 << 20,
+        "" if name.ends_with("_in_kb") => 1 << 10,
+        "" | "b" => 1,
+        "kib" | "kb" => 1 << 10,
+        "mib" | "mb" => 1 << 20,
+        "gib" | "gb" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(scale)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,5 +391,35 @@ mod tests {
         for (column, ty) in ADDED_STATE_COLUMNS {
             assert!(ddl.contains(&format!("{column} {ty},")), "{column}");
         }
+    }
+
+    #[test]
+    fn limits_come_from_the_segment_the_mutation_and_the_frame() {
+        let s = |pairs: &[(&str, Option<&str>)]| {
+            pairs
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.map(str::to_string)))
+                .collect::<Vec<_>>()
+        };
+        // Cassandra 5 defaults.
+        let c5 = s(&[
+            ("commitlog_segment_size", Some("32MiB")),
+            ("max_mutation_size", None),
+            ("native_transport_max_frame_size", Some("16MiB")),
+        ]);
+        assert_eq!(limit_from_settings(&c5), 16 << 20);
+        // ScyllaDB: a 64 MB segment, frames up to 256 MB.
+        let scylla = s(&[
+            ("commitlog_segment_size_in_mb", Some("64")),
+            ("native_transport_max_frame_size_in_mb", Some("256")),
+        ]);
+        assert_eq!(limit_from_settings(&scylla), 32 << 20);
+        // An explicit, smaller mutation limit wins; nothing readable falls back to 16 MiB.
+        let small = s(&[
+            ("commitlog_segment_size", Some("32MiB")),
+            ("max_mutation_size", Some("4MiB")),
+        ]);
+        assert_eq!(limit_from_settings(&small), 4 << 20);
+        assert_eq!(limit_from_settings(&[]), 16 << 20);
     }
 }

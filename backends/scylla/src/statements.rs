@@ -85,6 +85,7 @@ statements! {
     msg_get: Idempotent => "SELECT sender_id, msg_type, content, attachment_key, attachment_size, attachment_mime, created_at, insert_token FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id = ?",
     msg_get_serial: SerialRead => "SELECT sender_id, msg_type, content, attachment_key, attachment_size, attachment_mime, created_at, insert_token FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id = ?",
     msg_get_meta: Idempotent => "SELECT sender_id, msg_type, attachment_key, attachment_size, attachment_mime, created_at FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id = ?",
+    msg_exists: Idempotent => "SELECT msg_id FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id IN ?",
     // Newest first from the newest message: no bound, so the largest msg_id is included.
     msg_page_newest: Idempotent => "SELECT msg_id, sender_id, msg_type, content, attachment_key, attachment_size, attachment_mime, created_at FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? LIMIT ?",
     msg_page_desc: Idempotent => "SELECT msg_id, sender_id, msg_type, content, attachment_key, attachment_size, attachment_mime, created_at FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id < ? LIMIT ?",
@@ -94,17 +95,21 @@ statements! {
 
     // --- buckets: the non-empty buckets of a conversation.
     bucket_add: Idempotent => "INSERT INTO {ks}.buckets (conversation_id, bucket) VALUES (?, ?)",
-    bucket_remove: Idempotent => "DELETE FROM {ks}.buckets WHERE conversation_id = ? AND bucket = ?",
+    // Removal at the time the purge saw the bucket empty, so any add after that wins.
+    bucket_remove: Idempotent => "DELETE FROM {ks}.buckets USING TIMESTAMP ? WHERE conversation_id = ? AND bucket = ?",
     buckets_desc: Idempotent => "SELECT bucket FROM {ks}.buckets WHERE conversation_id = ? AND bucket <= ? LIMIT ?",
     buckets_asc: Idempotent => "SELECT bucket FROM {ks}.buckets WHERE conversation_id = ? AND bucket >= ? ORDER BY bucket ASC LIMIT ?",
 
-    // --- conversation_state, kind 0: lifecycles (k = msg_id).
+    // --- conversation_state, kind 0: lifecycles (k = msg_id) and bucket sentinels (k < 0).
     state_get: Idempotent => "SELECT status, version, recalled_at, recalled_by, restored_at, deleted_at, deleted_by, event_seqs, purging FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = ''",
-    state_get_serial: SerialRead => "SELECT status, version, recalled_at, recalled_by, restored_at, deleted_at, deleted_by, event_seqs, purging FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = ''",
-    state_range: Idempotent => "SELECT k, status, version, recalled_at, recalled_by, restored_at, deleted_at, deleted_by, event_seqs, purging FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k >= ? AND k <= ?",
+    // Lifecycles with their buckets' sentinels, in ONE single-partition read (one snapshot).
+    state_fenced: Idempotent => "SELECT k, status, version, recalled_at, recalled_by, restored_at, deleted_at, deleted_by, event_seqs, purging, at_ms FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k IN ? AND request_id = ''",
+    state_fenced_serial: SerialRead => "SELECT k, status, version, recalled_at, recalled_by, restored_at, deleted_at, deleted_by, event_seqs, purging, at_ms FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k IN ? AND request_id = ''",
     state_write: Conditional => "UPDATE {ks}.conversation_state SET status = ?, version = ?, recalled_at = ?, recalled_by = ?, restored_at = ?, deleted_at = ?, deleted_by = ?, event_seqs = event_seqs + ? WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = '' IF version = ? AND purging = null",
     // The purge's mark, refused while the conversation is under legal hold.
     state_mark: Conditional => "UPDATE {ks}.conversation_state SET purging = true WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = '' IF version = ? AND purging = null AND legal_hold != true",
+    sentinel_set: Idempotent => "UPDATE {ks}.conversation_state SET at_ms = ? WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = ''",
+    sentinel_fence: Conditional => "UPDATE {ks}.conversation_state SET at_ms = ? WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = '' IF at_ms = ?",
     state_delete: Conditional => "DELETE FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = '' IF purging = true",
     hold_set: Idempotent => "UPDATE {ks}.conversation_state SET legal_hold = ? WHERE conversation_id = ?",
     hold_get: Idempotent => "SELECT legal_hold FROM {ks}.conversation_state WHERE conversation_id = ? LIMIT 1",

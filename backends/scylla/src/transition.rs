@@ -1,15 +1,18 @@
 //! A transition: one consistent read, the core's decision, and ONE conditional batch on the
 //! conversation's state partition that persists it.
 //!
-//! The read, in parallel: the request record, the lifecycle row, the feed head, and the message
-//! row (sender, created_at). Then `decider.decide(...)`, and for
+//! The read, in parallel: the request record, the lifecycle row with its bucket's purge sentinel
+//! (one query, one snapshot), the feed head, and the message row (sender, created_at). Then
+//! `decider.decide(...)`, and for
 //!
 //! * `Answer`: nothing is written;
 //! * `Record`: the request record `IF at_ms = null` (insert-if-absent), with a rewrite of the
 //!   lifecycle `IF version = <read>` when the message has one, so the recorded outcome is the
 //!   state at commit time;
 //! * `Apply`: the feed head `IF feed_head = <read>`, the lifecycle `IF version = <read> AND
-//!   purging = null`, the event under the new seq, and the request record `IF at_ms = null`.
+//!   purging = null` (for a message that never changed, also the bucket's sentinel `IF at_ms =
+//!   <read>`, so a purge that committed since the read fails the batch), the event under the new
+//!   seq, and the request record `IF at_ms = null`.
 //!
 //! Not applied: another writer, purger or record won; decide again from a new read (the core's
 //! [`Retry`]). A Paxos timeout leaves the outcome unknown: the next read is linearizable
@@ -27,7 +30,7 @@ use std::sync::Mutex;
 use crate::error;
 use crate::handle::ScyllaBackend;
 use crate::purge::{BoxedRow, enqueue_retention};
-use crate::read;
+use crate::read::{self, Fenced, sentinel_key};
 use crate::rows::{self, StateRow};
 
 /// A version as the `int` column stores it; beyond `i32::MAX` the counter is exhausted.
@@ -118,7 +121,7 @@ fn record_values(record: &RequestRecord, token: i64) -> Result<BoxedRow> {
 /// What one read found, for one decision.
 struct Read {
     record: Option<(RequestRecord, Option<i64>)>,
-    state: Option<StateRow>,
+    fenced: Fenced,
     head: Option<i64>,
     /// The message's sender and lifecycle, when it exists and no purge removed it.
     message: Option<(imstore_core::UserId, Lifecycle)>,
@@ -127,18 +130,21 @@ struct Read {
 async fn read_all(b: &ScyllaBackend, decider: &Decider<'_>, serial: bool) -> Result<Read> {
     let req = decider.request();
     let conv = &req.conversation_id;
-    let (record, state, head, row) = futures::try_join!(
+    let (record, fenced, head, row) = futures::try_join!(
         read::request(b, req, serial),
-        read::state(b, conv, req.msg_id, serial),
+        read::fenced(b, conv, req.msg_id, serial),
         read::head(b, conv, serial),
         read::message(b, conv, req.msg_id, Fields::NoContent, serial),
     )?;
-    let message = row.and_then(|m| {
-        rows::lifecycle_of(state.as_ref(), m.created_at).map(|lc| (m.message.sender_id, lc))
+    let mut message = row.and_then(|m| {
+        rows::lifecycle_of(fenced.state.as_ref(), m.created_at).map(|lc| (m.message.sender_id, lc))
     });
+    if message.is_some() && !read::confirm_present(b, conv, req.msg_id, &fenced).await? {
+        message = None;
+    }
     Ok(Read {
         record,
-        state,
+        fenced,
         head,
         message,
     })
@@ -229,7 +235,7 @@ fn plan(
     let st = b.st();
     let mut batch = b.conditional_batch();
     let mut values: Vec<BoxedRow> = Vec::with_capacity(5);
-    let live_version = match &read.state {
+    let live_version = match &read.fenced.state {
         Some(StateRow::Live { changed, .. }) => Some(changed.version),
         _ => None,
     };
@@ -271,6 +277,18 @@ fn plan(
                 live_version,
                 vec![seq],
             )?);
+            if live_version.is_none() {
+                // The message never changed: the absent lifecycle is only "never changed" while
+                // no purge commits in its bucket, which stamps the sentinel.
+                let e = read.fenced.epoch;
+                batch.append_statement(st.sentinel_fence.clone());
+                values.push(Box::new((
+                    e.map_or(MaybeUnset::Unset, MaybeUnset::Set),
+                    conv.clone(),
+                    sentinel_key(b.bucket_of(req.msg_id)),
+                    e,
+                )));
+            }
             let event = decider.event(u64::try_from(seq).unwrap_or(0), next);
             batch.append_statement(st.event_put.clone());
             values.push(Box::new((

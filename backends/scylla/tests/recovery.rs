@@ -1,6 +1,7 @@
 //! Crash recovery specific to this backend's multi-step purge, replayed with raw CQL: a purger
 //! that dies between its conditional steps leaves state that the next purge completes, counting
-//! nothing twice; stale queue entries; request-record lifetime.
+//! nothing twice; a purged bucket's sentinel never hides a live message; stale queue entries;
+//! request-record lifetime.
 
 use std::time::Duration;
 
@@ -175,6 +176,51 @@ async fn a_stale_purge_entry_never_purges_a_live_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_never_changed_message_in_a_purged_bucket_reads_as_normal() {
+    let f = ScyllaFactory::from_env();
+    let h = Harness::start(&f, Setup::default()).await;
+    let c = Cast::new(&h.settings);
+    let gone = c.text("gone");
+    let kept = c.text("kept");
+    h.store.insert(gone.clone()).await.unwrap();
+    h.store.insert(kept.clone()).await.unwrap();
+    assert_eq!(
+        h.store.inner().bucket_of(gone.msg_id),
+        h.store.inner().bucket_of(kept.msg_id)
+    );
+    h.store
+        .transition(c.request(Action::Delete, &c.alice, gone.msg_id))
+        .await
+        .unwrap();
+    h.clock.advance(PAST_RETENTION);
+    let report = h
+        .store
+        .purge_all(PurgeOptions { batch_size: 10 })
+        .await
+        .unwrap();
+    assert_eq!(report.messages, 1);
+    // The bucket's sentinel is set now: an absent lifecycle is re-checked, and still Normal.
+    let v = h.store.get(&c.conv, kept.msg_id, &c.bob).await.unwrap();
+    assert_eq!(v.status, Status::Normal);
+    assert_eq!(v.body.unwrap().content, b"kept");
+    let page = h
+        .store
+        .list(&c.conv, &c.bob, imstore_core::ListOptions::newest(10))
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(page.items[0].msg_id, kept.msg_id);
+    // And a transition of it passes the sentinel's fence.
+    let out = h
+        .store
+        .transition(c.moderator_request(Action::Delete, &c.mia, kept.msg_id))
+        .await
+        .unwrap();
+    assert_eq!((out.status, out.version), (Status::Deleted, 2));
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_records_live_until_a_purge_removes_them_except_under_legal_hold() {
     let f = ScyllaFactory::from_env();
     let h = Harness::start(&f, Setup::default()).await;
@@ -219,5 +265,58 @@ async fn request_records_live_until_a_purge_removes_them_except_under_legal_hold
     // Under legal hold the record stays.
     let out = h.store.transition(replay(&recall_held)).await.unwrap();
     assert!(out.replayed);
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_messages_being_purged_does_not_end_the_walk() {
+    let f = ScyllaFactory::from_env();
+    let h = Harness::start(&f, Setup::default()).await;
+    let c = Cast::new(&h.settings);
+    let oldest = c.text("oldest");
+    h.store.insert(oldest.clone()).await.unwrap();
+    let mut doomed = Vec::new();
+    for i in 0..3 {
+        let m = c.text(&format!("doomed {i}"));
+        h.store.insert(m.clone()).await.unwrap();
+        h.store
+            .transition(c.request(Action::Delete, &c.alice, m.msg_id))
+            .await
+            .unwrap();
+        doomed.push(m.msg_id);
+    }
+    let newest = c.text("newest");
+    h.store.insert(newest.clone()).await.unwrap();
+    // A purger marked the three deleted messages, which now fill whole pages of the walk.
+    for id in &doomed {
+        cql(
+            &h,
+            "UPDATE {ks}.conversation_state SET purging = true WHERE conversation_id = 'group-1' AND kind = 0 AND k = ? AND request_id = '' IF version = 2",
+            (id.as_i64(),),
+        )
+        .await;
+    }
+    for (opts, want) in [
+        (
+            imstore_core::ListOptions::newest(1),
+            vec![newest.msg_id, oldest.msg_id],
+        ),
+        (
+            imstore_core::ListOptions::oldest(1),
+            vec![oldest.msg_id, newest.msg_id],
+        ),
+    ] {
+        let mut seen = Vec::new();
+        let mut opts = opts;
+        loop {
+            let page = h.store.list(&c.conv, &c.bob, opts.clone()).await.unwrap();
+            seen.extend(page.items.iter().map(|v| v.msg_id));
+            match page.next {
+                Some(next) => opts = opts.after(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, want);
+    }
     h.finish().await;
 }

@@ -110,3 +110,31 @@ async fn the_sweeper_drops_only_old_keyspaces_of_its_prefix() {
     assert!(!dropped.contains(&young), "{dropped:?}");
     f.drop_namespace(&young).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_the_node_cannot_hold_is_refused_when_the_store_is_built() {
+    let f = ScyllaFactory::from_env();
+    let ns = f.create_namespace().await;
+    let backend = ScyllaBackend::with_session(f.session().await, f.config(&ns))
+        .await
+        .unwrap();
+    let limit = imstore_core::Backend::limits(&backend).max_stored_content_bytes;
+    // Cassandra 5 defaults: half of the 32 MiB commitlog segment, and 16 MiB request frames.
+    assert!(limit < 16 << 20 && limit > 15 << 20, "{limit}");
+    let policy = |bytes: usize| StoreSettings {
+        policy: imstore_core::Policy::builder()
+            .max_content_bytes(bytes)
+            .build()
+            .unwrap(),
+        ..StoreSettings::default()
+    };
+    // Under the codec's 16 MiB decode limit, over what one mutation of this node can carry.
+    let err = f
+        .open_store(&ns, policy((16 << 20) - (16 << 10)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), imstore_core::ErrorKind::InvalidInput, "{err}");
+    assert_eq!(err.field(), Some("max_content_bytes"));
+    assert!(f.open_store(&ns, policy(1 << 20)).await.is_ok());
+    f.drop_namespace(&ns).await;
+}

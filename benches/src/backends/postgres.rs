@@ -1,5 +1,6 @@
-//! PostgreSQL: imstore-postgres in a fresh schema, against sqlx with the minimal statement on the
-//! same tables (`messages`, `change_events`) and the same primary keys.
+//! PostgreSQL: imstore-postgres in a fresh schema made by the crate's testing factory, against
+//! sqlx with the minimal statement on the same tables (`messages`, `change_events`) and the same
+//! primary keys.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -7,9 +8,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use imstore_core::{NewMessage, StoreSettings};
-use imstore_postgres::{PostgresConfig, PostgresStore};
+use imstore_postgres::PostgresStore;
+use imstore_postgres::testing::PgFactory;
+use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Row};
 
 use crate::harness::R;
 use crate::now_ms;
@@ -19,9 +21,12 @@ use crate::target::{Handle, Raw, Target};
 /// queues more at concurrency 64.
 const POOL: u32 = 24;
 
+/// The schema prefix of bench runs (what `drop_leftovers` sweeps).
+const PREFIX: &str = "bench_pg";
+
 /// The PostgreSQL target over schema `schema`.
 pub struct PgTarget {
-    url: String,
+    factory: PgFactory,
     schema: String,
     version: String,
     base: PostgresStore,
@@ -30,30 +35,24 @@ pub struct PgTarget {
 }
 
 impl PgTarget {
-    /// Creates a fresh schema and connects imstore (which migrates it) and the baseline.
+    /// Creates schema `schema` through the testing factory and connects imstore (which
+    /// migrates it) and the baseline.
     pub async fn connect(url: &str, schema: String) -> R<Self> {
-        let admin = PgPoolOptions::new()
-            .max_connections(2)
-            .connect(url)
-            .await
-            .map_err(|e| format!("postgres: cannot connect to IMSTORE_POSTGRES_URL: {e}"))?;
+        let factory = PgFactory::new(url).with_prefix(PREFIX).with_pool_size(POOL);
+        let admin = factory.admin().await.clone();
         let version: String = sqlx::query_scalar("SELECT version()")
             .fetch_one(&admin)
             .await?;
-        sqlx::raw_sql(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-            .execute(&admin)
-            .await?;
-        let config = PostgresConfig::new(url)
-            .with_schema(schema.clone())
-            .with_max_connections(POOL);
-        let base = PostgresStore::connect(config, StoreSettings::default()).await?;
+        factory.create_schema(&schema).await;
+        let base =
+            PostgresStore::connect(factory.config(&schema), StoreSettings::default()).await?;
         let options: PgConnectOptions = url.parse()?;
         let pool = PgPoolOptions::new()
             .max_connections(POOL)
             .connect_with(options.options([("search_path", schema.as_str())]))
             .await?;
         Ok(PgTarget {
-            url: url.to_owned(),
+            factory,
             schema,
             version,
             base,
@@ -76,17 +75,18 @@ impl Target for PgTarget {
     }
     async fn open(&self, settings: StoreSettings) -> R<Handle> {
         Ok(Handle {
-            store: Arc::new(self.base.reconfigured(settings)),
+            store: Arc::new(self.base.reconfigured(settings)?),
             close: None,
         })
     }
     async fn open_isolated(&self, settings: StoreSettings) -> R<Handle> {
-        let config = PostgresConfig::new(&self.url)
-            .with_schema(self.schema.clone())
+        let config = self
+            .factory
+            .config(&self.schema)
             .with_max_connections(1)
             .with_migrate_on_connect(false);
         let store = PostgresStore::connect(config, settings).await?;
-        let pool = store.pool().clone();
+        let pool = store.inner().pool().clone();
         Ok(Handle {
             store: Arc::new(store),
             // A server process flushes its table statistics when it exits: closing the pool
@@ -136,18 +136,13 @@ impl Target for PgTarget {
     }
     async fn quiesce(&self) -> R<()> {
         self.raw.pool.close().await;
-        self.base.pool().close().await;
+        self.base.inner().pool().close().await;
         Ok(())
     }
     async fn drop_namespace(&self) -> R<()> {
         self.raw.pool.close().await;
-        self.base.pool().close().await;
-        sqlx::raw_sql(AssertSqlSafe(format!(
-            "DROP SCHEMA IF EXISTS {} CASCADE",
-            self.schema
-        )))
-        .execute(&self.admin)
-        .await?;
+        self.base.inner().pool().close().await;
+        self.factory.drop_schema(&self.schema).await;
         self.admin.close().await;
         Ok(())
     }
@@ -256,20 +251,13 @@ impl Raw for PgRaw {
     }
 }
 
-/// Drops every `bench_*` schema (left behind by interrupted runs); returns their names.
+/// Drops every `bench_pg_*` schema (left behind by interrupted runs, whatever their age: run it
+/// when no bench is running); returns their names.
 pub async fn drop_leftovers(url: &str) -> R<Vec<String>> {
-    let admin = PgPoolOptions::new().max_connections(1).connect(url).await?;
-    let names: Vec<String> = sqlx::query_scalar(
-        "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'bench\\_pg\\_%'",
-    )
-    .fetch_all(&admin)
-    .await?;
-    for n in &names {
-        imstore_postgres::validate_schema_name(n)?;
-        sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {n} CASCADE")))
-            .execute(&admin)
-            .await?;
-    }
-    admin.close().await;
+    let factory = PgFactory::new(url)
+        .with_prefix(PREFIX)
+        .with_leftover_age(Duration::ZERO);
+    let names = factory.sweep_leftovers().await;
+    factory.admin().await.close().await;
     Ok(names)
 }

@@ -1,0 +1,141 @@
+//! [`PostgresBackend`]: the pool every module works over, how it is built, and the
+//! [`Backend`] impl (each method a thin call into the module of its concern).
+
+use async_trait::async_trait;
+use imstore_core::backend::{
+    EncodedMessage, FeedSlice, Fields, Inserted, Limits, PageQuery, PurgeJob,
+};
+use imstore_core::transition::Decider;
+use imstore_core::{
+    Backend, Connect, ConversationId, FeedCursor, MsgId, Operation, PurgeReport, Result, Store,
+    StoredMessage, Timestamp, TransitionOutcome,
+};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+use crate::config::PostgresConfig;
+use crate::error::map;
+use crate::{feed, insert, purge, read, schema, transition};
+
+/// The largest encoded content one message may carry: PostgreSQL keeps a `bytea` value of at
+/// most 1 GiB (`MaxAllocSize`) and refuses a protocol message (the insert's Bind, which carries
+/// the content inside a `bytea[]`) over 1 GiB; 1 MiB is left for the row's other fields and the
+/// array and message headers.
+const MAX_STORED_CONTENT_BYTES: usize = (1 << 30) - (1 << 20);
+
+/// The PostgreSQL backend: a connection pool whose connections resolve the store's tables
+/// through `search_path`. Cheap to clone (the pool is shared).
+#[derive(Debug, Clone)]
+pub struct PostgresBackend {
+    pool: PgPool,
+}
+
+/// The store over PostgreSQL: the core's pipeline over [`PostgresBackend`].
+pub type PostgresStore = Store<PostgresBackend>;
+
+impl PostgresBackend {
+    /// A backend over an existing pool, whose connections must already resolve the tables (via
+    /// `search_path`). Neither checks nor migrates the database.
+    pub fn with_pool(pool: PgPool) -> Self {
+        PostgresBackend { pool }
+    }
+
+    /// The connection pool, for tooling (re-key jobs, inspection, closing it).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies the embedded migrations ([`crate::MIGRATOR`]) not yet applied in the pool's
+    /// schema; idempotent, and safe from several processes at once.
+    pub async fn migrate(&self) -> Result<()> {
+        schema::migrate(&self.pool).await.map_err(|e| {
+            e.with_operation(Operation::Connect)
+                .with_backend(<Self as Backend>::NAME)
+        })
+    }
+}
+
+#[async_trait]
+impl Connect for PostgresBackend {
+    type Config = PostgresConfig;
+
+    /// Validates `config`, opens the pool (one connection, to fail fast on a wrong URL), and
+    /// migrates when `config.migrate_on_connect()`.
+    async fn connect(config: PostgresConfig) -> Result<Self> {
+        config.validate()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections())
+            .acquire_timeout(config.acquire_timeout())
+            .connect_with(config.connect_options()?)
+            .await
+            .map_err(map)?;
+        let backend = PostgresBackend::with_pool(pool);
+        if config.migrate_on_connect() {
+            backend.migrate().await?;
+        }
+        Ok(backend)
+    }
+}
+
+#[async_trait]
+impl Backend for PostgresBackend {
+    const NAME: &'static str = "postgres";
+
+    fn limits(&self) -> Limits {
+        // Batches are cut into statements by size (`insert.rs`), so any batch size fits.
+        Limits::new(MAX_STORED_CONTENT_BYTES, usize::MAX)
+    }
+
+    async fn insert(&self, message: &EncodedMessage, created_at: Timestamp) -> Result<Inserted> {
+        let mut found =
+            insert::insert_batch(&self.pool, std::slice::from_ref(message), created_at).await?;
+        found
+            .pop()
+            .ok_or_else(|| imstore_core::Error::corrupt("the insert answered for no message"))
+    }
+
+    async fn insert_batch(
+        &self,
+        messages: &[EncodedMessage],
+        created_at: Timestamp,
+    ) -> Result<Vec<Inserted>> {
+        insert::insert_batch(&self.pool, messages, created_at).await
+    }
+
+    async fn fetch(
+        &self,
+        conversation: &ConversationId,
+        msg_id: MsgId,
+        fields: Fields,
+    ) -> Result<Option<StoredMessage>> {
+        read::fetch(&self.pool, conversation, msg_id, fields).await
+    }
+
+    async fn page(
+        &self,
+        conversation: &ConversationId,
+        query: PageQuery,
+    ) -> Result<Vec<StoredMessage>> {
+        read::page(&self.pool, conversation, query).await
+    }
+
+    async fn transition(&self, decider: &Decider<'_>) -> Result<TransitionOutcome> {
+        transition::transition(&self.pool, decider).await
+    }
+
+    async fn changes(
+        &self,
+        conversation: &ConversationId,
+        after: FeedCursor,
+        limit: u32,
+    ) -> Result<FeedSlice> {
+        feed::changes(&self.pool, conversation, after, limit).await
+    }
+
+    async fn purge(&self, job: &PurgeJob<'_>) -> Result<PurgeReport> {
+        purge::purge(&self.pool, job).await
+    }
+
+    async fn set_legal_hold(&self, conversation: &ConversationId, held: bool) -> Result<()> {
+        purge::set_legal_hold(&self.pool, conversation, held).await
+    }
+}
