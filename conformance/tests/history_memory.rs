@@ -746,6 +746,12 @@ impl<S: MessageStore> MessageStore for Broken<S> {
     async fn set_legal_hold(&self, c: &ConversationId, held: bool) -> Result<()> {
         self.inner.set_legal_hold(c, held).await
     }
+    async fn rekey(&self, options: RekeyOptions) -> Result<RekeyReport> {
+        self.inner.rekey(options).await
+    }
+    async fn key_usage(&self) -> Result<KeyUsage> {
+        self.inner.key_usage().await
+    }
 }
 
 async fn rejects(fault: Fault, seed: u64) -> Box<history::Violation> {

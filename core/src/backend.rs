@@ -113,6 +113,26 @@ pub struct FeedHead {
     pub purged_through: u64,
 }
 
+/// One message's stored content, as the re-key job scans it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredContent {
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// The message.
+    pub msg_id: MsgId,
+    /// The content bytes exactly as stored.
+    pub content: Vec<u8>,
+}
+
+/// A page of a scan over every stored message's content.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ContentScan {
+    /// Up to the requested number of contents, in the backend's scan order.
+    pub contents: Vec<StoredContent>,
+    /// Where the next page starts (opaque to the pipeline), or `None` when the scan is done.
+    pub next: Option<String>,
+}
+
 /// One purge batch, as the pipeline hands it to a backend.
 #[derive(Debug)]
 pub struct PurgeJob<'a> {
@@ -273,6 +293,23 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// conversation's `purged_through` to the highest seq it removed. `released_attachments` are
     /// the keys of removed messages that no stored message references any more.
     async fn purge(&self, job: &PurgeJob<'_>) -> Result<PurgeReport>;
+
+    /// Up to `limit` stored contents after `after` (a token this method returned, or `None` for
+    /// the start) in a stable order of the backend's choosing that every message is visited
+    /// in exactly once, whatever is inserted or purged meanwhile (new messages may be missed:
+    /// they are sealed under the active key anyway).
+    async fn scan_contents(&self, after: Option<&str>, limit: u32) -> Result<ContentScan>;
+
+    /// Replaces a message's stored content with `replacement` if it is still exactly
+    /// `expected` (a compare-and-set on the bytes); never touches status, version or the feed.
+    /// False when the message is gone or its content changed.
+    async fn replace_content(
+        &self,
+        conversation: &ConversationId,
+        msg_id: MsgId,
+        expected: &[u8],
+        replacement: &[u8],
+    ) -> Result<bool>;
 
     /// Places or lifts a legal hold on a conversation, ordered against running purge batches.
     async fn set_legal_hold(&self, conversation: &ConversationId, held: bool) -> Result<()>;

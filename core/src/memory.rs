@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use crate::backend::{
-    Backend, EncodedMessage, FeedHead, FeedSlice, Fields, Inserted, PageQuery, PurgeJob,
+    Backend, ContentScan, EncodedMessage, FeedHead, FeedSlice, Fields, Inserted, PageQuery,
+    PurgeJob, StoredContent,
 };
 use crate::error::Result;
 use crate::ids::{ConversationId, MsgId, RequestId};
@@ -329,6 +330,84 @@ impl Backend for MemoryBackend {
         }
         report.more = report.messages == budget;
         Ok(report)
+    }
+
+    async fn scan_contents(&self, after: Option<&str>, limit: u32) -> Result<ContentScan> {
+        // Scan order: conversation id, then msg_id. The token is "<msg_id>:<conversation>"
+        // (the msg_id first, so a conversation id holding ':' still parses).
+        let after = match after {
+            None => None,
+            Some(token) => {
+                let (id, conv) = token
+                    .split_once(':')
+                    .ok_or_else(|| crate::Error::invalid_input("resume", "not a scan token"))?;
+                let id = id
+                    .parse::<u64>()
+                    .ok()
+                    .and_then(|n| MsgId::new(n).ok())
+                    .ok_or_else(|| crate::Error::invalid_input("resume", "not a scan token"))?;
+                Some((ConversationId::new(conv)?, id))
+            }
+        };
+        let state = self.lock();
+        let mut convs: Vec<&ConversationId> = state.conversations.keys().collect();
+        convs.sort();
+        let mut contents = Vec::new();
+        let mut more = false;
+        'scan: for conv in convs {
+            if let Some((c, _)) = &after
+                && conv < c
+            {
+                continue;
+            }
+            let messages = &state.conversations[conv].messages;
+            let range = match &after {
+                Some((c, id)) if c == conv => {
+                    messages.range((std::ops::Bound::Excluded(*id), std::ops::Bound::Unbounded))
+                }
+                _ => messages.range(..),
+            };
+            for (id, e) in range {
+                if contents.len() == limit as usize {
+                    more = true;
+                    break 'scan;
+                }
+                contents.push(StoredContent {
+                    conversation: conv.clone(),
+                    msg_id: *id,
+                    content: e.message.content.clone(),
+                });
+            }
+        }
+        let next = if more {
+            contents
+                .last()
+                .map(|c| format!("{}:{}", c.msg_id, c.conversation))
+        } else {
+            None
+        };
+        Ok(ContentScan { contents, next })
+    }
+
+    async fn replace_content(
+        &self,
+        conversation: &ConversationId,
+        msg_id: MsgId,
+        expected: &[u8],
+        replacement: &[u8],
+    ) -> Result<bool> {
+        let mut state = self.lock();
+        match state
+            .conversations
+            .get_mut(conversation)
+            .and_then(|c| c.messages.get_mut(&msg_id))
+        {
+            Some(e) if e.message.content == expected => {
+                e.message.content = replacement.to_vec();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     async fn set_legal_hold(&self, conversation: &ConversationId, held: bool) -> Result<()> {

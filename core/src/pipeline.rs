@@ -442,6 +442,84 @@ impl<B: Backend> MessageStore for Store<B> {
         .await
     }
 
+    async fn rekey(&self, options: RekeyOptions) -> Result<RekeyReport> {
+        traced(Operation::Rekey, B::NAME, None, None, async {
+            if options.batch_size == 0 || options.batch_size > PurgeOptions::MAX_BATCH {
+                return Err(Error::invalid_input(
+                    "batch_size",
+                    format!("must be between 1 and {}", PurgeOptions::MAX_BATCH),
+                ));
+            }
+            let codec = &self.settings.codec;
+            let scan = self
+                .backend
+                .scan_contents(options.resume.as_deref(), options.batch_size)
+                .await?;
+            let mut report = RekeyReport {
+                next: scan.next,
+                ..RekeyReport::default()
+            };
+            for c in scan.contents {
+                report.scanned += 1;
+                // An envelope that cannot be parsed or opened is left as it is: the job never
+                // turns forged bytes into a sealed message.
+                match codec.needs_rekey(&c.content) {
+                    Err(_) => {
+                        report.undecodable += 1;
+                        continue;
+                    }
+                    Ok(false) => continue,
+                    Ok(true) => {}
+                }
+                let sealed = if options.seal_plaintext {
+                    codec.rekey_accepting_plaintext(&c.conversation, c.msg_id, &c.content)
+                } else {
+                    codec.rekey(&c.conversation, c.msg_id, &c.content)
+                };
+                let Ok(sealed) = sealed else {
+                    report.undecodable += 1;
+                    continue;
+                };
+                if self
+                    .backend
+                    .replace_content(&c.conversation, c.msg_id, &c.content, &sealed)
+                    .await?
+                {
+                    report.rewritten += 1;
+                } else {
+                    report.skipped += 1;
+                }
+            }
+            Ok(report)
+        })
+        .await
+    }
+
+    async fn key_usage(&self) -> Result<KeyUsage> {
+        traced(Operation::Rekey, B::NAME, None, None, async {
+            let mut usage = KeyUsage::default();
+            let mut after: Option<String> = None;
+            loop {
+                let scan = self
+                    .backend
+                    .scan_contents(after.as_deref(), PurgeOptions::MAX_BATCH)
+                    .await?;
+                for c in &scan.contents {
+                    match crate::codec::ContentCodec::key_id_of(&c.content) {
+                        Ok(Some(k)) => *usage.sealed.entry(k.0).or_default() += 1,
+                        Ok(None) => usage.unsealed += 1,
+                        Err(_) => usage.unreadable += 1,
+                    }
+                }
+                match scan.next {
+                    Some(n) => after = Some(n),
+                    None => return Ok(usage),
+                }
+            }
+        })
+        .await
+    }
+
     async fn set_legal_hold(&self, conversation: &ConversationId, held: bool) -> Result<()> {
         traced(
             Operation::LegalHold,

@@ -121,6 +121,15 @@ pub trait MessageStore: Send + Sync + Debug {
 
     /// Puts a conversation under legal hold (never purged) or releases it.
     async fn set_legal_hold(&self, conversation: &ConversationId, held: bool) -> Result<()>;
+
+    /// One batch of the re-key job: rewrites, under the codec's active key, every scanned message
+    /// not sealed with it; never changes status, version or the feed, and is safe to run while
+    /// the service writes. Call again with [`RekeyOptions::after`] until `next` is `None`.
+    async fn rekey(&self, options: RekeyOptions) -> Result<RekeyReport>;
+
+    /// Which keys the stored messages are sealed with (a full scan): once no message needs an
+    /// old key, that key can be retired from the ring.
+    async fn key_usage(&self) -> Result<KeyUsage>;
 }
 
 macro_rules! forward_message_store {
@@ -162,6 +171,12 @@ macro_rules! forward_message_store {
             }
             async fn set_legal_hold(&self, conversation: &ConversationId, held: bool) -> Result<()> {
                 (**self).set_legal_hold(conversation, held).await
+            }
+            async fn rekey(&self, options: RekeyOptions) -> Result<RekeyReport> {
+                (**self).rekey(options).await
+            }
+            async fn key_usage(&self) -> Result<KeyUsage> {
+                (**self).key_usage().await
             }
         }
     )*};
@@ -263,6 +278,23 @@ pub trait MessageStoreExt: MessageStore {
                     resync,
                 });
             }
+        }
+    }
+
+    /// Runs re-key batches until the scan is complete, and sums their reports.
+    async fn rekey_all(&self, options: RekeyOptions) -> Result<RekeyReport> {
+        let mut total = RekeyReport::default();
+        let mut options = options;
+        loop {
+            let r = self.rekey(options.clone()).await?;
+            total.scanned += r.scanned;
+            total.rewritten += r.rewritten;
+            total.skipped += r.skipped;
+            total.undecodable += r.undecodable;
+            if r.next.is_none() {
+                return Ok(total);
+            }
+            options = options.after(&r);
         }
     }
 

@@ -604,3 +604,89 @@ pub struct AuditRecord {
     /// The stored message with content decoded.
     pub message: StoredMessage,
 }
+
+/// Options of one re-key batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RekeyOptions {
+    /// How many stored messages the batch looks at (1..=[`PurgeOptions::MAX_BATCH`]).
+    pub batch_size: u32,
+    /// Where to resume: the `next` of the previous batch's report, or `None` to start.
+    pub resume: Option<String>,
+    /// Also seal content stored without encryption (migrating a plaintext store to encryption).
+    /// Only for content known to be genuine: unsealed bytes are otherwise refused as forged.
+    pub seal_plaintext: bool,
+}
+
+impl Default for RekeyOptions {
+    fn default() -> Self {
+        RekeyOptions {
+            batch_size: 500,
+            resume: None,
+            seal_plaintext: false,
+        }
+    }
+}
+
+impl RekeyOptions {
+    /// A batch of `batch_size` messages from the start.
+    pub fn batch(batch_size: u32) -> Self {
+        RekeyOptions {
+            batch_size,
+            ..RekeyOptions::default()
+        }
+    }
+
+    /// The same options resuming where `report` stopped.
+    pub fn after(mut self, report: &RekeyReport) -> Self {
+        self.resume = report.next.clone();
+        self
+    }
+
+    /// The same options, also sealing plaintext content.
+    pub fn sealing_plaintext(mut self) -> Self {
+        self.seal_plaintext = true;
+        self
+    }
+}
+
+/// What one re-key batch did.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct RekeyReport {
+    /// Messages looked at.
+    pub scanned: u64,
+    /// Messages rewritten under the active key.
+    pub rewritten: u64,
+    /// Messages that changed or vanished under the job (purged meanwhile): left as they are.
+    pub skipped: u64,
+    /// Messages whose content could not be opened (forged, unknown key): left as they are.
+    pub undecodable: u64,
+    /// Where the next batch resumes, or `None` when the scan is complete.
+    pub next: Option<String>,
+}
+
+/// Which keys the stored messages are sealed with, from a full scan.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct KeyUsage {
+    /// Messages per key id that sealed them.
+    pub sealed: std::collections::BTreeMap<u32, u64>,
+    /// Messages stored without encryption.
+    pub unsealed: u64,
+    /// Messages whose envelope cannot even be parsed.
+    pub unreadable: u64,
+}
+
+impl KeyUsage {
+    /// Messages that still need a key other than `active` (or are unsealed): what stands
+    /// between an old key and its retirement.
+    pub fn needing_other_than(&self, active: crate::codec::KeyId) -> u64 {
+        self.sealed
+            .iter()
+            .filter(|(k, _)| **k != active.0)
+            .map(|(_, n)| n)
+            .sum::<u64>()
+            + self.unsealed
+    }
+}
