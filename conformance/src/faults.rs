@@ -103,7 +103,7 @@ where
             for i in 0..load.messages_per_writer {
                 started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let message = NewMessage::text(
-                    ids.next_id(),
+                    ids.next_id().expect("the clock is within the msg_id range"),
                     conv.clone(),
                     sender.clone(),
                     format!("writer {w} message {i}"),
@@ -195,7 +195,11 @@ async fn account<S: MessageStore + ?Sized>(
     report: &mut FaultReport,
 ) {
     let mut events: BTreeMap<MsgId, Vec<u32>> = BTreeMap::new();
-    match store.drain_changes(conv, FeedCursor::START, 500).await {
+    let viewer = user("auditor");
+    match store
+        .drain_changes(conv, &viewer, FeedCursor::START, 500)
+        .await
+    {
         Ok(page) => {
             for e in page.events {
                 events.entry(e.msg_id).or_default().push(e.version);

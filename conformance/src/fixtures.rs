@@ -60,7 +60,9 @@ impl Cast {
 
     /// A fresh msg_id.
     pub fn next_id(&self) -> MsgId {
-        self.ids.next_id()
+        self.ids
+            .next_id()
+            .expect("the store's clock is within the msg_id time range")
     }
 
     /// A text message from alice with the given content.

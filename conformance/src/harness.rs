@@ -21,8 +21,21 @@ pub trait StoreFactory: Send + Sync + 'static {
     async fn create_namespace(&self) -> String;
 
     /// Opens a store over `namespace`; may be called more than once per namespace (e.g. with a
-    /// rotated key ring), every handle seeing the same data.
-    async fn open(&self, namespace: &str, settings: StoreSettings) -> Self::Store;
+    /// rotated key ring), every handle seeing the same data. An error is the store refusing the
+    /// settings (a policy the backend cannot honour); an unreachable server panics.
+    async fn try_open(
+        &self,
+        namespace: &str,
+        settings: StoreSettings,
+    ) -> imstore_core::Result<Self::Store>;
+
+    /// [`StoreFactory::try_open`] for settings the case knows to be valid.
+    async fn open(&self, namespace: &str, settings: StoreSettings) -> Self::Store {
+        match self.try_open(namespace, settings).await {
+            Ok(store) => store,
+            Err(e) => panic!("the store refused valid settings: {e}"),
+        }
+    }
 
     /// The content bytes of a message exactly as the backend persisted them, or `None` if absent.
     async fn raw_content(
@@ -56,8 +69,12 @@ impl<F: StoreFactory> StoreFactory for DynFactory<F> {
     async fn create_namespace(&self) -> String {
         self.0.create_namespace().await
     }
-    async fn open(&self, namespace: &str, settings: StoreSettings) -> Self::Store {
-        Arc::new(self.0.open(namespace, settings).await)
+    async fn try_open(
+        &self,
+        namespace: &str,
+        settings: StoreSettings,
+    ) -> imstore_core::Result<Self::Store> {
+        Ok(Arc::new(self.0.try_open(namespace, settings).await?))
     }
     async fn raw_content(
         &self,
@@ -127,6 +144,12 @@ impl<'f, F: StoreFactory> Harness<'f, F> {
             settings,
             finished: false,
         }
+    }
+
+    /// Another store over the same namespace and clock with other settings, or the store's
+    /// refusal of them.
+    pub async fn try_reopen(&self, settings: StoreSettings) -> imstore_core::Result<F::Store> {
+        self.factory.try_open(&self.namespace, settings).await
     }
 
     /// Another store over the same namespace and clock with another codec.

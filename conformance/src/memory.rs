@@ -38,10 +38,12 @@ impl StoreFactory for MemoryFactory {
         ns
     }
 
-    async fn open(&self, namespace: &str, settings: StoreSettings) -> MemoryStore {
-        self.store(namespace)
-            .reconfigured(settings)
-            .expect("the memory backend accepts every valid policy")
+    async fn try_open(
+        &self,
+        namespace: &str,
+        settings: StoreSettings,
+    ) -> imstore_core::Result<MemoryStore> {
+        self.store(namespace).reconfigured(settings)
     }
 
     async fn raw_content(

@@ -145,11 +145,13 @@ impl Build {
                     result: Ok(ChangePage {
                         events,
                         next: cursor,
+                        resync: None,
                     }),
                 }
             })
             .collect();
         self.history.devices.push(Device {
+            viewer: UserId::new("bob").unwrap(),
             name: "phone".into(),
             conversation_id: conv(),
             pulls,
@@ -719,10 +721,11 @@ impl<S: MessageStore> MessageStore for Broken<S> {
     async fn changes_since(
         &self,
         c: &ConversationId,
+        viewer: &UserId,
         cursor: FeedCursor,
         limit: u32,
     ) -> Result<ChangePage> {
-        let mut page = self.inner.changes_since(c, cursor, limit).await?;
+        let mut page = self.inner.changes_since(c, viewer, cursor, limit).await?;
         if self.fault == Fault::SkipsEvents && page.events.len() > 1 {
             let n = self.calls.fetch_add(1, Ordering::Relaxed);
             if n.is_multiple_of(5) {
@@ -731,11 +734,23 @@ impl<S: MessageStore> MessageStore for Broken<S> {
         }
         Ok(page)
     }
+    async fn changed_conversations(
+        &self,
+        cursors: &[SyncCursor],
+    ) -> Result<Vec<ConversationChange>> {
+        self.inner.changed_conversations(cursors).await
+    }
     async fn purge(&self, options: PurgeOptions) -> Result<PurgeReport> {
         self.inner.purge(options).await
     }
     async fn set_legal_hold(&self, c: &ConversationId, held: bool) -> Result<()> {
         self.inner.set_legal_hold(c, held).await
+    }
+    async fn rekey(&self, options: RekeyOptions) -> Result<RekeyReport> {
+        self.inner.rekey(options).await
+    }
+    async fn key_usage(&self) -> Result<KeyUsage> {
+        self.inner.key_usage().await
     }
 }
 

@@ -10,8 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The fuzz target decodes as conversation "fuzz", message 42, key 7 of [7; 32].
     let conv = ConversationId::new("fuzz")?;
     let id = MsgId::new(42)?;
-    let sealed =
-        ContentCodec::default().with_encryption(KeyRing::new(EncryptionKey::new(KeyId(7), [7; 32])));
+    let sealed = ContentCodec::default()
+        .with_encryption(KeyRing::new(EncryptionKey::new(KeyId(7), [7; 32])));
     let codecs = [
         ("plain", ContentCodec::plain()),
         ("zstd", ContentCodec::default()),

@@ -99,6 +99,38 @@ pub struct FeedSlice {
     /// The highest seq ever handed out in this conversation (0 when none), read with the events
     /// or after them: a cursor above it was never issued by this feed.
     pub head: u64,
+    /// The highest seq whose event the purge removed (0 when none): the conversation's
+    /// low-water mark, kept by the purge. A cursor below it missed removed events.
+    pub purged_through: u64,
+}
+
+/// Where one conversation's feed stands: its head and its purge low-water mark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FeedHead {
+    /// As [`FeedSlice::head`].
+    pub head: u64,
+    /// As [`FeedSlice::purged_through`].
+    pub purged_through: u64,
+}
+
+/// One message's stored content, as the re-key job scans it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredContent {
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// The message.
+    pub msg_id: MsgId,
+    /// The content bytes exactly as stored.
+    pub content: Vec<u8>,
+}
+
+/// A page of a scan over every stored message's content.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ContentScan {
+    /// Up to the requested number of contents, in the backend's scan order.
+    pub contents: Vec<StoredContent>,
+    /// Where the next page starts (opaque to the pipeline), or `None` when the scan is done.
+    pub next: Option<String>,
 }
 
 /// One purge batch, as the pipeline hands it to a backend.
@@ -241,9 +273,43 @@ pub trait Backend: Send + Sync + Debug + 'static {
         limit: u32,
     ) -> Result<FeedSlice>;
 
+    /// The feed heads of `conversations`, in the same order (a conversation never written has
+    /// head 0), in one round trip where the database allows; cost proportional to the number of
+    /// conversations, never to their histories. The default reads them one by one.
+    async fn heads(&self, conversations: &[ConversationId]) -> Result<Vec<FeedHead>> {
+        let mut out = Vec::with_capacity(conversations.len());
+        for c in conversations {
+            let slice = self.changes(c, FeedCursor::START, 1).await?;
+            out.push(FeedHead {
+                head: slice.head,
+                purged_through: slice.purged_through,
+            });
+        }
+        Ok(out)
+    }
+
     /// Removes up to `job.batch_size()` purgeable messages of conversations not under legal hold,
-    /// with their change events, and request records past retention.
+    /// with their change events, and request records past retention; raises each affected
+    /// conversation's `purged_through` to the highest seq it removed. `released_attachments` are
+    /// the keys of removed messages that no stored message references any more.
     async fn purge(&self, job: &PurgeJob<'_>) -> Result<PurgeReport>;
+
+    /// Up to `limit` stored contents after `after` (a token this method returned, or `None` for
+    /// the start) in a stable order of the backend's choosing that every message is visited
+    /// in exactly once, whatever is inserted or purged meanwhile (new messages may be missed:
+    /// they are sealed under the active key anyway).
+    async fn scan_contents(&self, after: Option<&str>, limit: u32) -> Result<ContentScan>;
+
+    /// Replaces a message's stored content with `replacement` if it is still exactly
+    /// `expected` (a compare-and-set on the bytes); never touches status, version or the feed.
+    /// False when the message is gone or its content changed.
+    async fn replace_content(
+        &self,
+        conversation: &ConversationId,
+        msg_id: MsgId,
+        expected: &[u8],
+        replacement: &[u8],
+    ) -> Result<bool>;
 
     /// Places or lifts a legal hold on a conversation, ordered against running purge batches.
     async fn set_legal_hold(&self, conversation: &ConversationId, held: bool) -> Result<()>;

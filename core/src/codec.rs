@@ -65,9 +65,9 @@
 //! [C2SP's specification]: https://c2sp.org/XAES-256-GCM
 
 mod envelope;
-mod zstd_ctx;
 #[cfg(test)]
 mod tests;
+mod zstd_ctx;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -517,9 +517,9 @@ impl ContentCodec {
             });
         }
         match env.content_len {
-            Some(len) if len as usize != body.len() => Err(decode_error(
-                "content length does not match the header",
-            )),
+            Some(len) if len as usize != body.len() => {
+                Err(decode_error("content length does not match the header"))
+            }
             None if body.len() > self.decode_limit => Err(decode_error(format!(
                 "content of {} bytes exceeds the decode limit ({} bytes)",
                 body.len(),

@@ -101,6 +101,8 @@ pub enum Operation {
     Purge,
     /// `set_legal_hold`.
     LegalHold,
+    /// The re-key job (`rekey`, `key_usage`).
+    Rekey,
     /// Encoding or decoding content outside a store call.
     Codec,
     /// Validating a policy or an input before any store call.
@@ -123,6 +125,7 @@ impl Operation {
             Operation::Changes => "changes_since",
             Operation::Purge => "purge",
             Operation::LegalHold => "legal_hold",
+            Operation::Rekey => "rekey",
             Operation::Codec => "codec",
             Operation::Validate => "validate",
         }

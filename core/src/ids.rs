@@ -119,21 +119,10 @@ impl MsgIdGenerator {
         })
     }
 
-    /// The next id: greater than every id this generator (and its clones) returned before.
-    ///
-    /// # Panics
-    /// When the clock is outside the ids' time range (before 2024 or after about 2093); use
-    /// [`MsgIdGenerator::try_next_id`] to get that as an error instead.
-    pub fn next_id(&self) -> MsgId {
-        match self.try_next_id() {
-            Ok(id) => id,
-            Err(e) => panic!("{e}"),
-        }
-    }
-
-    /// The next id, or `InvalidState` when the clock (or the logical time the generator moved to)
-    /// is outside the 41-bit millisecond range of ids: never an id that [`MsgId::new`] refuses.
-    pub fn try_next_id(&self) -> Result<MsgId> {
+    /// The next id, greater than every id this generator (and its clones) returned before; or
+    /// `InvalidState` when the clock (or the logical time the generator moved to) is outside the
+    /// 41-bit millisecond range of ids: never an id that [`MsgId::new`] refuses.
+    pub fn next_id(&self) -> Result<MsgId> {
         let now = self.clock.now().as_millis().saturating_sub(MSG_ID_EPOCH_MS);
         if now < 0 {
             return Err(Error::new(
@@ -274,8 +263,8 @@ mod tests {
     fn ids_increase_and_carry_time_and_node() {
         let clock = ManualClock::new(Timestamp::from_millis(MSG_ID_EPOCH_MS + 5_000));
         let g = MsgIdGenerator::new(7, Arc::new(clock.clone())).unwrap();
-        let a = g.next_id();
-        let b = g.next_id();
+        let a = g.next_id().unwrap();
+        let b = g.next_id().unwrap();
         assert!(b > a);
         assert_eq!(a.timestamp().as_millis(), MSG_ID_EPOCH_MS + 5_000);
         assert_eq!(a.node(), 7);
@@ -285,11 +274,11 @@ mod tests {
     fn clock_going_backwards_never_yields_smaller_ids() {
         let clock = ManualClock::new(Timestamp::from_millis(MSG_ID_EPOCH_MS + 100_000));
         let g = MsgIdGenerator::new(1, Arc::new(clock.clone())).unwrap();
-        let before = g.next_id();
+        let before = g.next_id().unwrap();
         clock.set(Timestamp::from_millis(MSG_ID_EPOCH_MS + 50_000));
         let mut prev = before;
         for _ in 0..10_000 {
-            let id = g.next_id();
+            let id = g.next_id().unwrap();
             assert!(id > prev);
             prev = id;
         }
@@ -305,7 +294,9 @@ mod tests {
                 let g = MsgIdGenerator::new(node, clock.clone()).unwrap();
                 (0..2).map(move |_| {
                     let g = g.clone();
-                    std::thread::spawn(move || (0..5_000).map(|_| g.next_id()).collect::<Vec<_>>())
+                    std::thread::spawn(move || {
+                        (0..5_000).map(|_| g.next_id().unwrap()).collect::<Vec<_>>()
+                    })
                 })
             })
             .collect();
@@ -323,12 +314,12 @@ mod tests {
         let end = MSG_ID_EPOCH_MS + (1i64 << TIME_BITS);
         let clock = ManualClock::new(Timestamp::from_millis(end - 1));
         let g = MsgIdGenerator::new(3, Arc::new(clock.clone())).unwrap();
-        let last = g.try_next_id().unwrap();
+        let last = g.next_id().unwrap();
         assert!(MsgId::new(last.get()).is_ok());
         // Exhaust the last millisecond's sequence: the logical time would move past the range.
         let mut refused = None;
         for _ in 0..=MAX_SEQ {
-            if let Err(e) = g.try_next_id() {
+            if let Err(e) = g.next_id() {
                 refused = Some(e);
                 break;
             }
@@ -341,14 +332,14 @@ mod tests {
         assert!(
             MsgIdGenerator::new(3, Arc::new(clock.clone()))
                 .unwrap()
-                .try_next_id()
+                .next_id()
                 .is_err()
         );
         clock.set(Timestamp::from_millis(i64::MIN));
         assert!(
             MsgIdGenerator::new(3, Arc::new(clock))
                 .unwrap()
-                .try_next_id()
+                .next_id()
                 .is_err()
         );
         assert!(MsgId::from_parts(Timestamp::from_millis(i64::MIN), 0, 0).is_err());

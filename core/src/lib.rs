@@ -27,7 +27,7 @@ pub mod transition;
 pub mod types;
 pub mod view;
 
-pub use backend::{Backend, Connect, Limits};
+pub use backend::{Backend, Connect, FeedHead, Limits};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::{ContentCodec, EncryptionKey, KeyId, KeyRing};
 pub use error::{Error, ErrorKind, Operation, Result};
@@ -36,5 +36,5 @@ pub use memory::{MemoryBackend, MemoryStore};
 pub use pipeline::Store;
 pub use policy::{Policy, PolicyBuilder, RestoreVisibility};
 pub use retry::Retry;
-pub use store::{MessageStore, MessageStoreExt, StoreSettings};
+pub use store::{MAX_SYNC_CONVERSATIONS, MessageStore, MessageStoreExt, StoreSettings};
 pub use types::*;

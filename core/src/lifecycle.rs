@@ -57,6 +57,47 @@ pub fn validate_message(msg: &NewMessage, policy: &Policy) -> Result<()> {
     Ok(())
 }
 
+/// Checks that a message's msg_id was minted within the store's reach of now: not more than
+/// `max_clock_skew` ahead of the store's clock, and not before the purge horizon.
+///
+/// The horizon is `min(retention, history_limit) - max_clock_skew` before now: a message whose id
+/// is older may already have been purged, and a late retry of its insert must not bring it back
+/// (purged at P means its `deleted_at` or `recalled_at`, and so its `created_at`, is at or before
+/// P - retention, and its id was minted at most the skew after `created_at`). The arithmetic is
+/// checked: no msg_id or clock value overflows it.
+pub fn check_insert_window(msg: &NewMessage, policy: &Policy, now: Timestamp) -> Result<()> {
+    let minted = i128::from(msg.msg_id.timestamp().as_millis());
+    let now = i128::from(now.as_millis());
+    let skew = policy.max_clock_skew().as_millis() as i128;
+    let reach = policy
+        .history_limit()
+        .map_or(policy.retention(), |h| h.min(policy.retention()))
+        .as_millis() as i128;
+    if minted > now + skew {
+        return Err(Error::new(
+            ErrorKind::StaleRequest,
+            format!(
+                "msg_id {} was minted {} ms ahead of the store's clock, more than the allowed skew",
+                msg.msg_id,
+                minted - now
+            ),
+        )
+        .with_field("msg_id"));
+    }
+    if minted + reach - skew < now {
+        return Err(Error::new(
+            ErrorKind::StaleRequest,
+            format!(
+                "msg_id {} was minted before the purge horizon: a message that old may already \
+                 have been purged, and a late insert must not bring it back",
+                msg.msg_id
+            ),
+        )
+        .with_field("msg_id"));
+    }
+    Ok(())
+}
+
 /// Checks a batch: its size, each message, and that no msg_id appears twice with other fields.
 pub fn validate_batch(msgs: &[NewMessage], policy: &Policy) -> Result<()> {
     if msgs.len() > policy.max_batch_size() {

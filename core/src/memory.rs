@@ -9,7 +9,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use crate::backend::{Backend, EncodedMessage, FeedSlice, Fields, Inserted, PageQuery, PurgeJob};
+use crate::backend::{
+    Backend, ContentScan, EncodedMessage, FeedHead, FeedSlice, Fields, Inserted, PageQuery,
+    PurgeJob, StoredContent,
+};
 use crate::error::Result;
 use crate::ids::{ConversationId, MsgId, RequestId};
 use crate::lifecycle::RequestRecord;
@@ -45,9 +48,17 @@ struct Conversation {
     last_seq: u64,
     requests: HashMap<RequestId, RequestRecord>,
     legal_hold: bool,
+    /// The highest seq whose event the purge removed.
+    purged_through: u64,
 }
 
-type State = HashMap<ConversationId, Conversation>;
+#[derive(Debug, Default)]
+struct State {
+    conversations: HashMap<ConversationId, Conversation>,
+    /// How many stored messages reference each attachment key, across conversations (a file
+    /// forwarded elsewhere under the same key stays live until its last message is purged).
+    attachment_refs: HashMap<String, usize>,
+}
 
 /// The in-memory backend: complete, concurrency-safe, and lost when the last handle is dropped.
 #[derive(Debug, Clone, Default)]
@@ -86,6 +97,7 @@ impl MemoryBackend {
     #[cfg(any(test, feature = "testing"))]
     pub fn raw_content(&self, conversation: &ConversationId, msg_id: MsgId) -> Option<Vec<u8>> {
         self.lock()
+            .conversations
             .get(conversation)?
             .messages
             .get(&msg_id)
@@ -103,6 +115,7 @@ impl MemoryBackend {
     ) -> bool {
         match self
             .lock()
+            .conversations
             .get_mut(conversation)
             .and_then(|c| c.messages.get_mut(&msg_id))
         {
@@ -116,9 +129,15 @@ impl MemoryBackend {
 
     fn insert_locked(state: &mut State, message: &EncodedMessage, now: Timestamp) -> Inserted {
         let m = message.message();
-        let conv = state.entry(m.conversation_id.clone()).or_default();
+        let conv = state
+            .conversations
+            .entry(m.conversation_id.clone())
+            .or_default();
         if let Some(existing) = conv.messages.get(&m.msg_id) {
             return Inserted::Existing(existing.stored(Fields::All));
+        }
+        if let Some(att) = &m.attachment {
+            *state.attachment_refs.entry(att.key.clone()).or_default() += 1;
         }
         conv.messages.insert(
             m.msg_id,
@@ -159,6 +178,7 @@ impl Backend for MemoryBackend {
     ) -> Result<Option<StoredMessage>> {
         Ok(self
             .lock()
+            .conversations
             .get(conversation)
             .and_then(|c| c.messages.get(&msg_id))
             .map(|e| e.stored(fields)))
@@ -171,7 +191,7 @@ impl Backend for MemoryBackend {
     ) -> Result<Vec<StoredMessage>> {
         use std::ops::Bound::{Excluded, Unbounded};
         let state = self.lock();
-        let Some(conv) = state.get(conversation) else {
+        let Some(conv) = state.conversations.get(conversation) else {
             return Ok(Vec::new());
         };
         let n = query.fetch as usize;
@@ -193,7 +213,10 @@ impl Backend for MemoryBackend {
     async fn transition(&self, decider: &Decider<'_>) -> Result<TransitionOutcome> {
         let req = decider.request();
         let mut state = self.lock();
-        let conv = state.entry(req.conversation_id.clone()).or_default();
+        let conv = state
+            .conversations
+            .entry(req.conversation_id.clone())
+            .or_default();
         let message = conv
             .messages
             .get(&req.msg_id)
@@ -227,6 +250,7 @@ impl Backend for MemoryBackend {
     ) -> Result<FeedSlice> {
         let state = self.lock();
         Ok(state
+            .conversations
             .get(conversation)
             .map(|c| FeedSlice {
                 events: c
@@ -236,21 +260,40 @@ impl Backend for MemoryBackend {
                     .map(|(_, e)| e.clone())
                     .collect(),
                 head: c.last_seq,
+                purged_through: c.purged_through,
             })
             .unwrap_or_default())
     }
 
+    async fn heads(&self, conversations: &[ConversationId]) -> Result<Vec<FeedHead>> {
+        let state = self.lock();
+        Ok(conversations
+            .iter()
+            .map(|c| {
+                state
+                    .conversations
+                    .get(c)
+                    .map(|c| FeedHead {
+                        head: c.last_seq,
+                        purged_through: c.purged_through,
+                    })
+                    .unwrap_or_default()
+            })
+            .collect())
+    }
+
     async fn purge(&self, job: &PurgeJob<'_>) -> Result<PurgeReport> {
         let retention_cutoff = job.retention_cutoff();
-        let mut state = self.lock();
+        let mut guard = self.lock();
+        let state = &mut *guard;
         let mut report = PurgeReport::default();
         let budget = u64::from(job.batch_size());
         // Request records past retention go everywhere, whatever the message budget: the
         // skew check already refuses requests that old, so their records protect nothing.
-        for conv in state.values_mut() {
+        for conv in state.conversations.values_mut() {
             conv.requests.retain(|_, r| r.at > retention_cutoff);
         }
-        for conv in state.values_mut().filter(|c| !c.legal_hold) {
+        for conv in state.conversations.values_mut().filter(|c| !c.legal_hold) {
             let doomed: Vec<MsgId> = conv
                 .messages
                 .iter()
@@ -261,12 +304,24 @@ impl Backend for MemoryBackend {
             for id in doomed {
                 if let Some(e) = conv.messages.remove(&id) {
                     report.messages += 1;
-                    report
-                        .released_attachments
-                        .extend(e.message.attachment.map(|a| a.key));
+                    if let Some(att) = e.message.attachment {
+                        let refs = state.attachment_refs.entry(att.key.clone()).or_default();
+                        *refs = refs.saturating_sub(1);
+                        if *refs == 0 {
+                            state.attachment_refs.remove(&att.key);
+                            report.released_attachments.push(att.key);
+                        }
+                    }
                 }
                 let before = conv.events.len();
-                conv.events.retain(|_, ev| ev.msg_id != id);
+                let purged_through = &mut conv.purged_through;
+                conv.events.retain(|seq, ev| {
+                    let keep = ev.msg_id != id;
+                    if !keep {
+                        *purged_through = (*purged_through).max(*seq);
+                    }
+                    keep
+                });
                 report.events += (before - conv.events.len()) as u64;
             }
             if report.messages == budget {
@@ -277,8 +332,87 @@ impl Backend for MemoryBackend {
         Ok(report)
     }
 
+    async fn scan_contents(&self, after: Option<&str>, limit: u32) -> Result<ContentScan> {
+        // Scan order: conversation id, then msg_id. The token is "<msg_id>:<conversation>"
+        // (the msg_id first, so a conversation id holding ':' still parses).
+        let after = match after {
+            None => None,
+            Some(token) => {
+                let (id, conv) = token
+                    .split_once(':')
+                    .ok_or_else(|| crate::Error::invalid_input("resume", "not a scan token"))?;
+                let id = id
+                    .parse::<u64>()
+                    .ok()
+                    .and_then(|n| MsgId::new(n).ok())
+                    .ok_or_else(|| crate::Error::invalid_input("resume", "not a scan token"))?;
+                Some((ConversationId::new(conv)?, id))
+            }
+        };
+        let state = self.lock();
+        let mut convs: Vec<&ConversationId> = state.conversations.keys().collect();
+        convs.sort();
+        let mut contents = Vec::new();
+        let mut more = false;
+        'scan: for conv in convs {
+            if let Some((c, _)) = &after
+                && conv < c
+            {
+                continue;
+            }
+            let messages = &state.conversations[conv].messages;
+            let range = match &after {
+                Some((c, id)) if c == conv => {
+                    messages.range((std::ops::Bound::Excluded(*id), std::ops::Bound::Unbounded))
+                }
+                _ => messages.range(..),
+            };
+            for (id, e) in range {
+                if contents.len() == limit as usize {
+                    more = true;
+                    break 'scan;
+                }
+                contents.push(StoredContent {
+                    conversation: conv.clone(),
+                    msg_id: *id,
+                    content: e.message.content.clone(),
+                });
+            }
+        }
+        let next = if more {
+            contents
+                .last()
+                .map(|c| format!("{}:{}", c.msg_id, c.conversation))
+        } else {
+            None
+        };
+        Ok(ContentScan { contents, next })
+    }
+
+    async fn replace_content(
+        &self,
+        conversation: &ConversationId,
+        msg_id: MsgId,
+        expected: &[u8],
+        replacement: &[u8],
+    ) -> Result<bool> {
+        let mut state = self.lock();
+        match state
+            .conversations
+            .get_mut(conversation)
+            .and_then(|c| c.messages.get_mut(&msg_id))
+        {
+            Some(e) if e.message.content == expected => {
+                e.message.content = replacement.to_vec();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn set_legal_hold(&self, conversation: &ConversationId, held: bool) -> Result<()> {
         self.lock()
+            .conversations
             .entry(conversation.clone())
             .or_default()
             .legal_hold = held;

@@ -18,7 +18,7 @@ use crate::backend::{
 use crate::error::{Error, ErrorKind, Operation, Result};
 use crate::ids::{ConversationId, MsgId, UserId};
 use crate::lifecycle;
-use crate::store::{MessageStore, StoreSettings};
+use crate::store::{MAX_SYNC_CONVERSATIONS, MessageStore, StoreSettings};
 use crate::telemetry::traced;
 use crate::transition::Decider;
 use crate::types::*;
@@ -44,11 +44,21 @@ impl<B: Backend> Store<B> {
     /// The checked store over `backend`; refuses settings the backend cannot honour (for
     /// instance a content limit above what the database can hold) with `InvalidInput`.
     pub fn with_backend(backend: B, settings: StoreSettings) -> Result<Self> {
+        let settings = Self::bounded(settings);
         Self::check(&backend, &settings)?;
         Ok(Store {
             backend: Arc::new(backend),
             settings,
         })
+    }
+
+    /// The codec never decodes more than the policy lets a message hold: a small forged envelope
+    /// that decompresses to far more is a decode error, not an allocation.
+    fn bounded(mut settings: StoreSettings) -> StoreSettings {
+        settings.codec = settings
+            .codec
+            .with_decode_limit(settings.policy.max_content_bytes());
+        settings
     }
 
     fn check(backend: &B, settings: &StoreSettings) -> Result<()> {
@@ -100,6 +110,7 @@ impl<B: Backend> Store<B> {
     /// Another store over the same backend and data with other settings (a rotated key ring,
     /// another policy), checked like [`Store::with_backend`].
     pub fn reconfigured(&self, settings: StoreSettings) -> Result<Self> {
+        let settings = Self::bounded(settings);
         Self::check(&self.backend, &settings)?;
         Ok(Store {
             backend: Arc::clone(&self.backend),
@@ -155,6 +166,21 @@ impl<B: Connect> Store<B> {
     }
 }
 
+/// A cursor beyond the feed's head was never issued by this feed (forged, or from another
+/// conversation): refused rather than silently skipping every event up to it.
+fn check_cursor(cursor: FeedCursor, head: u64) -> Result<()> {
+    if cursor.0 > head {
+        return Err(Error::invalid_input(
+            "cursor",
+            format!(
+                "is {} but this conversation's feed ends at {head}",
+                cursor.0
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl<B: Backend> MessageStore for Store<B> {
     fn backend(&self) -> &'static str {
@@ -165,8 +191,10 @@ impl<B: Backend> MessageStore for Store<B> {
         let (conv, id) = (message.conversation_id.clone(), message.msg_id);
         traced(Operation::Insert, B::NAME, Some(&conv), Some(id), async {
             let s = &self.settings;
+            let now = self.now();
             let encoded = EncodedMessage::encode(&message, &s.policy, &s.codec)?;
-            let found = self.backend.insert(&encoded, self.now()).await?;
+            lifecycle::check_insert_window(&message, &s.policy, now)?;
+            let found = self.backend.insert(&encoded, now).await?;
             resolve_insert(&message, found, &s.codec)
         })
         .await
@@ -180,11 +208,15 @@ impl<B: Backend> MessageStore for Store<B> {
             if messages.is_empty() {
                 return Ok(BatchOutcome::default());
             }
+            let now = self.now();
             let encoded = messages
                 .iter()
-                .map(|m| EncodedMessage::encode(m, &s.policy, &s.codec))
+                .map(|m| {
+                    lifecycle::check_insert_window(m, &s.policy, now)?;
+                    EncodedMessage::encode(m, &s.policy, &s.codec)
+                })
                 .collect::<Result<Vec<_>>>()?;
-            let found = self.backend.insert_batch(&encoded, self.now()).await?;
+            let found = self.backend.insert_batch(&encoded, now).await?;
             if found.len() != messages.len() {
                 return Err(Error::new(
                     ErrorKind::Backend,
@@ -319,6 +351,7 @@ impl<B: Backend> MessageStore for Store<B> {
     async fn changes_since(
         &self,
         conversation: &ConversationId,
+        viewer: &UserId,
         cursor: FeedCursor,
         limit: u32,
     ) -> Result<ChangePage> {
@@ -330,24 +363,73 @@ impl<B: Backend> MessageStore for Store<B> {
             async {
                 let policy = &self.settings.policy;
                 lifecycle::validate_conversation(conversation, policy)?;
+                lifecycle::validate_viewer(viewer, policy)?;
                 lifecycle::validate_page_size(limit, policy)?;
                 let slice = self.backend.changes(conversation, cursor, limit).await?;
-                if cursor.0 > slice.head {
-                    return Err(Error::invalid_input(
-                        "cursor",
-                        format!(
-                            "is {} but this conversation's feed ends at {}",
-                            cursor.0, slice.head
-                        ),
-                    ));
-                }
+                check_cursor(cursor, slice.head)?;
                 let next = slice.events.last().map_or(cursor, |e| FeedCursor(e.seq));
+                let events = slice
+                    .events
+                    .into_iter()
+                    .map(|e| view::event_for(e, viewer, policy))
+                    .collect();
                 Ok(ChangePage {
-                    events: slice.events,
+                    events,
                     next,
+                    resync: (cursor.0 < slice.purged_through).then_some(Resync {
+                        purged_through: FeedCursor(slice.purged_through),
+                    }),
                 })
             },
         )
+        .await
+    }
+
+    async fn changed_conversations(
+        &self,
+        cursors: &[SyncCursor],
+    ) -> Result<Vec<ConversationChange>> {
+        traced(Operation::Changes, B::NAME, None, None, async {
+            let policy = &self.settings.policy;
+            if cursors.len() > MAX_SYNC_CONVERSATIONS {
+                return Err(Error::invalid_input(
+                    "cursors",
+                    format!(
+                        "has {} conversations, more than {MAX_SYNC_CONVERSATIONS}",
+                        cursors.len()
+                    ),
+                ));
+            }
+            for c in cursors {
+                lifecycle::validate_conversation(&c.conversation, policy)?;
+            }
+            let conversations: Vec<ConversationId> =
+                cursors.iter().map(|c| c.conversation.clone()).collect();
+            let heads = self.backend.heads(&conversations).await?;
+            if heads.len() != cursors.len() {
+                return Err(Error::new(
+                    ErrorKind::Backend,
+                    format!(
+                        "heads answered for {} of {} conversations",
+                        heads.len(),
+                        cursors.len()
+                    ),
+                ));
+            }
+            let mut changed = Vec::new();
+            for (c, h) in cursors.iter().zip(heads) {
+                check_cursor(c.cursor, h.head)?;
+                let resync = c.cursor.0 < h.purged_through;
+                if h.head > c.cursor.0 || resync {
+                    changed.push(ConversationChange {
+                        conversation: c.conversation.clone(),
+                        head: FeedCursor(h.head),
+                        resync,
+                    });
+                }
+            }
+            Ok(changed)
+        })
         .await
     }
 
@@ -356,6 +438,84 @@ impl<B: Backend> MessageStore for Store<B> {
             lifecycle::validate_purge(&options)?;
             let job = PurgeJob::new(&self.settings.policy, self.now(), options.batch_size);
             self.backend.purge(&job).await
+        })
+        .await
+    }
+
+    async fn rekey(&self, options: RekeyOptions) -> Result<RekeyReport> {
+        traced(Operation::Rekey, B::NAME, None, None, async {
+            if options.batch_size == 0 || options.batch_size > PurgeOptions::MAX_BATCH {
+                return Err(Error::invalid_input(
+                    "batch_size",
+                    format!("must be between 1 and {}", PurgeOptions::MAX_BATCH),
+                ));
+            }
+            let codec = &self.settings.codec;
+            let scan = self
+                .backend
+                .scan_contents(options.resume.as_deref(), options.batch_size)
+                .await?;
+            let mut report = RekeyReport {
+                next: scan.next,
+                ..RekeyReport::default()
+            };
+            for c in scan.contents {
+                report.scanned += 1;
+                // An envelope that cannot be parsed or opened is left as it is: the job never
+                // turns forged bytes into a sealed message.
+                match codec.needs_rekey(&c.content) {
+                    Err(_) => {
+                        report.undecodable += 1;
+                        continue;
+                    }
+                    Ok(false) => continue,
+                    Ok(true) => {}
+                }
+                let sealed = if options.seal_plaintext {
+                    codec.rekey_accepting_plaintext(&c.conversation, c.msg_id, &c.content)
+                } else {
+                    codec.rekey(&c.conversation, c.msg_id, &c.content)
+                };
+                let Ok(sealed) = sealed else {
+                    report.undecodable += 1;
+                    continue;
+                };
+                if self
+                    .backend
+                    .replace_content(&c.conversation, c.msg_id, &c.content, &sealed)
+                    .await?
+                {
+                    report.rewritten += 1;
+                } else {
+                    report.skipped += 1;
+                }
+            }
+            Ok(report)
+        })
+        .await
+    }
+
+    async fn key_usage(&self) -> Result<KeyUsage> {
+        traced(Operation::Rekey, B::NAME, None, None, async {
+            let mut usage = KeyUsage::default();
+            let mut after: Option<String> = None;
+            loop {
+                let scan = self
+                    .backend
+                    .scan_contents(after.as_deref(), PurgeOptions::MAX_BATCH)
+                    .await?;
+                for c in &scan.contents {
+                    match crate::codec::ContentCodec::key_id_of(&c.content) {
+                        Ok(Some(k)) => *usage.sealed.entry(k.0).or_default() += 1,
+                        Ok(None) => usage.unsealed += 1,
+                        Err(_) => usage.unreadable += 1,
+                    }
+                }
+                match scan.next {
+                    Some(n) => after = Some(n),
+                    None => return Ok(usage),
+                }
+            }
         })
         .await
     }

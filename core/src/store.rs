@@ -12,6 +12,9 @@ use crate::ids::{ConversationId, MsgId, RequestId, UserId};
 use crate::policy::Policy;
 use crate::types::*;
 
+/// The most conversations one [`MessageStore::changed_conversations`] call may ask about.
+pub const MAX_SYNC_CONVERSATIONS: usize = 1_000;
+
 /// What every backend is built with: the rules, the content codec and the clock.
 #[derive(Clone, Debug)]
 pub struct StoreSettings {
@@ -90,15 +93,27 @@ pub trait MessageStore: Send + Sync + Debug {
         viewer: &UserId,
     ) -> Result<AttachmentAccess>;
 
-    /// Up to `limit` change events of a conversation after `cursor`, in feed order.
+    /// Up to `limit` change events of a conversation after `cursor`, in feed order, as `viewer`'s
+    /// device sees them (agreeing with what `get` shows that viewer).
     ///
-    /// A reader that keeps pulling from the returned cursor sees every committed change exactly once.
+    /// A reader that keeps pulling from the returned cursor sees every committed change exactly
+    /// once. A cursor beyond the feed's head is `InvalidInput`; a cursor before events that the
+    /// purge removed gets [`ChangePage::resync`].
     async fn changes_since(
         &self,
         conversation: &ConversationId,
+        viewer: &UserId,
         cursor: FeedCursor,
         limit: u32,
     ) -> Result<ChangePage>;
+
+    /// Of the conversations a device follows (at most [`MAX_SYNC_CONVERSATIONS`]), those whose
+    /// feed moved past the device's cursor, with their heads: one call, whatever the count, at a
+    /// cost proportional to the conversations asked, never to their histories.
+    async fn changed_conversations(
+        &self,
+        cursors: &[SyncCursor],
+    ) -> Result<Vec<ConversationChange>>;
 
     /// Physically removes up to `options.batch_size` expired messages with their change events,
     /// skipping conversations under legal hold; call again while `more` to resume.
@@ -106,6 +121,15 @@ pub trait MessageStore: Send + Sync + Debug {
 
     /// Puts a conversation under legal hold (never purged) or releases it.
     async fn set_legal_hold(&self, conversation: &ConversationId, held: bool) -> Result<()>;
+
+    /// One batch of the re-key job: rewrites, under the codec's active key, every scanned message
+    /// not sealed with it; never changes status, version or the feed, and is safe to run while
+    /// the service writes. Call again with [`RekeyOptions::after`] until `next` is `None`.
+    async fn rekey(&self, options: RekeyOptions) -> Result<RekeyReport>;
+
+    /// Which keys the stored messages are sealed with (a full scan): once no message needs an
+    /// old key, that key can be retired from the ring.
+    async fn key_usage(&self) -> Result<KeyUsage>;
 }
 
 macro_rules! forward_message_store {
@@ -136,14 +160,23 @@ macro_rules! forward_message_store {
             async fn attachment_access(&self, conversation: &ConversationId, msg_id: MsgId, viewer: &UserId) -> Result<AttachmentAccess> {
                 (**self).attachment_access(conversation, msg_id, viewer).await
             }
-            async fn changes_since(&self, conversation: &ConversationId, cursor: FeedCursor, limit: u32) -> Result<ChangePage> {
-                (**self).changes_since(conversation, cursor, limit).await
+            async fn changes_since(&self, conversation: &ConversationId, viewer: &UserId, cursor: FeedCursor, limit: u32) -> Result<ChangePage> {
+                (**self).changes_since(conversation, viewer, cursor, limit).await
+            }
+            async fn changed_conversations(&self, cursors: &[SyncCursor]) -> Result<Vec<ConversationChange>> {
+                (**self).changed_conversations(cursors).await
             }
             async fn purge(&self, options: PurgeOptions) -> Result<PurgeReport> {
                 (**self).purge(options).await
             }
             async fn set_legal_hold(&self, conversation: &ConversationId, held: bool) -> Result<()> {
                 (**self).set_legal_hold(conversation, held).await
+            }
+            async fn rekey(&self, options: RekeyOptions) -> Result<RekeyReport> {
+                (**self).rekey(options).await
+            }
+            async fn key_usage(&self) -> Result<KeyUsage> {
+                (**self).key_usage().await
             }
         }
     )*};
@@ -219,25 +252,49 @@ pub trait MessageStoreExt: MessageStore {
         .await
     }
 
-    /// Every change event after `cursor`, pulled page by page until the feed is drained.
+    /// Every change event after `cursor` as `viewer` sees it, pulled page by page until the feed
+    /// is drained; `resync` is set if any page said so.
     async fn drain_changes(
         &self,
         conversation: &ConversationId,
+        viewer: &UserId,
         mut cursor: FeedCursor,
         page: u32,
     ) -> Result<ChangePage> {
         let mut events = Vec::new();
+        let mut resync = None;
         loop {
-            let got = self.changes_since(conversation, cursor, page).await?;
+            let got = self
+                .changes_since(conversation, viewer, cursor, page)
+                .await?;
             let done = got.events.is_empty();
             events.extend(got.events);
+            resync = resync.or(got.resync);
             cursor = got.next;
             if done {
                 return Ok(ChangePage {
                     events,
                     next: cursor,
+                    resync,
                 });
             }
+        }
+    }
+
+    /// Runs re-key batches until the scan is complete, and sums their reports.
+    async fn rekey_all(&self, options: RekeyOptions) -> Result<RekeyReport> {
+        let mut total = RekeyReport::default();
+        let mut options = options;
+        loop {
+            let r = self.rekey(options.clone()).await?;
+            total.scanned += r.scanned;
+            total.rewritten += r.rewritten;
+            total.skipped += r.skipped;
+            total.undecodable += r.undecodable;
+            if r.next.is_none() {
+                return Ok(total);
+            }
+            options = options.after(&r);
         }
     }
 

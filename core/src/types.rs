@@ -467,13 +467,46 @@ pub struct ChangeEvent {
     pub by: UserId,
 }
 
-/// A page of the change feed.
+/// A page of the change feed, as one viewer's device sees it.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct ChangePage {
-    /// Events after the cursor, in feed order.
+    /// Events after the cursor, in feed order, each as this viewer sees it.
     pub events: Vec<ChangeEvent>,
     /// The cursor to pull from next (unchanged when there was nothing new).
     pub next: FeedCursor,
+    /// Set when the purge removed events after the cursor that this device never pulled: the
+    /// device must re-read the messages of this conversation that it holds (see [`Resync`]).
+    pub resync: Option<Resync>,
+}
+
+/// The purge removed events a device had not pulled yet: what it needs to recover.
+///
+/// The device re-reads every message of the conversation it holds (`get`; `NotFound` means the
+/// message was purged: drop it), then applies the page's events and goes on from its `next`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Resync {
+    /// The highest feed position whose event the purge removed.
+    pub purged_through: FeedCursor,
+}
+
+/// A conversation a device follows, and how far it has pulled its feed.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct SyncCursor {
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// The device's cursor in it.
+    pub cursor: FeedCursor,
+}
+
+/// A conversation whose feed moved past a device's cursor.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ConversationChange {
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// Its feed's head: pulling from the device's cursor up to here brings it up to date.
+    pub head: FeedCursor,
+    /// True when the purge removed events after the device's cursor (see [`Resync`]).
+    pub resync: bool,
 }
 
 /// Options of `purge`.
@@ -570,4 +603,90 @@ pub enum AttachmentAccess {
 pub struct AuditRecord {
     /// The stored message with content decoded.
     pub message: StoredMessage,
+}
+
+/// Options of one re-key batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RekeyOptions {
+    /// How many stored messages the batch looks at (1..=[`PurgeOptions::MAX_BATCH`]).
+    pub batch_size: u32,
+    /// Where to resume: the `next` of the previous batch's report, or `None` to start.
+    pub resume: Option<String>,
+    /// Also seal content stored without encryption (migrating a plaintext store to encryption).
+    /// Only for content known to be genuine: unsealed bytes are otherwise refused as forged.
+    pub seal_plaintext: bool,
+}
+
+impl Default for RekeyOptions {
+    fn default() -> Self {
+        RekeyOptions {
+            batch_size: 500,
+            resume: None,
+            seal_plaintext: false,
+        }
+    }
+}
+
+impl RekeyOptions {
+    /// A batch of `batch_size` messages from the start.
+    pub fn batch(batch_size: u32) -> Self {
+        RekeyOptions {
+            batch_size,
+            ..RekeyOptions::default()
+        }
+    }
+
+    /// The same options resuming where `report` stopped.
+    pub fn after(mut self, report: &RekeyReport) -> Self {
+        self.resume = report.next.clone();
+        self
+    }
+
+    /// The same options, also sealing plaintext content.
+    pub fn sealing_plaintext(mut self) -> Self {
+        self.seal_plaintext = true;
+        self
+    }
+}
+
+/// What one re-key batch did.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct RekeyReport {
+    /// Messages looked at.
+    pub scanned: u64,
+    /// Messages rewritten under the active key.
+    pub rewritten: u64,
+    /// Messages that changed or vanished under the job (purged meanwhile): left as they are.
+    pub skipped: u64,
+    /// Messages whose content could not be opened (forged, unknown key): left as they are.
+    pub undecodable: u64,
+    /// Where the next batch resumes, or `None` when the scan is complete.
+    pub next: Option<String>,
+}
+
+/// Which keys the stored messages are sealed with, from a full scan.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct KeyUsage {
+    /// Messages per key id that sealed them.
+    pub sealed: std::collections::BTreeMap<u32, u64>,
+    /// Messages stored without encryption.
+    pub unsealed: u64,
+    /// Messages whose envelope cannot even be parsed.
+    pub unreadable: u64,
+}
+
+impl KeyUsage {
+    /// Messages that still need a key other than `active` (or are unsealed): what stands
+    /// between an old key and its retirement.
+    pub fn needing_other_than(&self, active: crate::codec::KeyId) -> u64 {
+        self.sealed
+            .iter()
+            .filter(|(k, _)| **k != active.0)
+            .map(|(_, n)| n)
+            .sum::<u64>()
+            + self.unsealed
+    }
 }

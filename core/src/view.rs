@@ -154,6 +154,26 @@ pub fn render_encoded_or_mark(
     }
 }
 
+/// A change event as `viewer`'s device sees it, agreeing with what `get` shows that viewer.
+///
+/// The feed is one per conversation, but a restore that the policy shows only to the sender is,
+/// to everyone else, still the recall: their devices learn status `Recalled` at the restore's
+/// version, exactly what `get` shows them. Every other event reads the same to every viewer.
+pub fn event_for(
+    mut event: crate::types::ChangeEvent,
+    viewer: &UserId,
+    policy: &Policy,
+) -> crate::types::ChangeEvent {
+    // Only a restore produces a `Normal` event, and only the sender restores.
+    if event.status == Status::Normal
+        && policy.restore_visibility() == RestoreVisibility::SenderOnly
+        && viewer != &event.by
+    {
+        event.status = Status::Recalled;
+    }
+    event
+}
+
 /// Whether `viewer` may download the attachment of `stored`: only while they may see its content.
 /// The file itself is never released here; only the purge releases it.
 pub fn attachment_access(

@@ -193,6 +193,9 @@ pub async fn the_largest_msg_id_is_stored_and_listed<F: StoreFactory>(f: &F) {
     let (h, c) = start(f).await;
     let small = sent(&h, c.text("first")).await;
     let top = MsgId::new(i64::MAX as u64).unwrap();
+    // The largest id is minted at the end of the id range: the store accepts it once its clock
+    // is there (ids minted further ahead than the skew are refused).
+    h.clock.set(top.timestamp());
     let m = NewMessage::text(top, c.conv.clone(), c.alice.clone(), "last");
     assert_eq!(h.store.insert(m).await.unwrap(), InsertOutcome::Inserted);
     assert_eq!(h.store.get(&c.conv, top, &c.bob).await.unwrap().msg_id, top);
@@ -264,7 +267,7 @@ pub async fn feed_cursor_beyond_the_head_is_invalid_input<F: StoreFactory>(f: &F
     for cursor in [1, u64::MAX] {
         let e = h
             .store
-            .changes_since(&c.conv, FeedCursor(cursor), 10)
+            .changes_since(&c.conv, &c.bob, FeedCursor(cursor), 10)
             .await
             .unwrap_err();
         assert_eq!(
@@ -279,13 +282,13 @@ pub async fn feed_cursor_beyond_the_head_is_invalid_input<F: StoreFactory>(f: &F
         .unwrap();
     let head = h
         .store
-        .changes_since(&c.conv, FeedCursor::START, 10)
+        .changes_since(&c.conv, &c.bob, FeedCursor::START, 10)
         .await
         .unwrap()
         .next;
     assert!(
         h.store
-            .changes_since(&c.conv, head, 10)
+            .changes_since(&c.conv, &c.bob, head, 10)
             .await
             .unwrap()
             .events
@@ -293,7 +296,11 @@ pub async fn feed_cursor_beyond_the_head_is_invalid_input<F: StoreFactory>(f: &F
     );
     for cursor in [head.0 + 1, u64::MAX / 2, u64::MAX] {
         assert_eq!(
-            kind(h.store.changes_since(&c.conv, FeedCursor(cursor), 10).await),
+            kind(
+                h.store
+                    .changes_since(&c.conv, &c.bob, FeedCursor(cursor), 10)
+                    .await
+            ),
             ErrorKind::InvalidInput
         );
     }
@@ -356,7 +363,7 @@ pub async fn oversized_ids_on_reads_are_invalid_input<F: StoreFactory>(f: &F) {
     assert_eq!(
         field(
             h.store
-                .changes_since(&long_conv, FeedCursor::START, 5)
+                .changes_since(&long_conv, &c.bob, FeedCursor::START, 5)
                 .await
                 .unwrap_err()
         ),
@@ -366,5 +373,85 @@ pub async fn oversized_ids_on_reads_are_invalid_input<F: StoreFactory>(f: &F) {
         field(h.store.set_legal_hold(&long_conv, true).await.unwrap_err()),
         want_conv
     );
+    h.finish().await;
+}
+
+/// A content limit beyond what the store can keep is refused when the store is built, naming
+/// `max_content_bytes`; a limit the store accepts is one it keeps: a message of that size reads
+/// back whole. Never an acknowledged message that cannot be read, never a `Backend` error.
+pub async fn a_content_limit_the_store_cannot_keep_is_refused_when_built<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    for mib in [1usize, 20] {
+        let limit = mib * 1024 * 1024;
+        let settings = StoreSettings {
+            policy: Policy::builder().max_content_bytes(limit).build().unwrap(),
+            ..h.settings.clone()
+        };
+        match h.try_reopen(settings).await {
+            Err(e) => {
+                assert_eq!(
+                    (e.kind(), e.field()),
+                    (ErrorKind::InvalidInput, Some("max_content_bytes")),
+                    "{e}"
+                );
+            }
+            Ok(store) => {
+                // Incompressible content of exactly the limit.
+                let mut content = vec![0u8; limit];
+                let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+                for b in content.iter_mut() {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    *b = x as u8;
+                }
+                let m = NewMessage::text(c.next_id(), c.conv.clone(), c.alice.clone(), content);
+                assert_eq!(
+                    store.insert(m.clone()).await.unwrap(),
+                    InsertOutcome::Inserted
+                );
+                let back = store.get(&c.conv, m.msg_id, &c.bob).await.unwrap();
+                assert_eq!(back.body.unwrap().content.len(), limit);
+                let over = NewMessage::text(
+                    c.next_id(),
+                    c.conv.clone(),
+                    c.alice.clone(),
+                    vec![1u8; limit + 1],
+                );
+                let e = store.insert(over).await.unwrap_err();
+                assert_eq!(
+                    (e.kind(), e.field()),
+                    (ErrorKind::InvalidInput, Some("content"))
+                );
+            }
+        }
+    }
+    h.finish().await;
+}
+
+/// A stored envelope that would decompress past the policy's content limit is a decode error,
+/// for every reader, without allocating past the limit.
+pub async fn a_decompression_bomb_is_a_decode_error<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    let id = sent(&h, c.text("small")).await;
+    // An envelope written by a store whose limit is 16 MiB: 16 MiB of zeros compress to a few
+    // hundred bytes. This store's limit is the default 64 KiB.
+    let big = ContentCodec::default()
+        .with_decode_limit(16 * 1024 * 1024)
+        .encode(&c.conv, id, &vec![0u8; 16 * 1024 * 1024])
+        .unwrap();
+    assert!(big.len() < 4096, "{}", big.len());
+    h.set_raw_content(&c.conv, id, big).await;
+    assert_eq!(
+        kind(h.store.get(&c.conv, id, &c.bob).await),
+        ErrorKind::Decode
+    );
+    assert_eq!(kind(h.store.audit(&c.conv, id).await), ErrorKind::Decode);
+    let page = h
+        .store
+        .list(&c.conv, &c.bob, ListOptions::newest(5))
+        .await
+        .unwrap();
+    assert!(page.items[0].undecodable);
     h.finish().await;
 }

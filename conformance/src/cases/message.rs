@@ -294,3 +294,109 @@ pub async fn binary_and_empty_content_round_trip<F: StoreFactory>(f: &F) {
     }
     h.finish().await;
 }
+
+/// A late retry of the insert of a message that was deleted and purged is refused as stale (its
+/// msg_id is before the purge horizon), so recipients never read the content again.
+pub async fn late_insert_of_a_purged_message_is_refused<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    let m = c.text("said and regretted");
+    sent(&h, m.clone()).await;
+    h.store
+        .transition(c.request(Action::Delete, &c.alice, m.msg_id))
+        .await
+        .unwrap();
+    h.clock.advance(h.settings.policy.retention() + DAY);
+    assert_eq!(
+        h.store
+            .purge_all(PurgeOptions::default())
+            .await
+            .unwrap()
+            .messages,
+        1
+    );
+    let e = h.store.insert(m.clone()).await.unwrap_err();
+    assert_eq!(
+        (e.kind(), e.field()),
+        (ErrorKind::StaleRequest, Some("msg_id"))
+    );
+    let e = h.store.insert_batch(vec![m.clone()]).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::StaleRequest);
+    assert_eq!(
+        kind(h.store.get(&c.conv, m.msg_id, &c.bob).await),
+        ErrorKind::NotFound
+    );
+    h.finish().await;
+}
+
+/// The purge horizon is the shorter of retention and the history limit, less the allowed skew:
+/// an insert minted just inside it is stored, just outside it is refused.
+pub async fn insert_horizon_follows_retention_history_limit_and_skew<F: StoreFactory>(f: &F) {
+    let setup = Setup {
+        policy: Policy::builder()
+            .retention(30 * DAY)
+            .restore_window(7 * DAY)
+            .history_limit(Some(40 * DAY))
+            .build()
+            .unwrap(),
+        ..Setup::default()
+    };
+    let (h, c) = start_with(f, setup).await;
+    let p = &h.settings.policy;
+    let reach = p.retention() - p.max_clock_skew();
+    let now = h.clock.now();
+    let minted = |age: std::time::Duration, seq: u16| {
+        let at = Timestamp::from_millis(now.as_millis() - age.as_millis() as i64);
+        NewMessage::text(
+            MsgId::from_parts(at, 3, seq).unwrap(),
+            c.conv.clone(),
+            c.alice.clone(),
+            "backfill",
+        )
+    };
+    let inside = minted(reach - MINUTE, 1);
+    assert_eq!(
+        h.store.insert(inside).await.unwrap(),
+        InsertOutcome::Inserted
+    );
+    let outside = minted(reach + MINUTE, 2);
+    assert_eq!(
+        kind(h.store.insert(outside.clone()).await),
+        ErrorKind::StaleRequest
+    );
+    // A batch holding one message outside the horizon stores nothing.
+    let fresh = c.text("fresh");
+    assert_eq!(
+        kind(h.store.insert_batch(vec![fresh.clone(), outside]).await),
+        ErrorKind::StaleRequest
+    );
+    assert_eq!(
+        kind(h.store.get(&c.conv, fresh.msg_id, &c.bob).await),
+        ErrorKind::NotFound
+    );
+    h.finish().await;
+}
+
+/// A msg_id minted further ahead of the store's clock than the allowed skew is refused as stale;
+/// one within the skew is stored.
+pub async fn insert_minted_ahead_of_the_skew_is_refused<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    let skew = h.settings.policy.max_clock_skew();
+    let ahead = |d: std::time::Duration, seq: u16| {
+        NewMessage::text(
+            MsgId::from_parts(h.clock.now().saturating_add(d), 4, seq).unwrap(),
+            c.conv.clone(),
+            c.alice.clone(),
+            "from a fast clock",
+        )
+    };
+    assert_eq!(
+        h.store.insert(ahead(skew - MINUTE, 1)).await.unwrap(),
+        InsertOutcome::Inserted
+    );
+    let e = h.store.insert(ahead(skew + MINUTE, 2)).await.unwrap_err();
+    assert_eq!(
+        (e.kind(), e.field()),
+        (ErrorKind::StaleRequest, Some("msg_id"))
+    );
+    h.finish().await;
+}

@@ -42,6 +42,9 @@ macro_rules! __with_cases {
             get_missing_message_is_not_found,
             message_types_and_attachments_round_trip,
             binary_and_empty_content_round_trip,
+            late_insert_of_a_purged_message_is_refused,
+            insert_horizon_follows_retention_history_limit_and_skew,
+            insert_minted_ahead_of_the_skew_is_refused,
             list_newest_first_pages_through_everything_once,
             list_oldest_first_pages_through_everything_once,
             list_cursor_is_exclusive_and_the_last_page_has_no_next,
@@ -101,10 +104,15 @@ macro_rules! __with_cases {
             offline_device_converges_by_applying_pulled_events,
             polling_reader_sees_every_concurrent_change_exactly_once,
             group_recall_costs_one_event_whatever_the_group_size,
+            feed_agrees_with_get_for_every_viewer,
+            changed_conversations_names_exactly_the_changed_ones,
+            a_cursor_from_another_conversation_is_refused,
+            a_device_offline_across_a_purge_is_told_to_resync,
             purge_removes_only_expired_recalled_and_deleted_messages,
             purge_removes_the_events_of_purged_messages,
             purge_skips_conversations_under_legal_hold,
             purge_reports_released_attachment_keys,
+            a_forwarded_attachment_is_released_with_its_last_message,
             purge_runs_in_bounded_resumable_batches,
             concurrent_purges_never_double_count,
             purge_applies_the_history_limit,
@@ -120,6 +128,11 @@ macro_rules! __with_cases {
             key_rotation_keeps_old_messages_readable,
             large_content_is_compressed_at_rest,
             an_undecodable_row_is_marked_in_its_page_not_fatal,
+            rekey_moves_every_message_to_the_active_key,
+            rekey_seals_a_plaintext_store_when_encryption_is_turned_on,
+            forged_plaintext_in_an_encrypting_store_is_a_decode_error,
+            every_bit_flip_and_truncation_of_stored_content_is_a_decode_error,
+            rekey_racing_transitions_and_inserts_changes_nothing_else,
             oversized_content_is_invalid_input,
             oversized_ids_are_invalid_input,
             malformed_ids_are_refused_before_reaching_the_store,
@@ -130,6 +143,8 @@ macro_rules! __with_cases {
             extreme_client_timestamps_are_stale_requests,
             feed_cursor_beyond_the_head_is_invalid_input,
             oversized_ids_on_reads_are_invalid_input,
+            a_content_limit_the_store_cannot_keep_is_refused_when_built,
+            a_decompression_bomb_is_a_decode_error,
         }
     };
 }
@@ -159,7 +174,7 @@ pub(crate) async fn all_events<F: StoreFactory>(
     c: &ConversationId,
 ) -> Vec<ChangeEvent> {
     h.store
-        .drain_changes(c, FeedCursor::START, 100)
+        .drain_changes(c, &user("bob"), FeedCursor::START, 100)
         .await
         .unwrap()
         .events

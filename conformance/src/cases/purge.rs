@@ -557,3 +557,44 @@ pub async fn history_purge_racing_deletes_leaves_no_orphan_events<F: StoreFactor
     }
     h.finish().await;
 }
+
+/// A file forwarded into another conversation under the same key is released only when its last
+/// message is purged: the purge never reports a key that a stored message still grants.
+pub async fn a_forwarded_attachment_is_released_with_its_last_message<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    let other = Cast::in_conversation(&h.settings, "forwarded-to");
+    let original = sent(&h, c.file("blobs/shared.pdf")).await;
+    let forward = sent(&h, other.file("blobs/shared.pdf")).await;
+    h.store
+        .transition(c.request(Action::Delete, &c.alice, original))
+        .await
+        .unwrap();
+    h.clock.advance(h.settings.policy.retention() + DAY);
+    let first = h.store.purge_all(PurgeOptions::default()).await.unwrap();
+    assert_eq!(first.messages, 1);
+    assert!(
+        first.released_attachments.is_empty(),
+        "the forward still grants the file: {:?}",
+        first.released_attachments
+    );
+    assert_eq!(
+        h.store
+            .attachment_access(&other.conv, forward, &other.bob)
+            .await
+            .unwrap(),
+        AttachmentAccess::Allowed {
+            key: "blobs/shared.pdf".to_string()
+        }
+    );
+    h.store
+        .transition(other.request(Action::Delete, &other.alice, forward))
+        .await
+        .unwrap();
+    h.clock.advance(h.settings.policy.retention() + DAY);
+    let last = h.store.purge_all(PurgeOptions::default()).await.unwrap();
+    assert_eq!(
+        last.released_attachments,
+        vec!["blobs/shared.pdf".to_string()]
+    );
+    h.finish().await;
+}

@@ -360,7 +360,11 @@ pub async fn read_after_feed_sees_the_change<F: StoreFactory>(f: &F) {
         let mut polls = 0;
         while seen < ids.len() && polls < 2_000 {
             polls += 1;
-            let page = h.store.changes_since(&c.conv, cursor, 50).await.unwrap();
+            let page = h
+                .store
+                .changes_since(&c.conv, &c.bob, cursor, 50)
+                .await
+                .unwrap();
             for e in &page.events {
                 let v = h.store.get(&c.conv, e.msg_id, &c.bob).await.unwrap();
                 assert!(

@@ -127,7 +127,7 @@ pub async fn list_page_size_zero_or_huge_is_invalid_input<F: StoreFactory>(f: &F
         );
         let err = h
             .store
-            .changes_since(&c.conv, FeedCursor::START, limit)
+            .changes_since(&c.conv, &c.bob, FeedCursor::START, limit)
             .await
             .unwrap_err();
         assert_eq!(

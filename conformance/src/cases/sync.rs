@@ -78,7 +78,11 @@ pub async fn changes_since_pages_and_resumes_from_its_cursor<F: StoreFactory>(f:
     let mut cursor = FeedCursor::START;
     let mut seen = Vec::new();
     loop {
-        let page = h.store.changes_since(&c.conv, cursor, 4).await.unwrap();
+        let page = h
+            .store
+            .changes_since(&c.conv, &c.bob, cursor, 4)
+            .await
+            .unwrap();
         assert!(page.events.len() <= 4);
         if page.events.is_empty() {
             assert_eq!(page.next, cursor, "an empty pull keeps the cursor");
@@ -92,7 +96,7 @@ pub async fn changes_since_pages_and_resumes_from_its_cursor<F: StoreFactory>(f:
     // Nothing new: pulling again from the end returns nothing.
     assert!(
         h.store
-            .changes_since(&c.conv, cursor, 10)
+            .changes_since(&c.conv, &c.bob, cursor, 10)
             .await
             .unwrap()
             .events
@@ -140,7 +144,7 @@ pub async fn offline_device_converges_by_applying_pulled_events<F: StoreFactory>
         .unwrap();
     let online = h
         .store
-        .changes_since(&c.conv, FeedCursor::START, 100)
+        .changes_since(&c.conv, &c.bob, FeedCursor::START, 100)
         .await
         .unwrap();
     let mut device: HashMap<MsgId, (Status, u32)> = ids
@@ -172,7 +176,7 @@ pub async fn offline_device_converges_by_applying_pulled_events<F: StoreFactory>
     // Reconnect: pull from an older cursor (replaying known events is harmless) to the end.
     let pulled = h
         .store
-        .drain_changes(&c.conv, FeedCursor::START, 2)
+        .drain_changes(&c.conv, &user("bob"), FeedCursor::START, 2)
         .await
         .unwrap();
     for e in &pulled.events {
@@ -232,7 +236,11 @@ pub async fn polling_reader_sees_every_concurrent_change_exactly_once<F: StoreFa
         let mut seen = Vec::new();
         loop {
             let finished = done.load(std::sync::atomic::Ordering::SeqCst);
-            let page = h.store.changes_since(&c.conv, cursor, 7).await.unwrap();
+            let page = h
+                .store
+                .changes_since(&c.conv, &c.bob, cursor, 7)
+                .await
+                .unwrap();
             seen.extend(page.events.iter().cloned());
             cursor = page.next;
             if page.events.is_empty() {
@@ -272,9 +280,10 @@ pub async fn group_recall_costs_one_event_whatever_the_group_size<F: StoreFactor
     let group_feed = all_events(&h, &c.conv).await;
     assert_eq!(group_feed.len(), all_events(&h, &pair.conv).await.len());
     assert_eq!(group_feed.len(), 1);
-    let pulls = futures::future::join_all(
-        (0..2_000).map(|_| h.store.changes_since(&c.conv, FeedCursor::START, 10)),
-    )
+    let pulls = futures::future::join_all((0..2_000).map(|_| {
+        h.store
+            .changes_since(&c.conv, &c.bob, FeedCursor::START, 10)
+    }))
     .await;
     for p in pulls {
         assert_eq!(p.unwrap().events, group_feed);
@@ -292,5 +301,240 @@ pub async fn group_recall_costs_one_event_whatever_the_group_size<F: StoreFactor
             );
         }
     }
+    h.finish().await;
+}
+
+/// Under sender-only restore visibility, what every member's device learns from the feed agrees
+/// with what `get` shows that member: the sender sees the restore, the others the recall.
+pub async fn feed_agrees_with_get_for_every_viewer<F: StoreFactory>(f: &F) {
+    for visibility in [RestoreVisibility::SenderOnly, RestoreVisibility::Everyone] {
+        let setup = Setup {
+            policy: Policy::builder()
+                .restore_visibility(visibility)
+                .build()
+                .unwrap(),
+            ..Setup::default()
+        };
+        let (h, c) = start_with(f, setup).await;
+        let restored = sent(&h, c.text("restored")).await;
+        let deleted = sent(&h, c.text("deleted")).await;
+        let moderated = sent(&h, c.text("moderated")).await;
+        for (action, who, id, moderator) in [
+            (Action::Recall, &c.alice, restored, false),
+            (Action::Restore, &c.alice, restored, false),
+            (Action::Recall, &c.alice, deleted, false),
+            (Action::Delete, &c.alice, deleted, false),
+            (Action::Recall, &c.alice, moderated, false),
+            (Action::Recall, &c.mia, moderated, true),
+        ] {
+            let req = if moderator {
+                c.moderator_request(action, who, id)
+            } else {
+                c.request(action, who, id)
+            };
+            h.store.transition(req).await.unwrap();
+        }
+        for viewer in [&c.alice, &c.bob, &c.carol, &c.mia] {
+            let events = h
+                .store
+                .drain_changes(&c.conv, viewer, FeedCursor::START, 2)
+                .await
+                .unwrap()
+                .events;
+            for id in [restored, deleted, moderated] {
+                let last = events.iter().rfind(|e| e.msg_id == id).unwrap();
+                let v = h.store.get(&c.conv, id, viewer).await.unwrap();
+                assert_eq!(
+                    (last.status, last.version),
+                    (v.status, v.version),
+                    "{visibility:?}: the feed and get disagree for {viewer} on {id}"
+                );
+            }
+        }
+        h.finish().await;
+    }
+}
+
+/// Of the conversations a device follows, one call names exactly those whose feed moved past its
+/// cursor, with their heads; a device that is up to date gets nothing.
+pub async fn changed_conversations_names_exactly_the_changed_ones<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    let mut casts = Vec::new();
+    for i in 0..12 {
+        let cast = Cast::in_conversation(&h.settings, &format!("room-{i}"));
+        let id = sent(&h, cast.text("hello")).await;
+        h.store
+            .transition(cast.request(Action::Recall, &cast.alice, id))
+            .await
+            .unwrap();
+        casts.push((cast, id));
+    }
+    let quiet = Cast::in_conversation(&h.settings, "never-written");
+    let mut cursors: Vec<SyncCursor> = Vec::new();
+    for (cast, _) in &casts {
+        let head = h
+            .store
+            .drain_changes(&cast.conv, &c.bob, FeedCursor::START, 10)
+            .await
+            .unwrap()
+            .next;
+        cursors.push(SyncCursor {
+            conversation: cast.conv.clone(),
+            cursor: head,
+        });
+    }
+    cursors.push(SyncCursor {
+        conversation: quiet.conv.clone(),
+        cursor: FeedCursor::START,
+    });
+    assert!(
+        h.store
+            .changed_conversations(&cursors)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(h.store.changed_conversations(&[]).await.unwrap().is_empty());
+    for i in [1, 5, 9] {
+        let (cast, id) = &casts[i];
+        h.store
+            .transition(cast.request(Action::Delete, &cast.alice, *id))
+            .await
+            .unwrap();
+    }
+    let changed = h.store.changed_conversations(&cursors).await.unwrap();
+    let names: Vec<_> = changed.iter().map(|x| x.conversation.clone()).collect();
+    let want: Vec<_> = [1, 5, 9].iter().map(|i| casts[*i].0.conv.clone()).collect();
+    assert_eq!(names, want);
+    for x in &changed {
+        let before = cursors
+            .iter()
+            .find(|c| c.conversation == x.conversation)
+            .unwrap();
+        assert_eq!(x.head.0, before.cursor.0 + 1);
+        assert!(!x.resync);
+    }
+    h.finish().await;
+}
+
+/// Cursors are bound to their conversation: one ahead of a conversation's head (forged, or taken
+/// from a busier conversation) is invalid input, in a single pull and in the batch call.
+pub async fn a_cursor_from_another_conversation_is_refused<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    let quiet = Cast::in_conversation(&h.settings, "quiet");
+    sent(&h, quiet.text("x")).await;
+    for _ in 0..3 {
+        let id = sent(&h, c.text("busy")).await;
+        h.store
+            .transition(c.request(Action::Recall, &c.alice, id))
+            .await
+            .unwrap();
+    }
+    let busy = h
+        .store
+        .drain_changes(&c.conv, &c.bob, FeedCursor::START, 10)
+        .await
+        .unwrap()
+        .next;
+    let e = h
+        .store
+        .changes_since(&quiet.conv, &c.bob, busy, 10)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.kind(), e.field()),
+        (ErrorKind::InvalidInput, Some("cursor"))
+    );
+    let e = h
+        .store
+        .changed_conversations(&[SyncCursor {
+            conversation: quiet.conv.clone(),
+            cursor: busy,
+        }])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.kind(), e.field()),
+        (ErrorKind::InvalidInput, Some("cursor"))
+    );
+    let too_many: Vec<SyncCursor> = (0..=MAX_SYNC_CONVERSATIONS)
+        .map(|i| SyncCursor {
+            conversation: conv(&format!("c{i}")),
+            cursor: FeedCursor::START,
+        })
+        .collect();
+    let e = h.store.changed_conversations(&too_many).await.unwrap_err();
+    assert_eq!(
+        (e.kind(), e.field()),
+        (ErrorKind::InvalidInput, Some("cursors"))
+    );
+    h.finish().await;
+}
+
+/// A device offline while the purge removed events it had not pulled is told to resync (in the
+/// pull and in the batch call); re-reading its messages shows what the purge removed. A device
+/// whose cursor is past every removed event is not bothered.
+pub async fn a_device_offline_across_a_purge_is_told_to_resync<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    let kept = sent(&h, c.text("kept")).await;
+    let gone = sent(&h, c.text("gone")).await;
+    let offline = FeedCursor::START;
+    h.store
+        .transition(c.request(Action::Recall, &c.alice, gone))
+        .await
+        .unwrap();
+    h.store
+        .transition(c.request(Action::Delete, &c.alice, gone))
+        .await
+        .unwrap();
+    h.clock.advance(h.settings.policy.retention() + DAY);
+    h.store
+        .transition(c.moderator_request(Action::Recall, &c.mia, kept))
+        .await
+        .unwrap();
+    let online = FeedCursor(2);
+    assert_eq!(
+        h.store
+            .purge_all(PurgeOptions::default())
+            .await
+            .unwrap()
+            .messages,
+        1
+    );
+    let page = h
+        .store
+        .changes_since(&c.conv, &c.bob, offline, 10)
+        .await
+        .unwrap();
+    let resync = page.resync.expect("the device missed removed events");
+    assert_eq!(resync.purged_through, FeedCursor(2));
+    assert_eq!(
+        page.events
+            .iter()
+            .map(|e| (e.msg_id, e.version))
+            .collect::<Vec<_>>(),
+        vec![(kept, 2)]
+    );
+    // What the device does: re-read what it holds.
+    assert_eq!(
+        kind(h.store.get(&c.conv, gone, &c.bob).await),
+        ErrorKind::NotFound
+    );
+    let batch = h
+        .store
+        .changed_conversations(&[SyncCursor {
+            conversation: c.conv.clone(),
+            cursor: offline,
+        }])
+        .await
+        .unwrap();
+    assert!(batch[0].resync);
+    let up_to_date = h
+        .store
+        .changes_since(&c.conv, &c.bob, online, 10)
+        .await
+        .unwrap();
+    assert!(up_to_date.resync.is_none());
+    assert_eq!(up_to_date.events.len(), 1);
     h.finish().await;
 }

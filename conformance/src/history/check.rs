@@ -157,7 +157,7 @@ pub fn check_with(
             }
         }
     }
-    let feeds = feed::check(history, base)?;
+    let feeds = feed::check(history, policy, base)?;
     summary.devices = history.devices.len();
     summary.pulls = feeds.0;
     summary.events = feeds.1;

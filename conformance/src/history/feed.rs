@@ -30,7 +30,11 @@ struct Seen {
 }
 
 /// Checks every device; returns the pulls and the events checked.
-pub(crate) fn check(history: &History, base: Timestamp) -> Result<(usize, usize), Box<Violation>> {
+pub(crate) fn check(
+    history: &History,
+    policy: &imstore_core::Policy,
+    base: Timestamp,
+) -> Result<(usize, usize), Box<Violation>> {
     let mut applied: HashMap<(&str, MsgId, u32), Applied> = HashMap::new();
     let mut open: HashMap<(&str, MsgId), Vec<(&UserId, usize)>> = HashMap::new();
     let mut writers_end = 0;
@@ -180,7 +184,11 @@ pub(crate) fn check(history: &History, base: Timestamp) -> Result<(usize, usize)
                     ));
                 }
                 match applied.get(&(conv, e.msg_id, e.version)) {
-                    Some(a) if a.status != e.status || a.by != e.by || a.at != e.at => {
+                    Some(a)
+                        if seen_as(a.status, &a.by, &device.viewer, policy) != e.status
+                            || a.by != e.by
+                            || a.at != e.at =>
+                    {
                         return Err(fail(
                             format!(
                                 "{} delivered {ev}, but the change to that version was made by \
@@ -286,9 +294,16 @@ pub(crate) fn check(history: &History, base: Timestamp) -> Result<(usize, usize)
                     vec![m],
                 ));
             }
+            // The final read is the sender's, who sees the stored status; the device's viewer
+            // sees it as the feed renders it (a restore is the restorer's, that is the sender's).
+            let sender = match &history.ops[read].call {
+                Call::Get { viewer, .. } => viewer.clone(),
+                _ => device.viewer.clone(),
+            };
             match (state, last.get(&m)) {
                 (Some((status, version)), Some(l))
-                    if (l.event.status, l.event.version) != (status, version) =>
+                    if (l.event.status, l.event.version)
+                        != (seen_as(status, &sender, &device.viewer, policy), version) =>
                 {
                     return Err(fail(
                         format!(
@@ -319,6 +334,21 @@ pub(crate) fn check(history: &History, base: Timestamp) -> Result<(usize, usize)
 }
 
 /// True when the device's last pull succeeded empty and began after every writer had returned.
+/// The status a device of `viewer` learns for a change to `status` made by `by` (the core's own
+/// rendering of events, so the checker and the stores cannot drift apart).
+fn seen_as(status: Status, by: &UserId, viewer: &UserId, policy: &imstore_core::Policy) -> Status {
+    let probe = ChangeEvent {
+        seq: 0,
+        conversation_id: imstore_core::ConversationId::new("probe").expect("valid id"),
+        msg_id: imstore_core::MsgId::new(1).expect("valid id"),
+        status,
+        version: 0,
+        at: Timestamp::default(),
+        by: by.clone(),
+    };
+    imstore_core::view::event_for(probe, viewer, policy).status
+}
+
 fn caught_up(device: &Device, writers_end: u64) -> bool {
     device.pulls.last().is_some_and(|p| {
         p.start > writers_end && p.result.as_ref().is_ok_and(|page| page.events.is_empty())

@@ -152,6 +152,8 @@ pub struct Device {
     pub name: String,
     /// The conversation it follows.
     pub conversation_id: ConversationId,
+    /// Whose device it is: the feed is rendered for this viewer, as `get` shows them.
+    pub viewer: imstore_core::UserId,
     /// Its pulls, in the order it made them.
     pub pulls: Vec<Pull>,
 }

@@ -274,6 +274,9 @@ impl<'a, S: MessageStore + ?Sized> Run<'a, S> {
         let ci = d % self.convs.len();
         let conversation_id = lock(&self.convs[ci]).id.clone();
         let mut rng = Rng::new(self.w.seed, 1_000_000 + d as u64);
+        // Devices belong to members in turn, senders and recipients alike: under sender-only
+        // restore visibility their feeds differ, and each must agree with what `get` shows them.
+        let viewer = [&self.users.alice, &self.users.bob, &self.users.carol][d % 3].clone();
         let mut cursor = FeedCursor::START;
         let mut pulls = Vec::new();
         let mut failures = 0;
@@ -293,7 +296,7 @@ impl<'a, S: MessageStore + ?Sized> Run<'a, S> {
             let start = self.tick();
             let result = self
                 .store
-                .changes_since(&conversation_id, cursor, limit)
+                .changes_since(&conversation_id, &viewer, cursor, limit)
                 .await
                 .map_err(|e| e.kind());
             let end = self.tick();
@@ -322,6 +325,7 @@ impl<'a, S: MessageStore + ?Sized> Run<'a, S> {
             }
         }
         Device {
+            viewer,
             name: format!("device {} of {}", d / self.convs.len(), conversation_id),
             conversation_id,
             pulls,
@@ -496,7 +500,9 @@ impl<'a, S: MessageStore + ?Sized> Run<'a, S> {
             &self.users.bob
         };
         let m = NewMessage::text(
-            self.ids.next_id(),
+            self.ids
+                .next_id()
+                .expect("the clock is within the msg_id range"),
             conv.id.clone(),
             sender.clone(),
             format!("{}-c{ci}-m{k}", self.tag).into_bytes(),

@@ -161,12 +161,14 @@ fn the_v2_layout_is_as_documented() {
         .unwrap();
     assert_eq!(&plain[..7], &[0x49, 2, 0, 0, 0, 0, 5]);
     assert_eq!(&plain[7..12], content);
-    let crc = crc32c::crc32c(
-        &[&plain[..12], &1u32.to_be_bytes(), b"c", &1u64.to_be_bytes()].concat(),
-    );
+    let crc =
+        crc32c::crc32c(&[&plain[..12], &1u32.to_be_bytes(), b"c", &1u64.to_be_bytes()].concat());
     assert_eq!(&plain[12..], &crc.to_be_bytes());
     let stored = sealed().encode(&conv("c"), id(1), content).unwrap();
-    assert_eq!(&stored[..11], &[0x49, 2, FLAG_SEALED, 0, 0, 0, 5, 0, 0, 0, 1]);
+    assert_eq!(
+        &stored[..11],
+        &[0x49, 2, FLAG_SEALED, 0, 0, 0, 5, 0, 0, 0, 1]
+    );
     assert_eq!(stored.len(), 7 + 4 + 24 + 5 + 16);
 }
 
@@ -206,7 +208,10 @@ fn encryption_hides_content_and_uses_fresh_nonces() {
     let secret = b"meet me at the old bridge at midnight";
     let a = codec.encode(&conv("c"), id(1), secret).unwrap();
     let b = codec.encode(&conv("c"), id(1), secret).unwrap();
-    assert_ne!(a[V2_KEY_AT + 4..V2_SEALED_HEADER], b[V2_KEY_AT + 4..V2_SEALED_HEADER]);
+    assert_ne!(
+        a[V2_KEY_AT + 4..V2_SEALED_HEADER],
+        b[V2_KEY_AT + 4..V2_SEALED_HEADER]
+    );
     assert_ne!(a, b);
     assert!(!a.windows(8).any(|w| secret.windows(8).any(|s| s == w)));
 }
@@ -223,8 +228,14 @@ fn an_encrypting_codec_refuses_forged_plaintext_v1_and_v2() {
         .encode(&conv("c"), id(1), &chat(1000))
         .unwrap();
     for forged in [&forged_v1, &forged_v1_zstd, &forged_v2, &forged_v2_zstd] {
-        assert_eq!(kind(codec.decode(&conv("c"), id(1), forged)), ErrorKind::Decode);
-        assert_eq!(kind(codec.rekey(&conv("c"), id(1), forged)), ErrorKind::Decode);
+        assert_eq!(
+            kind(codec.decode(&conv("c"), id(1), forged)),
+            ErrorKind::Decode
+        );
+        assert_eq!(
+            kind(codec.rekey(&conv("c"), id(1), forged)),
+            ErrorKind::Decode
+        );
         assert!(codec.needs_rekey(forged).unwrap());
         // The explicit migration path accepts it, and what it writes is sealed.
         let content = codec.decode_for_rekey(&conv("c"), id(1), forged).unwrap();
@@ -250,7 +261,10 @@ fn flipping_the_seal_flag_never_decodes() {
     let mut flipped = stored.clone();
     flipped[2] ^= FLAG_SEALED;
     for codec in [sealed(), ContentCodec::plain(), ContentCodec::default()] {
-        assert_eq!(kind(codec.decode(&conv("c"), id(1), &flipped)), ErrorKind::Decode);
+        assert_eq!(
+            kind(codec.decode(&conv("c"), id(1), &flipped)),
+            ErrorKind::Decode
+        );
     }
 }
 
@@ -310,26 +324,42 @@ fn every_bit_flip_and_truncation_of_an_unsealed_v2_envelope_is_a_decode_error() 
 fn moved_foreign_and_unknown_key_are_decode_errors() {
     for codec in [sealed(), ContentCodec::plain(), ContentCodec::default()] {
         let stored = codec.encode(&conv("c"), id(1), b"hello world").unwrap();
-        assert_eq!(kind(codec.decode(&conv("other"), id(1), &stored)), ErrorKind::Decode);
-        assert_eq!(kind(codec.decode(&conv("c"), id(2), &stored)), ErrorKind::Decode);
-        assert_eq!(kind(codec.decode(&conv("c"), id(1), b"plain old bytes")), ErrorKind::Decode);
+        assert_eq!(
+            kind(codec.decode(&conv("other"), id(1), &stored)),
+            ErrorKind::Decode
+        );
+        assert_eq!(
+            kind(codec.decode(&conv("c"), id(2), &stored)),
+            ErrorKind::Decode
+        );
+        assert_eq!(
+            kind(codec.decode(&conv("c"), id(1), b"plain old bytes")),
+            ErrorKind::Decode
+        );
     }
     let stored = sealed().encode(&conv("c"), id(1), b"hello world").unwrap();
     let other_key =
         ContentCodec::default().with_encryption(KeyRing::new(EncryptionKey::generate(KeyId(1))));
-    assert_eq!(kind(other_key.decode(&conv("c"), id(1), &stored)), ErrorKind::Decode);
-    let other_id = ContentCodec::default().with_encryption(KeyRing::new(EncryptionKey::new(
-        KeyId(2),
-        KEY,
-    )));
-    assert_eq!(kind(other_id.decode(&conv("c"), id(1), &stored)), ErrorKind::Decode);
+    assert_eq!(
+        kind(other_key.decode(&conv("c"), id(1), &stored)),
+        ErrorKind::Decode
+    );
+    let other_id =
+        ContentCodec::default().with_encryption(KeyRing::new(EncryptionKey::new(KeyId(2), KEY)));
+    assert_eq!(
+        kind(other_id.decode(&conv("c"), id(1), &stored)),
+        ErrorKind::Decode
+    );
     assert_eq!(
         kind(ContentCodec::plain().decode(&conv("c"), id(1), &stored)),
         ErrorKind::Decode
     );
     let mut v3 = stored.clone();
     v3[1] = 3;
-    assert_eq!(kind(sealed().decode(&conv("c"), id(1), &v3)), ErrorKind::Decode);
+    assert_eq!(
+        kind(sealed().decode(&conv("c"), id(1), &v3)),
+        ErrorKind::Decode
+    );
 }
 
 #[test]
@@ -352,11 +382,18 @@ fn v1_envelopes_still_decode() {
         let codec = sealed();
         assert_eq!(ContentCodec::key_id_of(&stored).unwrap(), Some(KeyId(1)));
         assert_eq!(codec.decode(&conv("c"), id(5), &stored).unwrap(), content);
-        assert_eq!(kind(codec.decode(&conv("c"), id(6), &stored)), ErrorKind::Decode);
+        assert_eq!(
+            kind(codec.decode(&conv("c"), id(6), &stored)),
+            ErrorKind::Decode
+        );
         for i in 0..stored.len() {
             let mut t = stored.clone();
             t[i] ^= 0x80;
-            assert_eq!(kind(codec.decode(&conv("c"), id(5), &t)), ErrorKind::Decode, "byte {i}");
+            assert_eq!(
+                kind(codec.decode(&conv("c"), id(5), &t)),
+                ErrorKind::Decode,
+                "byte {i}"
+            );
         }
         assert!(codec.needs_rekey(&stored).unwrap());
         let moved = codec.rekey(&conv("c"), id(5), &stored).unwrap();
@@ -376,20 +413,32 @@ fn rotation_keeps_old_content_readable_and_rekey_moves_it() {
         .unwrap();
     assert_eq!(ring.active(), KeyId(2));
     let new = ContentCodec::default().with_encryption(ring);
-    assert_eq!(new.decode(&conv("c"), id(1), &stored).unwrap(), b"before rotation");
+    assert_eq!(
+        new.decode(&conv("c"), id(1), &stored).unwrap(),
+        b"before rotation"
+    );
     assert!(new.needs_rekey(&stored).unwrap());
     let moved = new.rekey(&conv("c"), id(1), &stored).unwrap();
     assert_eq!(ContentCodec::key_id_of(&moved).unwrap(), Some(KeyId(2)));
     assert!(!new.needs_rekey(&moved).unwrap());
-    assert_eq!(new.decode(&conv("c"), id(1), &moved).unwrap(), b"before rotation");
+    assert_eq!(
+        new.decode(&conv("c"), id(1), &moved).unwrap(),
+        b"before rotation"
+    );
     // The old codec cannot read what the new key sealed; an old key added back still opens.
-    assert_eq!(kind(old.decode(&conv("c"), id(1), &moved)), ErrorKind::Decode);
+    assert_eq!(
+        kind(old.decode(&conv("c"), id(1), &moved)),
+        ErrorKind::Decode
+    );
     let with_old = ContentCodec::default().with_encryption(
         KeyRing::new(EncryptionKey::new(KeyId(2), [9; 32]))
             .with_old_key(EncryptionKey::new(KeyId(1), [7; 32]))
             .unwrap(),
     );
-    assert_eq!(with_old.decode(&conv("c"), id(1), &stored).unwrap(), b"before rotation");
+    assert_eq!(
+        with_old.decode(&conv("c"), id(1), &stored).unwrap(),
+        b"before rotation"
+    );
     assert!(
         KeyRing::new(EncryptionKey::new(KeyId(1), [7; 32]))
             .rotate_to(EncryptionKey::new(KeyId(1), [9; 32]))
@@ -405,17 +454,29 @@ fn the_decode_limit_bounds_encode_and_decode() {
     assert_eq!(small.decode_limit(), 1000);
     for len in [1001, 5000] {
         let stored = big.encode(&conv("c"), id(1), &chat(len)).unwrap();
-        assert_eq!(kind(small.decode(&conv("c"), id(1), &stored)), ErrorKind::Decode);
         assert_eq!(
-            small.encode(&conv("c"), id(1), &chat(len)).unwrap_err().kind(),
+            kind(small.decode(&conv("c"), id(1), &stored)),
+            ErrorKind::Decode
+        );
+        assert_eq!(
+            small
+                .encode(&conv("c"), id(1), &chat(len))
+                .unwrap_err()
+                .kind(),
             ErrorKind::InvalidInput
         );
     }
     let stored = small.encode(&conv("c"), id(1), &chat(1000)).unwrap();
-    assert_eq!(small.decode(&conv("c"), id(1), &stored).unwrap(), chat(1000));
+    assert_eq!(
+        small.decode(&conv("c"), id(1), &stored).unwrap(),
+        chat(1000)
+    );
     // v1 declared no length when uncompressed: the body itself is held to the limit.
     let v1 = v1_encode(None, false, &conv("c"), id(1), &chat(1001));
-    assert_eq!(kind(small.decode(&conv("c"), id(1), &v1)), ErrorKind::Decode);
+    assert_eq!(
+        kind(small.decode(&conv("c"), id(1), &v1)),
+        ErrorKind::Decode
+    );
 }
 
 /// A zstd frame of `len` zero bytes, with or without the frame's own content size field.
@@ -446,7 +507,10 @@ fn a_decompression_bomb_is_refused_without_allocating_past_the_limit() {
             let fine = codec.encode(&conv("c"), id(1), &chat(4096)).unwrap();
             let (r, peak) = track(|| codec.decode(&conv("c"), id(1), &fine));
             assert_eq!(r.unwrap(), chat(4096));
-            assert!(peak >= 4096, "the tracker saw {peak} bytes for a 4 KiB decode");
+            assert!(
+                peak >= 4096,
+                "the tracker saw {peak} bytes for a 4 KiB decode"
+            );
             // The header tells the truth: refused before anything is decompressed.
             let honest = v2_raw(&codec, FLAG_ZSTD, BOMB as u32, &frame);
             let (r, peak) = track(|| codec.decode(&conv("c"), id(1), &honest));
@@ -477,7 +541,10 @@ fn a_frame_shorter_than_declared_is_refused() {
     let codec = ContentCodec::default();
     let frame = zstd::bulk::compress(&chat(2000), 3).unwrap();
     let short = v2_raw(&codec, FLAG_ZSTD, 2001, &frame);
-    assert_eq!(kind(codec.decode(&conv("c"), id(1), &short)), ErrorKind::Decode);
+    assert_eq!(
+        kind(codec.decode(&conv("c"), id(1), &short)),
+        ErrorKind::Decode
+    );
     let exact = v2_raw(&codec, FLAG_ZSTD, 2000, &frame);
     assert_eq!(codec.decode(&conv("c"), id(1), &exact).unwrap(), chat(2000));
 }

@@ -15,7 +15,11 @@ thread_local! {
 /// Appends the zstd frame of `content` to `out` and returns its length. `out` must have spare
 /// capacity for `zstd::zstd_safe::compress_bound(content.len())` bytes: the frame is written
 /// straight into it, with no intermediate buffer.
-pub(super) fn compress_into(content: &[u8], level: i32, out: &mut Vec<u8>) -> std::io::Result<usize> {
+pub(super) fn compress_into(
+    content: &[u8],
+    level: i32,
+    out: &mut Vec<u8>,
+) -> std::io::Result<usize> {
     COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.as_ref().is_none_or(|(l, _)| *l != level) {
