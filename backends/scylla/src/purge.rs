@@ -291,19 +291,24 @@ impl<'a, 'j> Run<'a, 'j> {
     /// Removes one message if the job says it is purgeable now (see the module docs).
     async fn message(&mut self, conv: &ConversationId, msg_id: MsgId) -> Result<Verdict> {
         let b = self.b;
-        let (row, state) = futures::try_join!(
+        let (row, fenced) = futures::try_join!(
             read::message(b, conv, msg_id, Fields::NoContent, false),
-            read::state(b, conv, msg_id)
+            read::fenced(b, conv, msg_id, false)
         )?;
-        if let Some(StateRow::Purged { release_key }) = state {
+        if let Some(StateRow::Purged { release_key }) = fenced.state {
             self.finish(conv, msg_id, row.is_some(), release_key)
                 .await?;
             return Ok(Verdict::Done);
         }
-        // Gone already, or never written (an insert that failed after indexing it).
+        // Gone already, or never written (an insert that failed after indexing it); or purged
+        // by another purger between the two reads (the re-check, as for any reader).
         let Some(row) = row else {
             return Ok(Verdict::Done);
         };
+        if !read::confirm_present(b, conv, msg_id, &fenced).await? {
+            return Ok(Verdict::Done);
+        }
+        let state = fenced.state;
         let Some(lc) = rows::lifecycle_of(state.as_ref(), row.created_at) else {
             return Ok(Verdict::Done);
         };
@@ -328,12 +333,26 @@ impl<'a, 'j> Run<'a, 'j> {
                 .map(crate::transition::version_col)
                 .transpose()?,
         )));
-        commit.append_statement(b.st().sentinel_set.clone());
-        values.push(Box::new((
-            rand::random::<i64>(),
-            conv.as_str().to_string(),
-            sentinel_key(b.bucket_of(msg_id)),
-        )));
+        let sentinel = sentinel_key(b.bucket_of(msg_id));
+        if state.is_none() {
+            // A never-changed message: "no lifecycle row" holds again once another purger has
+            // finished it, so the commit also expects the sentinel as read (as a transition's
+            // batch does); otherwise the version condition fences it.
+            commit.append_statement(b.st().sentinel_fence.clone());
+            values.push(Box::new((
+                rand::random::<i64>(),
+                conv.as_str().to_string(),
+                sentinel,
+                fenced.epoch,
+            )));
+        } else {
+            commit.append_statement(b.st().sentinel_set.clone());
+            values.push(Box::new((
+                rand::random::<i64>(),
+                conv.as_str().to_string(),
+                sentinel,
+            )));
+        }
         for seq in &seqs {
             commit.append_statement(b.st().event_delete.clone());
             values.push(Box::new((conv.as_str().to_string(), *seq)));

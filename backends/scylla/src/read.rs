@@ -461,7 +461,7 @@ pub(crate) async fn request(
         .transpose()
 }
 
-/// A lifecycle row alone (the purge reads it with the message row; its commit is conditional).
+/// A lifecycle row alone (what a held conversation's purge entry needs: is it a marker?).
 pub(crate) async fn state(
     b: &ScyllaBackend,
     conversation: &ConversationId,
