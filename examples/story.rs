@@ -14,14 +14,17 @@ const DAY: Duration = Duration::from_secs(86_400);
 /// One of a user's devices: what it has seen, and where it is in the change feed.
 struct Device {
     name: &'static str,
+    /// Whose device it is: the feed is read as its owner sees it.
+    owner: UserId,
     cursor: FeedCursor,
     seen: HashMap<MsgId, (Status, u32)>,
 }
 
 impl Device {
-    fn new(name: &'static str) -> Self {
+    fn new(name: &'static str, owner: &UserId) -> Self {
         Device {
             name,
+            owner: owner.clone(),
             cursor: FeedCursor::START,
             seen: HashMap::new(),
         }
@@ -29,7 +32,9 @@ impl Device {
 
     /// Applies pulled events; an event not newer than what the device holds is a no-op.
     async fn sync(&mut self, store: &dyn MessageStore, conv: &ConversationId) -> Result<usize> {
-        let page = store.drain_changes(conv, self.cursor, 50).await?;
+        let page = store
+            .drain_changes(conv, &self.owner, self.cursor, 50)
+            .await?;
         let mut applied = 0;
         for e in &page.events {
             let held = self.seen.get(&e.msg_id).map(|s| s.1).unwrap_or(1);
@@ -75,13 +80,13 @@ async fn main() -> Result<()> {
     let alice = UserId::new("alice")?;
     let bob = UserId::new("bob")?;
     let carol = UserId::new("carol")?;
-    let mut phone = Device::new("alice's phone");
-    let mut laptop = Device::new("alice's laptop");
-    let mut tablet = Device::new("alice's tablet (offline)");
+    let mut phone = Device::new("alice's phone", &alice);
+    let mut laptop = Device::new("alice's laptop", &alice);
+    let mut tablet = Device::new("alice's tablet (offline)", &alice);
 
     println!("== 1. Alice sends to the group (bob, carol and 1,997 others)");
     let msg = NewMessage::text(
-        ids.next_id(),
+        ids.next_id()?,
         group.clone(),
         alice.clone(),
         "The launch moves to Thursday",
@@ -94,7 +99,7 @@ async fn main() -> Result<()> {
             mime: "application/pdf".into(),
         }),
         ..NewMessage::text(
-            ids.next_id(),
+            ids.next_id()?,
             group.clone(),
             alice.clone(),
             "launch-plan-v1.pdf",
@@ -131,7 +136,9 @@ async fn main() -> Result<()> {
         "   retry: status {:?}, version {}, replayed {} (applied once, one event)",
         retry.status, retry.version, retry.replayed
     );
-    let feed = store.changes_since(&group, FeedCursor::START, 50).await?;
+    let feed = store
+        .changes_since(&group, &bob, FeedCursor::START, 50)
+        .await?;
     println!(
         "   the group's change feed holds {} event for 2,000 members: members pull, nobody fans out",
         feed.events.len()

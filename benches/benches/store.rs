@@ -59,7 +59,9 @@ struct Bed {
 impl Bed {
     fn message(&self, c: &ConversationId) -> NewMessage {
         NewMessage::text(
-            self.ids.next_id(),
+            self.ids
+                .next_id()
+                .expect("the clock is within the msg_id range"),
             c.clone(),
             user("alice"),
             self.content.as_slice(),
@@ -283,7 +285,7 @@ fn store_paths(c: &mut Criterion) {
                 let store = bed.plain.clone();
                 async move {
                     let page = store
-                        .changes_since(&conv("feed"), FeedCursor::START, 50)
+                        .changes_since(&conv("feed"), &user("bob"), FeedCursor::START, 50)
                         .await
                         .expect("changes");
                     assert_eq!(page.events.len(), 50);

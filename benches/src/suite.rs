@@ -154,7 +154,9 @@ struct Ctx {
 impl Ctx {
     fn msg(&self, c: &str, sender: &str) -> NewMessage {
         NewMessage::text(
-            self.ids.next_id(),
+            self.ids
+                .next_id()
+                .expect("the clock is within the msg_id range"),
             conv(c),
             user(sender),
             self.content.as_slice(),
@@ -551,11 +553,12 @@ pub async fn run(
         );
         let store = plain.clone();
         let fc = conv("feed");
+        let fv = viewer.clone();
         let a = op(move |i| {
-            let (store, c) = (store.clone(), fc.clone());
+            let (store, c, v) = (store.clone(), fc.clone(), fv.clone());
             async move {
                 let p = store
-                    .changes_since(&c, FeedCursor(mix(i) % span), fp)
+                    .changes_since(&c, &v, FeedCursor(mix(i) % span), fp)
                     .await?;
                 if p.events.is_empty() {
                     return Err("imstore feed page empty".into());
@@ -601,7 +604,7 @@ pub async fn run(
             let a = op(move |i| {
                 let store = store.clone();
                 let m = NewMessage::text(
-                    ids.next_id(),
+                    ids.next_id().expect("the clock is within the msg_id range"),
                     conv(&format!("send-i-{}", i % 256)),
                     user("alice"),
                     content.as_slice(),
@@ -616,7 +619,7 @@ pub async fn run(
             let b = op(move |i| {
                 let raw = raw.clone();
                 let m = NewMessage::text(
-                    ids.next_id(),
+                    ids.next_id().expect("the clock is within the msg_id range"),
                     conv(&format!("send-b-{}", i % 256)),
                     user("alice"),
                     content.as_slice(),
@@ -642,7 +645,12 @@ pub async fn run(
             let c = conv(&format!("batch-{side}-{}", i % 16));
             (0..1000)
                 .map(|_| {
-                    NewMessage::text(ids.next_id(), c.clone(), user("alice"), content.as_slice())
+                    NewMessage::text(
+                        ids.next_id().expect("the clock is within the msg_id range"),
+                        c.clone(),
+                        user("alice"),
+                        content.as_slice(),
+                    )
                 })
                 .collect::<Vec<_>>()
         };
@@ -775,7 +783,7 @@ fn mixed_imstore(
             match kind {
                 Mix::Send => {
                     let m = NewMessage::text(
-                        ids.next_id(),
+                        ids.next_id().expect("the clock is within the msg_id range"),
                         conv(&format!("mixed-i-{}", i % 64)),
                         user("alice"),
                         content.as_slice(),
@@ -843,7 +851,7 @@ fn mixed_baseline(ctx: &Ctx, pool: Arc<Vec<MsgId>>) -> OpFn {
             match kind {
                 Mix::Send => {
                     let m = NewMessage::text(
-                        ids.next_id(),
+                        ids.next_id().expect("the clock is within the msg_id range"),
                         conv(&format!("mixed-b-{}", i % 64)),
                         user("alice"),
                         content.as_slice(),

@@ -29,7 +29,7 @@ impl Target for MemoryTarget {
     }
     async fn open(&self, settings: StoreSettings) -> R<Handle> {
         Ok(Handle {
-            store: Arc::new(self.base.reconfigured(settings)),
+            store: Arc::new(self.base.reconfigured(settings)?),
             close: None,
         })
     }
