@@ -1,19 +1,22 @@
-//! The change feed: a range scan of `change_events` after the cursor, and the feed's head.
+//! The change feed: a range scan of `change_events` after the cursor, with the feed's head and
+//! purge mark; and the heads of many conversations at once.
 
-use imstore_core::backend::FeedSlice;
-use imstore_core::{ConversationId, FeedCursor, Result};
+use imstore_core::backend::{FeedHead, FeedSlice};
+use imstore_core::{ConversationId, Error, FeedCursor, Result};
 use sqlx::postgres::PgPool;
 
 use crate::error::map;
 use crate::read::reading;
 use crate::rows::{self, column};
 
-/// Up to `limit` events with seq after `after`, and the highest seq ever handed out.
+/// Up to `limit` events with seq after `after`, the highest seq ever handed out, and the highest
+/// seq the purge removed.
 ///
 /// One statement, so one snapshot: the head (`conversations.feed_seq`, never decreased, kept
-/// after a purge) is at least every seq returned. Seq order is commit order (see
-/// `transition.rs`), so a device that moves its cursor to the last seq returned never skips an
-/// event committed later.
+/// after a purge) is at least every seq returned, and the purge mark is the one committed with
+/// the event deletions this snapshot sees (both in one purge transaction). Seq order is commit
+/// order (see `transition.rs`), so a device that moves its cursor to the last seq returned never
+/// skips an event committed later.
 pub(crate) async fn changes(
     pool: &PgPool,
     conversation: &ConversationId,
@@ -25,10 +28,11 @@ pub(crate) async fn changes(
     let after_seq = i64::try_from(after.0).unwrap_or(i64::MAX);
     let found = reading(|| {
         sqlx::query(
-            "SELECT COALESCE((SELECT feed_seq FROM conversations WHERE conversation_id = $1), 0) \
-                 AS head, e.seq IS NOT NULL AS has_event, e.seq, e.msg_id, e.status, e.version, \
-                 e.at, e.by_user \
+            "SELECT COALESCE(c.feed_seq, 0) AS head, COALESCE(c.purged_through, 0) AS purged, \
+                 e.seq IS NOT NULL AS has_event, e.seq, e.msg_id, e.status, e.version, e.at, \
+                 e.by_user \
              FROM (VALUES (1)) AS one (x) \
+             LEFT JOIN conversations c ON c.conversation_id = $1 \
              LEFT JOIN LATERAL ( \
                  SELECT seq, msg_id, status, version, at, by_user FROM change_events \
                  WHERE conversation_id = $1 AND seq > $2 ORDER BY seq LIMIT $3) e ON true \
@@ -44,9 +48,48 @@ pub(crate) async fn changes(
     let mut slice = FeedSlice::default();
     for row in &found {
         slice.head = rows::count(row, "head")?;
+        slice.purged_through = rows::count(row, "purged")?;
         if column::<bool>(row, "has_event")? {
             slice.events.push(rows::event(conversation, row)?);
         }
     }
     Ok(slice)
+}
+
+/// The head and purge mark of each of `conversations`, in the same order (zeros for one never
+/// written): one statement, a primary-key lookup per conversation asked.
+pub(crate) async fn heads(
+    pool: &PgPool,
+    conversations: &[ConversationId],
+) -> Result<Vec<FeedHead>> {
+    let ids: Vec<&str> = conversations.iter().map(ConversationId::as_str).collect();
+    let found = reading(|| {
+        sqlx::query(
+            "SELECT k.ord, COALESCE(c.feed_seq, 0) AS head, \
+                 COALESCE(c.purged_through, 0) AS purged \
+             FROM UNNEST($1::text[]) WITH ORDINALITY AS k (conversation_id, ord) \
+             LEFT JOIN conversations c ON c.conversation_id = k.conversation_id \
+             ORDER BY k.ord",
+        )
+        .bind(&ids)
+        .fetch_all(pool)
+    })
+    .await
+    .map_err(map)?;
+    if found.len() != conversations.len() {
+        return Err(Error::corrupt(format!(
+            "the heads query answered {} rows for {} conversations",
+            found.len(),
+            conversations.len()
+        )));
+    }
+    found
+        .iter()
+        .map(|row| {
+            Ok(FeedHead {
+                head: rows::count(row, "head")?,
+                purged_through: rows::count(row, "purged")?,
+            })
+        })
+        .collect()
 }

@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use imstore_core::backend::{
-    EncodedMessage, FeedSlice, Fields, Inserted, Limits, PageQuery, PurgeJob,
+    ContentScan, EncodedMessage, FeedHead, FeedSlice, Fields, Inserted, Limits, PageQuery, PurgeJob,
 };
 use imstore_core::transition::Decider;
 use imstore_core::{
@@ -14,7 +14,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use crate::config::PostgresConfig;
 use crate::error::map_connect;
-use crate::{feed, insert, purge, read, schema, transition};
+use crate::{feed, insert, purge, read, rekey, schema, transition};
 
 /// The largest encoded content one message may carry: PostgreSQL keeps a `bytea` value of at
 /// most 1 GiB (`MaxAllocSize`) and refuses a protocol message (the insert's Bind, which carries
@@ -140,8 +140,26 @@ impl Backend for PostgresBackend {
         feed::changes(&self.pool, conversation, after, limit).await
     }
 
+    async fn heads(&self, conversations: &[ConversationId]) -> Result<Vec<FeedHead>> {
+        feed::heads(&self.pool, conversations).await
+    }
+
     async fn purge(&self, job: &PurgeJob<'_>) -> Result<PurgeReport> {
         purge::purge(&self.pool, job).await
+    }
+
+    async fn scan_contents(&self, after: Option<&str>, limit: u32) -> Result<ContentScan> {
+        rekey::scan_contents(&self.pool, after, limit).await
+    }
+
+    async fn replace_content(
+        &self,
+        conversation: &ConversationId,
+        msg_id: MsgId,
+        expected: &[u8],
+        replacement: &[u8],
+    ) -> Result<bool> {
+        rekey::replace_content(&self.pool, conversation, msg_id, expected, replacement).await
     }
 
     async fn set_legal_hold(&self, conversation: &ConversationId, held: bool) -> Result<()> {

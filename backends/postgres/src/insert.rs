@@ -153,13 +153,25 @@ async fn insert_rows(
     let mimes: Vec<Option<&str>> = pick()
         .map(|m| m.attachment.as_ref().map(|a| a.mime.as_str()))
         .collect();
+    // `refs` counts the attachment keys of the rows actually inserted (a row that existed
+    // already was counted when it was inserted) in the same statement, so a key's count and its
+    // messages commit together. The aggregate consumes every inserted row before the first
+    // upsert, so the statement takes its message-row locks before any `attachments` row lock,
+    // and those in key order: the order the purge locks them in too.
     let rows = sqlx::query(
-        "INSERT INTO messages (conversation_id, msg_id, sender_id, msg_type, content, \
-             attachment_key, attachment_size, attachment_mime, created_at) \
-         SELECT u.*, $9::int8 FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::int4[], \
-             $5::bytea[], $6::text[], $7::int8[], $8::text[]) AS u \
-         ON CONFLICT (conversation_id, msg_id) DO NOTHING \
-         RETURNING conversation_id, msg_id",
+        "WITH ins AS ( \
+             INSERT INTO messages (conversation_id, msg_id, sender_id, msg_type, content, \
+                 attachment_key, attachment_size, attachment_mime, created_at) \
+             SELECT u.*, $9::int8 FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::int4[], \
+                 $5::bytea[], $6::text[], $7::int8[], $8::text[]) AS u \
+             ON CONFLICT (conversation_id, msg_id) DO NOTHING \
+             RETURNING conversation_id, msg_id, attachment_key), \
+         refs AS ( \
+             INSERT INTO attachments (attachment_key, refs) \
+             SELECT attachment_key, count(*) FROM ins WHERE attachment_key IS NOT NULL \
+             GROUP BY attachment_key ORDER BY attachment_key \
+             ON CONFLICT (attachment_key) DO UPDATE SET refs = attachments.refs + EXCLUDED.refs) \
+         SELECT conversation_id, msg_id FROM ins",
     )
     .bind(conversations)
     .bind(ids)

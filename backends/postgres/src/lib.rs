@@ -31,6 +31,7 @@ mod handle;
 mod insert;
 mod purge;
 mod read;
+mod rekey;
 mod rows;
 mod schema;
 #[cfg(feature = "testing")]

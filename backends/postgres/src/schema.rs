@@ -7,7 +7,8 @@ use crate::error::{map, map_connect};
 use crate::rows::column;
 
 /// The embedded schema migrations (`backends/postgres/migrations`): `0001` the tables, `0002`
-/// the `refusal` column of request records. Applied ones are never edited.
+/// the `refusal` column of request records, `0003` the feed's purge mark, the attachment
+/// reference counts and the outbox of released keys. Applied ones are never edited.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Applies the migrations not yet applied in the pool's schema; idempotent, and safe from

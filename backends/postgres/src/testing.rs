@@ -19,12 +19,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use imstore_conformance::{StoreFactory, require_env, unique_namespace};
-use imstore_core::{ConversationId, MsgId, StoreSettings};
+use imstore_core::{Connect, ConversationId, MsgId, StoreSettings};
 use sqlx::AssertSqlSafe;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use tokio::sync::OnceCell;
 
-use crate::{PostgresConfig, PostgresStore, validate_schema_name};
+use crate::{PostgresBackend, PostgresConfig, PostgresStore, validate_schema_name};
 
 /// What the schema comment of a factory-made schema starts with; the creation time follows.
 const COMMENT_TAG: &str = "imstore-testing created_at_ms=";
@@ -184,10 +184,18 @@ impl StoreFactory for PgFactory {
         schema
     }
 
-    async fn open(&self, namespace: &str, settings: StoreSettings) -> PostgresStore {
-        PostgresStore::connect(self.config(namespace), settings)
+    /// Connects (panicking when the server or schema cannot be reached or migrated: a test
+    /// never passes without its server), then builds the store over it, whose refusal of
+    /// `settings` (a policy beyond [`PostgresBackend`]'s limits) is the `Err`.
+    async fn try_open(
+        &self,
+        namespace: &str,
+        settings: StoreSettings,
+    ) -> imstore_core::Result<PostgresStore> {
+        let backend = PostgresBackend::connect(self.config(namespace))
             .await
-            .unwrap_or_else(|e| panic!("connect and migrate schema {namespace}: {e}"))
+            .unwrap_or_else(|e| panic!("connect and migrate schema {namespace}: {e}"));
+        PostgresStore::with_backend(backend, settings)
     }
 
     async fn raw_content(

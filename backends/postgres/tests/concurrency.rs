@@ -103,7 +103,7 @@ async fn two_purge_workers_split_the_work_without_double_counting() {
     assert_eq!((again.messages, again.more), (0, false));
     let feed = s
         .store
-        .changes_since(&c.conv, FeedCursor::START, 500)
+        .changes_since(&c.conv, &c.bob, FeedCursor::START, 500)
         .await
         .unwrap();
     assert!(feed.events.is_empty());
@@ -172,7 +172,7 @@ async fn connection_killed_mid_transition_is_temporary_and_atomic() {
     assert_eq!((v.status, v.version), (Status::Normal, 1));
     let feed = s
         .store
-        .changes_since(&c.conv, FeedCursor::START, 10)
+        .changes_since(&c.conv, &c.bob, FeedCursor::START, 10)
         .await
         .unwrap();
     assert!(feed.events.is_empty());

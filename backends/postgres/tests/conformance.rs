@@ -12,3 +12,10 @@ mod through_dyn {
 
     imstore_conformance::conformance_tests!(imstore_conformance::DynFactory(PgFactory::from_env()));
 }
+
+/// The history checker: concurrent clients, then a linearizability check of what they saw.
+mod history {
+    use imstore_postgres::testing::PgFactory;
+
+    imstore_conformance::history_tests!(PgFactory::from_env());
+}

@@ -2,8 +2,8 @@
 //! that configuration mistakes are the caller's `InvalidInput`, naming the setting.
 
 use imstore_core::{
-    ConversationId, ErrorKind, InsertOutcome, MessageStore, MsgId, NewMessage, StoreSettings,
-    UserId,
+    ConversationId, ErrorKind, InsertOutcome, MessageStore, MsgIdGenerator, NewMessage,
+    StoreSettings, UserId,
 };
 use imstore_postgres::PostgresStore;
 use imstore_postgres::testing::PgFactory;
@@ -24,13 +24,17 @@ async fn real_server_reports_its_version_and_round_trips_a_message() {
         .config(&schema)
         .with_max_connections(2)
         .with_migrate_on_connect(false);
-    let store = PostgresStore::connect(config, StoreSettings::default())
+    let settings = StoreSettings::default();
+    // Minted from the store's clock: an id outside the insert window is refused as stale.
+    let ids = MsgIdGenerator::new(1, settings.clock.clone()).unwrap();
+    let id = ids.next_id().unwrap();
+    let store = PostgresStore::connect(config, settings)
         .await
         .expect("connect");
     // migrate_on_connect(false): the tables appear only with the explicit call.
     let conv = ConversationId::new("smoke").unwrap();
     let alice = UserId::new("alice").unwrap();
-    let msg = NewMessage::text(MsgId::new(42).unwrap(), conv.clone(), alice.clone(), "hi");
+    let msg = NewMessage::text(id, conv.clone(), alice.clone(), "hi");
     assert!(store.insert(msg.clone()).await.is_err());
     store.inner().migrate().await.expect("migrate");
     store
@@ -39,10 +43,7 @@ async fn real_server_reports_its_version_and_round_trips_a_message() {
         .await
         .expect("migrating twice is a no-op");
     assert_eq!(store.insert(msg).await.unwrap(), InsertOutcome::Inserted);
-    let got = store
-        .get(&conv, MsgId::new(42).unwrap(), &alice)
-        .await
-        .unwrap();
+    let got = store.get(&conv, id, &alice).await.unwrap();
     assert_eq!(got.body.unwrap().content, b"hi");
     let tables: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1",
