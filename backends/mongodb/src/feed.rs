@@ -1,42 +1,64 @@
 //! The per-conversation change feed: the `event` entries of the log, in `seq` order.
 //!
 //! Every entry that takes a feed position (event, purge, fence) is inserted at the
-//! conversation's highest `seq` plus one, and the unique `{conversation_id, seq}` index makes
-//! that insert the compare-and-set: a writer that read a stale head loses and reads again. So
-//! `seq n + 1` is only ever taken after `seq n` was visible, and positions follow commit order:
-//! a reader pulling `seq > cursor` in order cannot skip an event appended later, and the order
-//! of the feed is the order in which the transitions took effect (the event *is* the commit).
+//! conversation's highest position plus one ([`position`]), and the unique
+//! `{conversation_id, seq}` index makes that insert the compare-and-set: a writer that read a
+//! stale position loses and reads again. So `seq n + 1` is only ever taken after `seq n` was
+//! visible, and positions follow commit order: a reader pulling `seq > cursor` in order cannot
+//! skip an event appended later, and the order of the feed is the order in which the
+//! transitions took effect (the event *is* the commit).
 //!
-//! The highest entry of a conversation is never deleted, and no entry that held a position is
-//! deleted before a day has passed, so a position is never handed out twice (see `purge`).
+//! What a reader is told: the head is the highest seq ever handed out as an event (events and
+//! `gone` events, which are former events), and `purged_through` the highest seq of an event the
+//! purge removed (a `gone` entry, or an event of a message whose purge is committed). Neither
+//! ever goes down: events are never deleted (only turned `gone`), and the highest `gone` entry of
+//! a conversation is never deleted. Purges and fences take positions too, but are no events: a
+//! device at the last event is not sent to pull again because of them.
 
 use std::collections::HashSet;
 
-use futures::TryStreamExt;
-use imstore_core::backend::FeedSlice;
+use futures::{StreamExt, TryStreamExt};
+use imstore_core::backend::{FeedHead, FeedSlice};
 use imstore_core::{ConversationId, FeedCursor, Result};
 use mongodb::bson::oid::ObjectId;
-use mongodb::bson::{Document, doc};
+use mongodb::bson::{Bson, Document, doc};
 
 use crate::doc::{self as d, kind, todo};
 use crate::error::map;
 use crate::handle::MongoBackend;
 
-/// The highest feed position taken in a conversation (0 when none). Positions are Int64; the
-/// `$gt: 0` keeps request records (whose position slot holds an ObjectId, which sorts above
-/// every number) out of it.
-pub(crate) async fn head(b: &MongoBackend, conversation: &ConversationId) -> Result<i64> {
-    let head = b
+/// How many conversations' heads are read at once by [`heads`].
+const HEADS_CONCURRENCY: usize = 16;
+
+/// The highest seq of the entries of `conversation` matching `filter` (0 when none). Positions
+/// are Int64; the `$gt: 0` keeps request records (whose position slot holds an ObjectId, which
+/// sorts above every number) out of it.
+async fn highest(b: &MongoBackend, conversation: &ConversationId, filter: Document) -> Result<i64> {
+    let mut f = doc! {"conversation_id": conversation.as_str(), "seq": {"$gt": 0_i64}};
+    f.extend(filter);
+    let top = b
         .log
-        .find_one(doc! {"conversation_id": conversation.as_str(), "seq": {"$gt": 0_i64}})
+        .find_one(f)
         .sort(doc! {"seq": -1})
         .projection(doc! {"seq": 1})
         .await
         .map_err(map)?;
-    match head {
-        Some(h) => d::get_i64(&h, "seq"),
+    match top {
+        Some(t) => d::get_i64(&t, "seq"),
         None => Ok(0),
     }
+}
+
+/// The highest feed position taken in a conversation (0 when none): the next entry that
+/// takes a position is inserted at this plus one.
+pub(crate) async fn position(b: &MongoBackend, conversation: &ConversationId) -> Result<i64> {
+    highest(b, conversation, Document::new()).await
+}
+
+/// The highest seq of a `gone` entry in a conversation (0 when none): never deleted, it keeps
+/// `purged_through` from going down.
+pub(crate) async fn highest_gone(b: &MongoBackend, conversation: &ConversationId) -> Result<i64> {
+    highest(b, conversation, doc! {"kind": kind::GONE}).await
 }
 
 /// The message documents of `conversation` whose purge is committed but not finished: their
@@ -54,11 +76,50 @@ async fn purging(b: &MongoBackend, conversation: &ConversationId) -> Result<Hash
     docs.iter().map(|e| d::get_oid(e, "msg")).collect()
 }
 
-/// Up to `limit` events after `after`, in seq order, and the head read after them.
+fn unsigned(seq: i64) -> u64 {
+    u64::try_from(seq).unwrap_or(0)
+}
+
+/// Where the feed stands, read after whatever the caller read under `purging` (the unfinished
+/// purges it read first).
+async fn stand(
+    b: &MongoBackend,
+    conversation: &ConversationId,
+    purging: &HashSet<ObjectId>,
+) -> Result<FeedHead> {
+    let removing = async {
+        if purging.is_empty() {
+            return Ok(0);
+        }
+        let msgs: Vec<Bson> = purging.iter().map(|m| Bson::ObjectId(*m)).collect();
+        highest(
+            b,
+            conversation,
+            doc! {"kind": kind::EVENT, "msg": {"$in": msgs}},
+        )
+        .await
+    };
+    let (head, gone, removing) = futures::try_join!(
+        highest(
+            b,
+            conversation,
+            doc! {"kind": {"$in": [kind::EVENT, kind::GONE]}}
+        ),
+        highest_gone(b, conversation),
+        removing,
+    )?;
+    Ok(FeedHead {
+        head: unsigned(head),
+        purged_through: unsigned(gone.max(removing)),
+    })
+}
+
+/// Up to `limit` events after `after`, in seq order, and where the feed stands, read after them.
 ///
 /// The unfinished purges of the conversation are read first: one committed before that read is
 /// seen and its events skipped, and one finished before it has already taken its events off
-/// the feed. So a device that was told a message is gone is never shown its events again.
+/// the feed. So a device that was told a message is gone is never shown its events again. A
+/// slice is short only at the end of the feed.
 pub(crate) async fn changes(
     b: &MongoBackend,
     conversation: &ConversationId,
@@ -76,8 +137,8 @@ pub(crate) async fn changes(
             .log
             .find(doc! {
                 "conversation_id": conversation.as_str(),
-                "seq": {"$gt": after_seq},
                 "kind": kind::EVENT,
+                "seq": {"$gt": after_seq},
             })
             .sort(doc! {"seq": 1})
             .limit(i64::try_from(ask).unwrap_or(i64::MAX))
@@ -97,9 +158,26 @@ pub(crate) async fn changes(
             break;
         }
     }
-    let head = head(b, conversation).await?;
+    let stood = stand(b, conversation, &purging).await?;
     Ok(FeedSlice {
-        head: u64::try_from(head).unwrap_or(0),
         events,
+        head: stood.head,
+        purged_through: stood.purged_through,
     })
+}
+
+/// Where each conversation's feed stands, a bounded number at once (each is a few indexed reads,
+/// whatever its history).
+pub(crate) async fn heads(
+    b: &MongoBackend,
+    conversations: &[ConversationId],
+) -> Result<Vec<FeedHead>> {
+    futures::stream::iter(conversations.iter().cloned())
+        .map(|c| async move {
+            let purging = purging(b, &c).await?;
+            stand(b, &c, &purging).await
+        })
+        .buffered(HEADS_CONCURRENCY)
+        .try_collect()
+        .await
 }

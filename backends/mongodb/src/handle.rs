@@ -4,7 +4,9 @@
 use std::future::Future;
 
 use async_trait::async_trait;
-use imstore_core::backend::{EncodedMessage, FeedSlice, Fields, Inserted, PageQuery, PurgeJob};
+use imstore_core::backend::{
+    ContentScan, EncodedMessage, FeedHead, FeedSlice, Fields, Inserted, PageQuery, PurgeJob,
+};
 use imstore_core::transition::Decider;
 use imstore_core::{
     Backend, Connect, ConversationId, FeedCursor, Limits, MsgId, PurgeReport, Result,
@@ -16,7 +18,7 @@ use mongodb::{Client, Collection, Database};
 
 use crate::config::MongoConfig;
 use crate::error::{map, timed_out};
-use crate::{feed, insert, purge, read, schema, transition};
+use crate::{feed, insert, purge, read, rekey, schema, transition};
 
 /// The largest BSON document MongoDB stores (and FerretDB v1, which enforces the same limit).
 const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
@@ -163,8 +165,33 @@ impl Backend for MongoBackend {
             .await
     }
 
+    async fn heads(&self, conversations: &[ConversationId]) -> Result<Vec<FeedHead>> {
+        self.timed(feed::heads(self, conversations)).await
+    }
+
     async fn purge(&self, job: &PurgeJob<'_>) -> Result<PurgeReport> {
         self.timed(purge::batch(self, job)).await
+    }
+
+    async fn scan_contents(&self, after: Option<&str>, limit: u32) -> Result<ContentScan> {
+        self.timed(rekey::scan(self, after, limit)).await
+    }
+
+    async fn replace_content(
+        &self,
+        conversation: &ConversationId,
+        msg_id: MsgId,
+        expected: &[u8],
+        replacement: &[u8],
+    ) -> Result<bool> {
+        self.timed(rekey::replace(
+            self,
+            conversation,
+            msg_id,
+            expected,
+            replacement,
+        ))
+        .await
     }
 
     async fn set_legal_hold(&self, conversation: &ConversationId, held: bool) -> Result<()> {

@@ -9,21 +9,15 @@ use mongodb::error::ErrorKind as DriverKind;
 use crate::doc as d;
 use crate::error::{DUPLICATE_KEY, is_duplicate_key, map};
 use crate::handle::MongoBackend;
-use crate::read::{self, Freshness};
+use crate::read;
 
 /// The stored message a duplicate key points at; `None` when it is gone (its purge committed:
 /// the insert is run again once the purge has deleted the document, so an answer never
 /// contradicts a read that found the message purged).
 async fn existing(b: &MongoBackend, message: &EncodedMessage) -> Result<Option<Inserted>> {
     let m = message.message();
-    let Some(row) = read::document(b, &m.conversation_id, m.msg_id, Fields::All).await? else {
-        return Ok(None);
-    };
-    Ok(read::current(b, vec![row])
-        .await?
-        .into_iter()
-        .find(|(_, f)| *f != Freshness::Purged)
-        .map(|(row, _)| Inserted::Existing(row.stored)))
+    let row = read::committed(b, &m.conversation_id, m.msg_id, Fields::All).await?;
+    Ok(row.map(|row| Inserted::Existing(row.stored)))
 }
 
 /// Writes one message unless its msg_id is stored.

@@ -33,6 +33,7 @@ mod handle;
 mod insert;
 mod purge;
 mod read;
+mod rekey;
 mod schema;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -134,13 +134,9 @@ async fn purge_one(b: &MongoBackend, job: &PurgeJob<'_>, first: Row) -> Result<F
                     Some(row) => row,
                     None => {
                         let fields = imstore_core::backend::Fields::NoContent;
-                        let Some(row) = read::document(b, conversation, msg_id, fields).await?
-                        else {
-                            return Ok(Some(None));
-                        };
-                        match read::current(b, vec![row]).await?.pop() {
-                            Some((row, f)) if f != Freshness::Purged => row,
-                            _ => return Ok(Some(None)),
+                        match read::committed(b, conversation, msg_id, fields).await? {
+                            Some(row) => row,
+                            None => return Ok(Some(None)),
                         }
                     }
                 };
@@ -148,7 +144,7 @@ async fn purge_one(b: &MongoBackend, job: &PurgeJob<'_>, first: Row) -> Result<F
                     return Ok(Some(None));
                 }
                 // Head first, then the hold: see the module docs.
-                let head = feed::head(b, conversation).await?;
+                let head = feed::position(b, conversation).await?;
                 if held(b, conversation).await? {
                     return Ok(Some(None));
                 }
@@ -173,14 +169,10 @@ pub(crate) async fn batch(b: &MongoBackend, job: &PurgeJob<'_>) -> Result<PurgeR
     let old = d::wall_now().saturating_sub(TOMBSTONE_MS);
     let mut report = PurgeReport::default();
 
-    // Request records past retention go everywhere: the skew check refuses requests that old.
-    // Gone events go once past retention and a day old (below their purge entry, never the head).
+    // Request records live for the retention period, held conversations included, as on the
+    // reference store (a request that old is refused as stale if it comes again).
     b.log
         .delete_many(doc! {"kind": kind::RECORD, "at": {"$lte": cutoff}})
-        .await
-        .map_err(map)?;
-    b.log
-        .delete_many(doc! {"kind": kind::GONE, "at": {"$lte": cutoff}, "wall": {"$lt": old}})
         .await
         .map_err(map)?;
 
@@ -266,43 +258,59 @@ pub(crate) async fn batch(b: &MongoBackend, job: &PurgeJob<'_>) -> Result<PurgeR
             .await?;
         finished.into_iter().for_each(|f| f.add_to(&mut report));
     }
-    sweep_tombstones(b, limit, old).await?;
+    sweep(b, limit, old, cutoff).await?;
     report.more = full;
     Ok(report)
 }
 
-/// Deletes finished purge entries and fences older than [`TOMBSTONE_MS`], except an entry
-/// that holds its conversation's head (the head is never deleted, so never reused).
-async fn sweep_tombstones(b: &MongoBackend, limit: i64, old: i64) -> Result<()> {
+/// Deletes what only guards a feed position once nothing in flight can need it: finished purge
+/// entries and fences older than [`TOMBSTONE_MS`] unless one holds its conversation's highest
+/// position (never reused), and `gone` events past retention and as old unless one is its
+/// conversation's highest (`purged_through` never goes down). Up to `limit` entries per batch.
+async fn sweep(b: &MongoBackend, limit: i64, old: i64, cutoff: i64) -> Result<()> {
     let stale = collect(
         b.log
-            .find(doc! {
-                "kind": {"$in": [kind::PURGE, kind::FENCE]},
-                "wall": {"$lt": old},
-                "todo": {"$exists": false},
-            })
-            .projection(doc! {"conversation_id": 1})
+            .find(doc! {"$or": [
+                {
+                    "kind": {"$in": [kind::PURGE, kind::FENCE]},
+                    "wall": {"$lt": old},
+                    "todo": {"$exists": false},
+                },
+                {"kind": kind::GONE, "at": {"$lte": cutoff}, "wall": {"$lt": old}},
+            ]})
+            .projection(doc! {"conversation_id": 1, "kind": 1})
             .limit(limit)
             .await
             .map_err(map)?,
     )
     .await?;
-    let mut by_conversation: BTreeMap<String, Vec<ObjectId>> = BTreeMap::new();
+    // Per conversation: (tombstones, gone events).
+    let mut by_conversation: BTreeMap<String, (Vec<ObjectId>, Vec<ObjectId>)> = BTreeMap::new();
     for e in &stale {
-        by_conversation
+        let entry = by_conversation
             .entry(d::get_str(e, "conversation_id")?.to_string())
-            .or_default()
-            .push(d::get_oid(e, "_id")?);
+            .or_default();
+        let id = d::get_oid(e, "_id")?;
+        match d::get_str(e, "kind")? {
+            kind::GONE => entry.1.push(id),
+            _ => entry.0.push(id),
+        }
     }
-    for (conversation, ids) in by_conversation {
+    for (conversation, (tombstones, gone)) in by_conversation {
         let Ok(conv) = ConversationId::new(conversation.as_str()) else {
             continue;
         };
-        let head = feed::head(b, &conv).await?;
-        b.log
-            .delete_many(doc! {"_id": {"$in": ids}, "seq": {"$lt": head}})
-            .await
-            .map_err(map)?;
+        for (ids, top) in [
+            (tombstones, feed::position(b, &conv).await?),
+            (gone, feed::highest_gone(b, &conv).await?),
+        ] {
+            if !ids.is_empty() {
+                b.log
+                    .delete_many(doc! {"_id": {"$in": ids}, "seq": {"$lt": top}})
+                    .await
+                    .map_err(map)?;
+            }
+        }
     }
     Ok(())
 }
@@ -327,7 +335,7 @@ pub(crate) async fn set_legal_hold(
     }
     Retry::default()
         .run(|_| async {
-            let head = feed::head(b, conversation).await?;
+            let head = feed::position(b, conversation).await?;
             let fence = d::fence_doc(conversation, head.saturating_add(1), d::wall_now());
             Ok(insert_entry(b, fence).await?.then_some(()))
         })

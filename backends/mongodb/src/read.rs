@@ -87,7 +87,7 @@ pub(crate) async fn current(b: &MongoBackend, mut rows: Vec<Row>) -> Result<Vec<
     Ok(out)
 }
 
-/// The message document of `msg_id`, not yet brought up to its log.
+/// The message document of `msg_id` as stored (its lifecycle may trail the log).
 pub(crate) async fn document(
     b: &MongoBackend,
     conversation: &ConversationId,
@@ -104,13 +104,14 @@ pub(crate) async fn document(
         .transpose()
 }
 
-/// One message as committed, or `None` when it does not exist or is purged.
-pub(crate) async fn fetch(
+/// The message document of `msg_id` brought up to its log, or `None` when it does not exist or
+/// is purged.
+pub(crate) async fn committed(
     b: &MongoBackend,
     conversation: &ConversationId,
     msg_id: MsgId,
     fields: Fields,
-) -> Result<Option<StoredMessage>> {
+) -> Result<Option<Row>> {
     let Some(row) = document(b, conversation, msg_id, fields).await? else {
         return Ok(None);
     };
@@ -118,7 +119,19 @@ pub(crate) async fn fetch(
         .await?
         .into_iter()
         .find(|(_, f)| *f != Freshness::Purged)
-        .map(|(row, _)| row.stored))
+        .map(|(row, _)| row))
+}
+
+/// One message as committed, or `None` when it does not exist or is purged.
+pub(crate) async fn fetch(
+    b: &MongoBackend,
+    conversation: &ConversationId,
+    msg_id: MsgId,
+    fields: Fields,
+) -> Result<Option<StoredMessage>> {
+    Ok(committed(b, conversation, msg_id, fields)
+        .await?
+        .map(|row| row.stored))
 }
 
 /// Up to `query.fetch` messages after the cursor, as committed. A purged message whose document

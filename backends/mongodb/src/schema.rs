@@ -6,7 +6,8 @@
 //! * `log`: every decision, one document each, inserted under three unique indexes at once:
 //!   `{conversation_id: 1, seq: 1}` (the feed position), `{msg: 1, version: 1}` (the message
 //!   version it creates) and `{conversation_id: 1, request_id: 1}` (the request it answers).
-//!   An entry with no use for a slot fills it with a value no other entry has. `{todo: 1,
+//!   An entry with no use for a slot fills it with a value no other entry has.
+//!   `{conversation_id: 1, kind: 1, seq: 1}` serves the feed (events, its head, the purge mark); `{todo: 1,
 //!   conversation_id: 1}` finds unfinished follow-up writes (a conversation's, for the feed), `{kind: 1, at: 1}` and `{kind: 1, wall: 1}` old entries.
 //! * `legal_holds`: `_id` = conversation id, `held` flag.
 //!
@@ -65,6 +66,11 @@ fn wanted() -> [(&'static str, Vec<IndexModel>); 2] {
                     true,
                 ),
                 index("msg_version", doc! {"msg": 1, "version": 1}, true),
+                index(
+                    "conversation_kind_seq",
+                    doc! {"conversation_id": 1, "kind": 1, "seq": 1},
+                    false,
+                ),
                 index(
                     "conversation_request",
                     doc! {"conversation_id": 1, "request_id": 1},

@@ -39,6 +39,12 @@ impl std::fmt::Debug for MongoFactory {
     }
 }
 
+/// The operation timeout of the factory's backends (the production default is 30 s). FerretDB
+/// over SQLite answers one query at a time per database, scanning whole collections: in the
+/// suite's case of 2,000 members pulling the feed at once, with other cases running beside it,
+/// the last pulls wait in the client's pool for longer than 30 s.
+pub const TEST_OPERATION_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// How old a database of this factory's prefix must be before the sweeper drops it: longer
 /// than any run, so a concurrent run's databases are never dropped.
 pub const LEFTOVER_AGE: Duration = Duration::from_secs(60 * 60);
@@ -51,13 +57,14 @@ fn unix_secs() -> u64 {
 
 impl MongoFactory {
     /// A factory for the deployment at `url` (credentials, replica set and TLS as the URL says),
-    /// naming its databases `mg_...`. Connects on first use.
+    /// naming its databases `mg_...`, opening backends with [`TEST_OPERATION_TIMEOUT`].
+    /// Connects on first use.
     pub fn new(url: impl Into<String>) -> Self {
         MongoFactory {
             url: url.into(),
             prefix: "mg".to_string(),
             client: OnceCell::new(),
-            configure: Arc::new(|c| c),
+            configure: Arc::new(|c| c.with_operation_timeout(TEST_OPERATION_TIMEOUT)),
         }
     }
 
@@ -74,7 +81,8 @@ impl MongoFactory {
         self
     }
 
-    /// Adjusts the configuration of every backend opened (write concern, timeouts...).
+    /// Adjusts the configuration of every backend opened (write concern, timeouts...), starting
+    /// from [`MongoConfig::new`]'s defaults.
     pub fn with_config(
         mut self,
         configure: impl Fn(MongoConfig) -> MongoConfig + Send + Sync + 'static,
@@ -164,9 +172,12 @@ impl StoreFactory for MongoFactory {
         ns
     }
 
-    async fn open(&self, namespace: &str, settings: StoreSettings) -> MongoStore {
+    async fn try_open(
+        &self,
+        namespace: &str,
+        settings: StoreSettings,
+    ) -> imstore_core::Result<MongoStore> {
         MongoStore::with_backend(self.backend(namespace).await, settings)
-            .expect("the backend holds the suite's policies")
     }
 
     async fn raw_content(

@@ -26,7 +26,7 @@ use mongodb::bson::{Document, doc};
 use crate::doc as d;
 use crate::error::{is_duplicate_key, map};
 use crate::handle::MongoBackend;
-use crate::read::{self, Freshness};
+use crate::read;
 use crate::{doc::Row, feed};
 
 /// Persists what `decider` decides, re-reading after a lost race, and returns its answer.
@@ -55,15 +55,7 @@ async fn record(b: &MongoBackend, decider: &Decider<'_>) -> Result<Option<Reques
 /// The message as committed (`None`: missing or purged).
 async fn message(b: &MongoBackend, decider: &Decider<'_>) -> Result<Option<Row>> {
     let req = decider.request();
-    let Some(row) = read::document(b, &req.conversation_id, req.msg_id, Fields::NoContent).await?
-    else {
-        return Ok(None);
-    };
-    Ok(read::current(b, vec![row])
-        .await?
-        .into_iter()
-        .find(|(_, f)| *f != Freshness::Purged)
-        .map(|(row, _)| row))
+    read::committed(b, &req.conversation_id, req.msg_id, Fields::NoContent).await
 }
 
 /// Inserts one log entry; false when a unique key was taken (the race was lost).
@@ -84,7 +76,7 @@ async fn attempt(
     let (record, row, head) = futures::try_join!(
         record(b, decider),
         message(b, decider),
-        feed::head(b, conversation)
+        feed::position(b, conversation)
     )?;
     let decision = decider.decide(
         record.as_ref(),

@@ -70,7 +70,7 @@ impl Fixture {
                 mime: "application/octet-stream".into(),
             }),
             ..NewMessage::text(
-                self.ids.next_id(),
+                self.ids.next_id().unwrap(),
                 self.conv.clone(),
                 self.alice.clone(),
                 b"x".to_vec(),
@@ -148,7 +148,7 @@ impl Fixture {
 
     async fn versions_in_feed(&self) -> Vec<(u32, Status)> {
         self.store
-            .changes_since(&self.conv, FeedCursor::START, 100)
+            .changes_since(&self.conv, &self.alice, FeedCursor::START, 100)
             .await
             .unwrap()
             .events

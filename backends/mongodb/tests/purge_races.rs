@@ -87,7 +87,7 @@ async fn purging_everything_never_lowers_the_feed_head() {
     }
     let page = h
         .store
-        .changes_since(&c.conv, imstore_core::FeedCursor::START, 10)
+        .changes_since(&c.conv, &c.bob, imstore_core::FeedCursor::START, 10)
         .await
         .unwrap();
     let last = page.next.0;
@@ -100,7 +100,11 @@ async fn purging_everything_never_lowers_the_feed_head() {
         .unwrap();
     assert_eq!(r.messages, 3);
     // The old cursor is still a cursor of this feed, and nothing is before it any more.
-    let after = h.store.changes_since(&c.conv, page.next, 10).await.unwrap();
+    let after = h
+        .store
+        .changes_since(&c.conv, &c.bob, page.next, 10)
+        .await
+        .unwrap();
     assert!(after.events.is_empty());
     let m = c.text("new");
     let id = m.msg_id;
@@ -109,7 +113,11 @@ async fn purging_everything_never_lowers_the_feed_head() {
         .transition(c.request(Action::Recall, &c.alice, id))
         .await
         .unwrap();
-    let fresh = h.store.changes_since(&c.conv, page.next, 10).await.unwrap();
+    let fresh = h
+        .store
+        .changes_since(&c.conv, &c.bob, page.next, 10)
+        .await
+        .unwrap();
     assert_eq!(fresh.events.len(), 1);
     assert!(fresh.events[0].seq > last);
     h.finish().await;

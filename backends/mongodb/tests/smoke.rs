@@ -37,7 +37,12 @@ async fn server_version_and_round_trip() {
     let ids = MsgIdGenerator::new(7, Arc::new(clock)).unwrap();
     let conv = ConversationId::new("smoke").unwrap();
     let alice = UserId::new("alice").unwrap();
-    let m = NewMessage::text(ids.next_id(), conv.clone(), alice.clone(), b"hi".to_vec());
+    let m = NewMessage::text(
+        ids.next_id().unwrap(),
+        conv.clone(),
+        alice.clone(),
+        b"hi".to_vec(),
+    );
     store.insert(m.clone()).await.expect("insert");
     let v = store.get(&conv, m.msg_id, &alice).await.expect("get");
     assert_eq!(v.body.expect("body").content, b"hi");
