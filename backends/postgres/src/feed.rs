@@ -58,6 +58,10 @@ pub(crate) async fn changes(
 
 /// The head and purge mark of each of `conversations`, in the same order (zeros for one never
 /// written): one statement, a primary-key lookup per conversation asked.
+///
+/// The `LATERAL ... LIMIT 1` keeps the planner from turning the lookups into a hash join over
+/// the whole `conversations` table (which it picks for a plain join once the list is a sizeable
+/// fraction of the table: cost proportional to every conversation, not to those asked).
 pub(crate) async fn heads(
     pool: &PgPool,
     conversations: &[ConversationId],
@@ -68,7 +72,9 @@ pub(crate) async fn heads(
             "SELECT k.ord, COALESCE(c.feed_seq, 0) AS head, \
                  COALESCE(c.purged_through, 0) AS purged \
              FROM UNNEST($1::text[]) WITH ORDINALITY AS k (conversation_id, ord) \
-             LEFT JOIN conversations c ON c.conversation_id = k.conversation_id \
+             LEFT JOIN LATERAL ( \
+                 SELECT feed_seq, purged_through FROM conversations \
+                 WHERE conversation_id = k.conversation_id LIMIT 1) c ON true \
              ORDER BY k.ord",
         )
         .bind(&ids)
