@@ -27,7 +27,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ks = factory.create_namespace().await;
     let clock = ManualClock::starting_now();
     let policy = Policy::builder()
-        .retention(Duration::from_secs(86_400))
+        // Longer than one insert batch spans (500 messages, ~167 days): the store refuses
+        // inserts minted before its purge horizon, so the history is written as it happened,
+        // the clock following it.
+        .retention(Duration::from_secs(200 * 86_400))
         .restore_window(Duration::from_secs(3_600))
         .build()?;
     let settings = StoreSettings {
@@ -51,6 +54,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect::<Result<_, _>>()?;
     let t = Instant::now();
     for chunk in ids.chunks(500) {
+        clock.set(chunk[chunk.len() - 1].timestamp());
         let batch = chunk
             .iter()
             .map(|id| NewMessage::text(*id, conv.clone(), alice.clone(), format!("message {id}")))
@@ -58,6 +62,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         store.insert_batch(batch).await?;
     }
     println!("inserted {N} messages in {:?}", t.elapsed());
+    clock.set(Timestamp::from_millis(now));
     // Delete the oldest 600 (whole buckets empty out) and every 8th of the rest.
     let doomed: Vec<MsgId> = ids
         .iter()
@@ -77,7 +82,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             )
             .await?;
     }
-    clock.advance(Duration::from_secs(2 * 86_400));
+    clock.advance(Duration::from_secs(201 * 86_400));
     let report = store.purge_all(PurgeOptions { batch_size: 500 }).await?;
     println!(
         "deleted and purged {} messages ({} events)",

@@ -6,7 +6,9 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use imstore_core::backend::{EncodedMessage, FeedSlice, Fields, Inserted, PageQuery, PurgeJob};
+use imstore_core::backend::{
+    ContentScan, EncodedMessage, FeedHead, FeedSlice, Fields, Inserted, PageQuery, PurgeJob,
+};
 use imstore_core::transition::Decider;
 use imstore_core::{
     Backend, Connect, ConversationId, FeedCursor, Limits, MsgId, PurgeReport, Result, Store,
@@ -20,7 +22,7 @@ use scylla::statement::batch::{Batch, BatchType};
 use crate::config::ScyllaConfig;
 use crate::schema::{self, ServerInfo};
 use crate::statements::Statements;
-use crate::{error, feed, insert, purge, read, transition};
+use crate::{error, feed, insert, purge, read, rekey, transition};
 
 /// The backend's name in errors and spans.
 pub(crate) const NAME: &str = "scylla";
@@ -235,8 +237,26 @@ impl Backend for ScyllaBackend {
         feed::changes(self, conversation, after, limit).await
     }
 
+    async fn heads(&self, conversations: &[ConversationId]) -> Result<Vec<FeedHead>> {
+        feed::heads(self, conversations).await
+    }
+
     async fn purge(&self, job: &PurgeJob<'_>) -> Result<PurgeReport> {
         purge::purge(self, job).await
+    }
+
+    async fn scan_contents(&self, after: Option<&str>, limit: u32) -> Result<ContentScan> {
+        rekey::scan_contents(self, after, limit).await
+    }
+
+    async fn replace_content(
+        &self,
+        conversation: &ConversationId,
+        msg_id: MsgId,
+        expected: &[u8],
+        replacement: &[u8],
+    ) -> Result<bool> {
+        rekey::replace_content(self, conversation, msg_id, expected, replacement).await
     }
 
     async fn set_legal_hold(&self, conversation: &ConversationId, held: bool) -> Result<()> {

@@ -1,7 +1,7 @@
 //! Inserts: `INSERT ... IF NOT EXISTS`, so message rows are only ever written by Paxos.
 //!
-//! Order of one insert: the bucket index row and the history index entry (plain, idempotent
-//! writes) BEFORE the message, so a crash in between leaves an empty listed bucket or a stale
+//! Order of one insert: the bucket index row, the history index entry and the attachment
+//! reference (plain, idempotent writes) BEFORE the message, so a crash in between leaves an empty listed bucket or a stale
 //! index entry, both harmless, never an unlisted message; then the conditional insert; then the
 //! bucket index row AGAIN, so that a purge which unlisted the bucket as empty while the insert
 //! was on its way cannot hide the message from `list` (see `purge::drop_bucket_if_empty`).
@@ -34,6 +34,48 @@ const MAX_BATCH_ROWS: usize = 50;
 const MAX_BATCH_BYTES: usize = 32 * 1024;
 /// Index writes and partition inserts in flight per batch call.
 const IN_FLIGHT: usize = 16;
+
+/// Records that `m` references its attachment, BEFORE the message exists: the purge releases
+/// a key only when no reference is left.
+async fn add_ref(b: &ScyllaBackend, m: &NewMessage) -> Result<()> {
+    if let Some(a) = &m.attachment {
+        b.session()
+            .execute_unpaged(
+                &b.st().ref_add,
+                (
+                    a.key.as_str(),
+                    m.conversation_id.as_str(),
+                    m.msg_id.as_i64(),
+                ),
+            )
+            .await
+            .map_err(error::execution)?;
+    }
+    Ok(())
+}
+
+/// After an insert found another message under the same id: drops the reference this call
+/// wrote if the stored message does not hold that attachment (it would keep the file forever).
+async fn drop_stray_ref(b: &ScyllaBackend, m: &NewMessage, found: &Inserted) -> Result<()> {
+    let (Some(ours), Inserted::Existing(stored)) = (&m.attachment, found) else {
+        return Ok(());
+    };
+    if stored.message.attachment.as_ref().map(|a| &a.key) == Some(&ours.key) {
+        return Ok(());
+    }
+    b.session()
+        .execute_unpaged(
+            &b.st().ref_remove,
+            (
+                ours.key.as_str(),
+                m.conversation_id.as_str(),
+                m.msg_id.as_i64(),
+            ),
+        )
+        .await
+        .map_err(error::execution)?;
+    Ok(())
+}
 
 async fn add_bucket(b: &ScyllaBackend, conversation: &ConversationId, bucket: i32) -> Result<()> {
     b.session()
@@ -140,11 +182,14 @@ pub(crate) async fn insert(
     let bucket = b.bucket_of(m.msg_id);
     futures::try_join!(
         add_bucket(b, &m.conversation_id, bucket),
-        enqueue_history(b, &m.conversation_id, m.msg_id, created_at)
+        enqueue_history(b, &m.conversation_id, m.msg_id, created_at),
+        add_ref(b, m),
     )?;
     let inserted = insert_one(b, m, created_at, rand::random()).await?;
     if inserted == Inserted::New {
         add_bucket(b, &m.conversation_id, bucket).await?;
+    } else {
+        drop_stray_ref(b, m, &inserted).await?;
     }
     Ok(inserted)
 }
@@ -222,6 +267,9 @@ pub(crate) async fn insert_batch(
     for m in messages {
         let m = m.message();
         indexes.push(enqueue_history(b, &m.conversation_id, m.msg_id, created_at).boxed());
+        if m.attachment.is_some() {
+            indexes.push(add_ref(b, m).boxed());
+        }
     }
     run_all(indexes).await?;
     // Identical repeats inside the batch (the core checked they are identical) are retries
@@ -272,14 +320,19 @@ pub(crate) async fn insert_batch(
         .await;
     let mut out: Vec<Option<Inserted>> = vec![None; messages.len()];
     let mut relist = HashSet::new();
+    let mut strays: Vec<BoxFuture<'_, Result<()>>> = Vec::new();
     for (i, r) in done {
         let r = r?;
+        let m = messages[i].message();
         if r == Inserted::New {
-            let m = messages[i].message();
             relist.insert((&m.conversation_id, b.bucket_of(m.msg_id)));
+        } else if m.attachment.is_some() {
+            let found = r.clone();
+            strays.push(async move { drop_stray_ref(b, m, &found).await }.boxed());
         }
         out[i] = Some(r);
     }
+    run_all(strays).await?;
     for (i, j) in repeats {
         out[i] = Some(match &out[j] {
             Some(Inserted::Existing(stored)) => Inserted::Existing(stored.clone()),

@@ -38,6 +38,7 @@ mod handle;
 mod insert;
 mod purge;
 mod read;
+mod rekey;
 mod rows;
 pub mod schema;
 mod statements;

@@ -11,9 +11,11 @@
 //! Removing one message: (1) ONE conditional batch on the conversation's state partition turns
 //! its lifecycle into the purge marker `IF version = <read> AND purging = null AND legal_hold !=
 //! true`, stamps its bucket's sentinel with a new epoch and deletes its change events: this is
-//! the purge's commit, atomic with the feed and fenced by the legal hold and by transitions;
-//! (2) `DELETE FROM messages ... IF EXISTS` (applied: this purger counts the message); (3) delete
-//! the marker `IF purging = true` (applied: this purger reports the attachment key it holds);
+//! the purge's commit, atomic with the feed (it also raises the feed's low-water mark
+//! `purged_through`) and fenced by the legal hold and by transitions; (2) `DELETE FROM messages
+//! ... IF EXISTS` (applied: this purger counts the message), and the message's reference to its
+//! attachment; (3) delete the marker `IF purging = true` (applied: this purger reports the
+//! attachment key it holds, if no other stored message references it);
 //! (4) drop the queue entry. A purger that dies after (1) leaves the marker and the entry; the
 //! next purge finishes (2)–(4), even under a legal hold placed since (the message was purged
 //! before the hold: readers have seen it gone since (1)).
@@ -23,7 +25,7 @@ use std::ops::ControlFlow;
 
 use imstore_core::backend::{Fields, PurgeJob};
 use imstore_core::{
-    ConversationId, Lifecycle, MsgId, Policy, PurgeReport, Result, Status, Timestamp,
+    ConversationId, Lifecycle, MsgId, Policy, PurgeReport, Result, Retry, Status, Timestamp,
 };
 use scylla::response::PagingState;
 use scylla::serialize::row::SerializeRow;
@@ -265,13 +267,28 @@ impl<'a, 'j> Run<'a, 'j> {
                 self.touched.insert((conv.clone(), bucket));
             }
         }
+        // The message no longer references its file: drop its reference before the marker,
+        // so a purger that dies in between leaves the marker, and the next one reports the key.
+        if let Some(key) = &release_key {
+            b.session()
+                .execute_unpaged(
+                    &b.st().ref_remove,
+                    (key.as_str(), conv.as_str(), msg_id.as_i64()),
+                )
+                .await
+                .map_err(error::execution)?;
+        }
         let res = b
             .session()
             .execute_unpaged(&b.st().state_delete, (conv.as_str(), msg_id.as_i64()))
             .await
             .map_err(error::execution)?;
-        if rows::lwt(res)?.applied {
-            self.report.released_attachments.extend(release_key);
+        if let (true, Some(key)) = (rows::lwt(res)?.applied, release_key) {
+            // Released only when no stored message references the file any more (a copy
+            // forwarded into another conversation keeps it live).
+            if is_empty(b, &b.st().ref_any, (key.as_str(),)).await? {
+                self.report.released_attachments.push(key);
+            }
         }
         Ok(())
     }
@@ -288,8 +305,30 @@ impl<'a, 'j> Run<'a, 'j> {
         Ok(true)
     }
 
-    /// Removes one message if the job says it is purgeable now (see the module docs).
+    /// Removes one message if the job says it is purgeable now (see the module docs), deciding
+    /// again from a new read when its commit loses to a transition or to another purger
+    /// raising the feed's low-water mark; a legal hold placed meanwhile keeps its entry.
     async fn message(&mut self, conv: &ConversationId, msg_id: MsgId) -> Result<Verdict> {
+        let retry = Retry::default();
+        for attempt in 1..=retry.max_attempts {
+            if let Some(verdict) = self.try_message(conv, msg_id).await? {
+                return Ok(verdict);
+            }
+            if read::legal_hold(self.b, conv).await? {
+                self.holds.insert(conv.clone(), true);
+                return Ok(Verdict::Busy);
+            }
+            tokio::time::sleep(retry.delay(attempt)).await;
+        }
+        Ok(Verdict::Busy)
+    }
+
+    /// One attempt of [`Run::message`]; `None` when the commit was not applied.
+    async fn try_message(
+        &mut self,
+        conv: &ConversationId,
+        msg_id: MsgId,
+    ) -> Result<Option<Verdict>> {
         let b = self.b;
         let (row, fenced) = futures::try_join!(
             read::message(b, conv, msg_id, Fields::NoContent, false),
@@ -298,22 +337,22 @@ impl<'a, 'j> Run<'a, 'j> {
         if let Some(StateRow::Purged { release_key }) = fenced.state {
             self.finish(conv, msg_id, row.is_some(), release_key)
                 .await?;
-            return Ok(Verdict::Done);
+            return Ok(Some(Verdict::Done));
         }
         // Gone already, or never written (an insert that failed after indexing it); or purged
         // by another purger between the two reads (the re-check, as for any reader).
         let Some(row) = row else {
-            return Ok(Verdict::Done);
+            return Ok(Some(Verdict::Done));
         };
         if !read::confirm_present(b, conv, msg_id, &fenced).await? {
-            return Ok(Verdict::Done);
+            return Ok(Some(Verdict::Done));
         }
         let state = fenced.state;
         let Some(lc) = rows::lifecycle_of(state.as_ref(), row.created_at) else {
-            return Ok(Verdict::Done);
+            return Ok(Some(Verdict::Done));
         };
         if !self.job.purgeable(&lc) {
-            return Ok(Verdict::NotYet(retention_due(&lc, self.job.policy())));
+            return Ok(Some(Verdict::NotYet(retention_due(&lc, self.job.policy()))));
         }
         let key = row.message.attachment.as_ref().map(|a| a.key.clone());
         let seqs = match &state {
@@ -357,12 +396,23 @@ impl<'a, 'j> Run<'a, 'j> {
             commit.append_statement(b.st().event_delete.clone());
             values.push(Box::new((conv.as_str().to_string(), *seq)));
         }
+        // The feed's low-water mark only ever rises: the commit expects the value it read.
+        if let Some(&top) = seqs.iter().max()
+            && top > fenced.purged_through.unwrap_or(0)
+        {
+            commit.append_statement(b.st().purged_through_raise.clone());
+            values.push(Box::new((
+                top,
+                conv.as_str().to_string(),
+                fenced.purged_through,
+            )));
+        }
         if !crate::transition::run_batch(b, &commit, values).await? {
-            return Ok(Verdict::Busy);
+            return Ok(None);
         }
         self.report.events += seqs.len() as u64;
         self.finish(conv, msg_id, true, key).await?;
-        Ok(Verdict::Done)
+        Ok(Some(Verdict::Done))
     }
 
     async fn retention_queue(&mut self) -> Result<()> {

@@ -47,6 +47,9 @@ pub(crate) struct Fenced {
     pub(crate) state: Option<StateRow>,
     /// The sentinel's epoch: `None` while no purge ever committed in the bucket.
     pub(crate) epoch: Option<i64>,
+    /// The feed's purge low-water mark (a static column: read with the lifecycle row, when
+    /// there is one).
+    pub(crate) purged_through: Option<i64>,
 }
 
 /// A stored message from its row and its lifecycle; `None` when a purge marker hides it.
@@ -123,6 +126,9 @@ pub(crate) async fn message(
         .transpose()
 }
 
+/// Lifecycle rows by msg_id, the bucket's sentinel epoch, and the feed's low-water mark.
+type Chunk = (HashMap<i64, StateRow>, Option<i64>, Option<i64>);
+
 type FencedCols = (
     i64,
     Option<i8>,
@@ -136,6 +142,7 @@ type FencedCols = (
     Option<bool>,
     Option<String>,
     Option<i64>,
+    Option<i64>,
 );
 
 /// The lifecycle rows of `ids` (all in `bucket`) and the bucket's sentinel, in one query.
@@ -145,7 +152,7 @@ async fn fenced_chunk(
     bucket: i32,
     ids: &[i64],
     serial: bool,
-) -> Result<(HashMap<i64, StateRow>, Option<i64>)> {
+) -> Result<Chunk> {
     let sentinel = sentinel_key(bucket);
     let mut keys = Vec::with_capacity(ids.len() + 1);
     keys.push(sentinel);
@@ -164,19 +171,21 @@ async fn fenced_chunk(
         .map_err(|e| error::decode("lifecycle rows", e))?;
     let mut states = HashMap::new();
     let mut epoch = None;
+    let mut purged_through = None;
     for row in res
         .rows::<FencedCols>()
         .map_err(|e| error::decode("lifecycle rows", e))?
     {
-        let (k, a, b2, c, d, e, f, g, h, i, j, at) =
+        let (k, a, b2, c, d, e, f, g, h, i, j, at, through) =
             row.map_err(|e| error::decode("lifecycle rows", e))?;
+        purged_through = purged_through.max(through);
         if k == sentinel {
             epoch = at;
         } else {
             states.insert(k, rows::state((a, b2, c, d, e, f, g, h, i, j))?);
         }
     }
-    Ok((states, epoch))
+    Ok((states, epoch, purged_through))
 }
 
 /// One message's lifecycle row with its bucket's sentinel, in one snapshot.
@@ -187,11 +196,12 @@ pub(crate) async fn fenced(
     serial: bool,
 ) -> Result<Fenced> {
     let id = msg_id.as_i64();
-    let (mut states, epoch) =
+    let (mut states, epoch, purged_through) =
         fenced_chunk(b, conversation, b.bucket_of(msg_id), &[id], serial).await?;
     Ok(Fenced {
         state: states.remove(&id),
         epoch,
+        purged_through,
     })
 }
 
@@ -234,7 +244,7 @@ async fn live(
     .await?;
     let mut states = HashMap::new();
     let mut doubtful = Vec::new();
-    for ((chunk_states, epoch), chunk_ids) in chunks.into_iter().zip(ids.chunks(IN_CHUNK)) {
+    for ((chunk_states, epoch, _), chunk_ids) in chunks.into_iter().zip(ids.chunks(IN_CHUNK)) {
         if epoch.is_some() {
             doubtful.extend(chunk_ids.iter().filter(|id| !chunk_states.contains_key(id)));
         }
@@ -413,12 +423,12 @@ pub(crate) async fn page(
     Ok(out)
 }
 
-/// The feed head (the last seq handed out), if any.
+/// The feed head (the last seq handed out) and the purge's low-water mark, if any.
 pub(crate) async fn head(
     b: &ScyllaBackend,
     conversation: &ConversationId,
     serial: bool,
-) -> Result<Option<i64>> {
+) -> Result<(Option<i64>, Option<i64>)> {
     let st = if serial {
         &b.st().head_get_serial
     } else {
@@ -432,9 +442,9 @@ pub(crate) async fn head(
         .into_rows_result()
         .map_err(|e| error::decode("feed head", e))?;
     Ok(res
-        .maybe_first_row::<(Option<i64>,)>()
+        .maybe_first_row::<(Option<i64>, Option<i64>)>()
         .map_err(|e| error::decode("feed head", e))?
-        .and_then(|(h,)| h))
+        .unwrap_or_default())
 }
 
 /// The request record of `req`'s id, and the token of the call that wrote it.

@@ -52,8 +52,8 @@ pub(crate) type RequestCols = (
     Option<i64>,
 );
 
-/// The columns of an event row: seq, msg_id, status, version, at, actor, and the feed head
-/// (static, so it comes with every row, read in the same snapshot).
+/// The columns of an event row: seq, msg_id, status, version, at, actor, then the feed head
+/// and the purge's low-water mark (statics, so they come with every row, in the same snapshot).
 pub(crate) type EventCols = (
     i64,
     Option<i64>,
@@ -61,6 +61,7 @@ pub(crate) type EventCols = (
     Option<i32>,
     Option<i64>,
     Option<String>,
+    Option<i64>,
     Option<i64>,
 );
 
@@ -237,9 +238,9 @@ pub(crate) fn request(
     Ok((record, token))
 }
 
-/// A change event row (its feed-head column is read by the caller).
+/// A change event row (its static columns are read by the caller).
 pub(crate) fn event(conversation: &ConversationId, cols: EventCols) -> Result<ChangeEvent> {
-    let (seq, msg_id, st, ver, at, actor, _head) = cols;
+    let (seq, msg_id, st, ver, at, actor, _head, _purged_through) = cols;
     Ok(ChangeEvent {
         seq: u64::try_from(seq).map_err(|_| error::corrupt("event seq"))?,
         conversation_id: conversation.clone(),

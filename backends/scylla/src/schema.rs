@@ -1,4 +1,4 @@
-//! The keyspace and its six tables, created idempotently at start-up, the migrations of keyspaces
+//! The keyspace and its seven tables, created idempotently at start-up, the migrations of keyspaces
 //! made by older versions, server detection, and the node's size limits.
 //!
 //! Only CQL that both Apache Cassandra (4/5) and ScyllaDB accept is sent to both; the
@@ -65,16 +65,18 @@ pub async fn detect(session: &Session) -> Result<ServerInfo> {
 
 /// Columns added to `conversation_state` after its first release, with their types: created by
 /// the current DDL, added by [`ensure`] to keyspaces made before.
-const ADDED_STATE_COLUMNS: [(&str, &str); 3] = [
+const ADDED_STATE_COLUMNS: [(&str, &str); 4] = [
     // The kind of a recorded refusal (`ErrorKind::as_str`); null for an applied outcome.
     ("refusal", "text"),
     // The random token of the transition call that wrote a request record.
     ("call_token", "bigint"),
     // On a purge marker: the attachment key the purge releases.
     ("release_key", "text"),
+    // The highest feed seq whose event a purge removed: the feed's low-water mark.
+    ("purged_through", "bigint static"),
 ];
 
-/// The DDL of the six tables, in creation order, for `keyspace` on `flavour`.
+/// The DDL of the seven tables, in creation order, for `keyspace` on `flavour`.
 pub fn table_ddl(keyspace: &str, flavour: Flavour) -> Vec<String> {
     // ScyllaDB: drop tombstones only after repair has propagated them, so a deleted message or
     // event cannot come back from a replica that missed the delete.
@@ -112,7 +114,8 @@ pub fn table_ddl(keyspace: &str, flavour: Flavour) -> Vec<String> {
         // batch: the message's lifecycle (kind 0, k = msg_id; purging = the purge's commit
         // marker), the purge sentinel of a bucket (kind 0, k = -(bucket + 1), at_ms = epoch),
         // the change event (kind 1, k = feed seq), the request record (kind 2, request_id) and
-        // the feed head (static); the legal hold (static) fences the purge's commit.
+        // the feed head and the purge's low-water mark of the feed (statics); the legal hold
+        // (static) fences the purge's commit.
         format!(
             "CREATE TABLE IF NOT EXISTS {keyspace}.conversation_state (
                 conversation_id text,
@@ -121,6 +124,7 @@ pub fn table_ddl(keyspace: &str, flavour: Flavour) -> Vec<String> {
                 request_id text,
                 feed_head bigint STATIC,
                 legal_hold boolean STATIC,
+                purged_through bigint static,
                 msg_id bigint,
                 status tinyint,
                 version int,
@@ -160,6 +164,17 @@ pub fn table_ddl(keyspace: &str, flavour: Flavour) -> Vec<String> {
                 day int,
                 PRIMARY KEY ((shard), day)
             ) WITH comment = 'imstore purge days'{gc}"
+        ),
+        // Every stored message holding an attachment, by its key: a key is released when the
+        // purge removed the last message that references it (a file forwarded elsewhere under
+        // the same key stays live).
+        format!(
+            "CREATE TABLE IF NOT EXISTS {keyspace}.attachment_refs (
+                attachment_key text,
+                conversation_id text,
+                msg_id bigint,
+                PRIMARY KEY ((attachment_key), conversation_id, msg_id)
+            ) WITH comment = 'imstore attachment references'{gc}"
         ),
         // Every message by the day and time it was accepted: the history limit's index (the
         // insert does not know the policy; the purge does).
@@ -231,7 +246,7 @@ pub async fn ensure(session: &Session, config: &ScyllaConfig, flavour: Flavour) 
 }
 
 /// Adds the `conversation_state` columns that a keyspace made by an older version lacks
-/// (`refusal`, `call_token`, `release_key`); idempotent.
+/// (`refusal`, `call_token`, `release_key`, `purged_through`); idempotent.
 pub async fn migrate(session: &Session, keyspace: &str) -> Result<()> {
     validate_keyspace(keyspace)?;
     let rows = session

@@ -91,6 +91,10 @@ statements! {
     msg_page_desc: Idempotent => "SELECT msg_id, sender_id, msg_type, content, attachment_key, attachment_size, attachment_mime, created_at FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id < ? LIMIT ?",
     msg_page_asc: Idempotent => "SELECT msg_id, sender_id, msg_type, content, attachment_key, attachment_size, attachment_mime, created_at FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id > ? ORDER BY msg_id ASC LIMIT ?",
     msg_delete: Conditional => "DELETE FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id = ? IF EXISTS",
+    // The re-key job's scan, in token order, and its compare-and-set on the stored bytes.
+    msg_scan: Idempotent => "SELECT token(conversation_id, bucket), conversation_id, bucket, msg_id, content FROM {ks}.messages WHERE token(conversation_id, bucket) > ? LIMIT ?",
+    msg_scan_rest: Idempotent => "SELECT token(conversation_id, bucket), conversation_id, bucket, msg_id, content FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id < ? LIMIT ?",
+    msg_replace_content: Conditional => "UPDATE {ks}.messages SET content = ? WHERE conversation_id = ? AND bucket = ? AND msg_id = ? IF content = ?",
     msg_any: Idempotent => "SELECT msg_id FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? LIMIT 1",
 
     // --- buckets: the non-empty buckets of a conversation.
@@ -103,24 +107,27 @@ statements! {
     // --- conversation_state, kind 0: lifecycles (k = msg_id) and bucket sentinels (k < 0).
     state_get: Idempotent => "SELECT status, version, recalled_at, recalled_by, restored_at, deleted_at, deleted_by, event_seqs, purging, release_key FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = ''",
     // Lifecycles with their buckets' sentinels, in ONE single-partition read (one snapshot).
-    state_fenced: Idempotent => "SELECT k, status, version, recalled_at, recalled_by, restored_at, deleted_at, deleted_by, event_seqs, purging, release_key, at_ms FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k IN ? AND request_id = ''",
-    state_fenced_serial: SerialRead => "SELECT k, status, version, recalled_at, recalled_by, restored_at, deleted_at, deleted_by, event_seqs, purging, release_key, at_ms FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k IN ? AND request_id = ''",
+    state_fenced: Idempotent => "SELECT k, status, version, recalled_at, recalled_by, restored_at, deleted_at, deleted_by, event_seqs, purging, release_key, at_ms, purged_through FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k IN ? AND request_id = ''",
+    state_fenced_serial: SerialRead => "SELECT k, status, version, recalled_at, recalled_by, restored_at, deleted_at, deleted_by, event_seqs, purging, release_key, at_ms, purged_through FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k IN ? AND request_id = ''",
     state_write: Conditional => "UPDATE {ks}.conversation_state SET status = ?, version = ?, recalled_at = ?, recalled_by = ?, restored_at = ?, deleted_at = ?, deleted_by = ?, event_seqs = event_seqs + ? WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = '' IF version = ? AND purging = null",
     // The purge's commit: the lifecycle becomes a marker, refused under legal hold.
     purge_commit: Conditional => "UPDATE {ks}.conversation_state SET purging = true, release_key = ? WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = '' IF version = ? AND purging = null AND legal_hold != true",
     sentinel_set: Idempotent => "UPDATE {ks}.conversation_state SET at_ms = ? WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = ''",
     sentinel_fence: Conditional => "UPDATE {ks}.conversation_state SET at_ms = ? WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = '' IF at_ms = ?",
+    // Raises the feed's low-water mark, in the purge's commit (only ever upwards: expects the
+    // value read).
+    purged_through_raise: Conditional => "UPDATE {ks}.conversation_state SET purged_through = ? WHERE conversation_id = ? IF purged_through = ?",
     state_delete: Conditional => "DELETE FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = '' IF purging = true",
     hold_set: Idempotent => "UPDATE {ks}.conversation_state SET legal_hold = ? WHERE conversation_id = ?",
     hold_get: Idempotent => "SELECT legal_hold FROM {ks}.conversation_state WHERE conversation_id = ? LIMIT 1",
 
     // --- conversation_state, kind 1: the feed; feed_head (static) is its last seq.
-    head_get: Idempotent => "SELECT feed_head FROM {ks}.conversation_state WHERE conversation_id = ? LIMIT 1",
-    head_get_serial: SerialRead => "SELECT feed_head FROM {ks}.conversation_state WHERE conversation_id = ? LIMIT 1",
+    head_get: Idempotent => "SELECT feed_head, purged_through FROM {ks}.conversation_state WHERE conversation_id = ? LIMIT 1",
+    head_get_serial: SerialRead => "SELECT feed_head, purged_through FROM {ks}.conversation_state WHERE conversation_id = ? LIMIT 1",
     head_claim: Conditional => "UPDATE {ks}.conversation_state SET feed_head = ? WHERE conversation_id = ? IF feed_head = ?",
     event_put: Conditional => "INSERT INTO {ks}.conversation_state (conversation_id, kind, k, request_id, msg_id, status, version, at_ms, actor) VALUES (?, 1, ?, '', ?, ?, ?, ?, ?)",
     event_delete: Conditional => "DELETE FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 1 AND k = ? AND request_id = ''",
-    events_after: Idempotent => "SELECT k, msg_id, status, version, at_ms, actor, feed_head FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 1 AND k > ? LIMIT ?",
+    events_after: Idempotent => "SELECT k, msg_id, status, version, at_ms, actor, feed_head, purged_through FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 1 AND k > ? LIMIT ?",
 
     // --- conversation_state, kind 2: request records.
     request_get: Idempotent => "SELECT action, msg_id, actor, status, version, changed, at_ms, refusal, call_token FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 2 AND k = 0 AND request_id = ?",
@@ -128,6 +135,11 @@ statements! {
     // Insert-if-absent: a record is the first outcome of its id and is never overwritten.
     request_put: Conditional => "UPDATE {ks}.conversation_state SET action = ?, msg_id = ?, actor = ?, status = ?, version = ?, changed = ?, at_ms = ?, refusal = ?, call_token = ? WHERE conversation_id = ? AND kind = 2 AND k = 0 AND request_id = ? IF at_ms = null",
     request_expire: Conditional => "DELETE FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 2 AND k = 0 AND request_id = ? IF at_ms <= ?",
+
+    // --- attachment references.
+    ref_add: Idempotent => "INSERT INTO {ks}.attachment_refs (attachment_key, conversation_id, msg_id) VALUES (?, ?, ?)",
+    ref_remove: Idempotent => "DELETE FROM {ks}.attachment_refs WHERE attachment_key = ? AND conversation_id = ? AND msg_id = ?",
+    ref_any: Idempotent => "SELECT msg_id FROM {ks}.attachment_refs WHERE attachment_key = ? LIMIT 1",
 
     // --- retention index (shard 0 of purge_days) and history index (shard 1).
     queue_add: Idempotent => "INSERT INTO {ks}.purge_queue (day, due, conversation_id, msg_id, request_id) VALUES (?, ?, ?, ?, ?)",

@@ -29,8 +29,8 @@ use crate::handle::{ScyllaBackend, ScyllaStore, session_for};
 use crate::rows;
 use crate::schema::{self, Flavour};
 
-/// Emptied keyspaces ready for another case, per (nodes, prefix), for the whole process: every
-/// test builds its own factory, and they share what earlier cases left.
+/// Emptied keyspaces ready for another case, per (nodes, prefix, replication), for the whole
+/// process: every test builds its own factory, and they share what earlier cases left.
 static POOL: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
 
 impl ScyllaBackend {
@@ -256,8 +256,9 @@ impl ScyllaFactory {
         Ok(dropped)
     }
 
+    /// Keyspaces are reused only by factories that would have made the same ones.
     fn pool_key(&self) -> String {
-        format!("{}|{}", self.nodes, self.prefix)
+        format!("{}|{}|{:?}", self.nodes, self.prefix, self.replication)
     }
 
     fn store(&self, namespace: &str) -> ScyllaStore {
@@ -289,16 +290,18 @@ impl StoreFactory for ScyllaFactory {
         name
     }
 
-    async fn open(&self, namespace: &str, settings: StoreSettings) -> ScyllaStore {
-        let store = self
-            .open_store(namespace, settings)
+    async fn try_open(&self, namespace: &str, settings: StoreSettings) -> Result<ScyllaStore> {
+        // The backend first (a failure there is the server's: it panics, a test never passes
+        // without its server), then the pipeline, whose refusal of the settings is returned.
+        let backend = ScyllaBackend::with_session(self.session().await, self.config(namespace))
             .await
-            .unwrap_or_else(|e| panic!("open a store over {namespace}: {e}"));
+            .unwrap_or_else(|e| panic!("open a backend over {namespace}: {e}"));
+        let store = Store::with_backend(backend, settings)?;
         self.stores
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(namespace.to_string(), store.clone());
-        store
+        Ok(store)
     }
 
     async fn raw_content(

@@ -145,7 +145,7 @@ async fn read_all(b: &ScyllaBackend, decider: &Decider<'_>, serial: bool) -> Res
     Ok(Read {
         record,
         fenced,
-        head,
+        head: head.0,
         message,
     })
 }

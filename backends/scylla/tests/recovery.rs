@@ -116,7 +116,7 @@ async fn purge_completes_after_a_purger_died_after_committing() {
     assert_eq!(h.raw_content(&c.conv, id).await, None);
     let feed = h
         .store
-        .changes_since(&c.conv, FeedCursor::START, 100)
+        .changes_since(&c.conv, &c.bob, FeedCursor::START, 100)
         .await
         .unwrap();
     assert!(feed.events.is_empty());

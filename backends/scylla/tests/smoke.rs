@@ -33,7 +33,12 @@ async fn server_reports_its_version_and_round_trips_a_message() {
     );
 
     let conv = ConversationId::new("smoke").unwrap();
-    let id = MsgId::from_parts(Timestamp::from_millis(1_750_000_000_000), 1, 1).unwrap();
+    // A fresh id: the store refuses inserts older than its purge horizon.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let id = MsgId::from_parts(Timestamp::from_millis(now), 1, 1).unwrap();
     let msg = NewMessage::text(
         id,
         conv.clone(),
