@@ -22,8 +22,9 @@ use scylla::value::MaybeUnset;
 
 use crate::error;
 use crate::handle::ScyllaBackend;
-use crate::purge::{BoxedRow, enqueue_history};
+use crate::index::enqueue_history;
 use crate::read;
+use crate::rows::BoxedRow;
 use crate::rows::{self, MessageRow};
 use crate::transition::run_batch;
 

@@ -35,6 +35,7 @@ mod config;
 mod error;
 mod feed;
 mod handle;
+mod index;
 mod insert;
 mod purge;
 mod read;

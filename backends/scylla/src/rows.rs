@@ -12,6 +12,9 @@ use scylla::value::{CqlValue, Row};
 
 use crate::error;
 
+/// A boxed statement's values, so one batch can mix statement shapes.
+pub(crate) type BoxedRow = Box<dyn scylla::serialize::row::SerializeRow + Send + Sync>;
+
 /// The columns of a `messages` row after its key: sender, type, content, attachment, created_at.
 pub(crate) type MessageCols = (
     Option<String>,

@@ -29,8 +29,9 @@ use std::sync::Mutex;
 
 use crate::error;
 use crate::handle::ScyllaBackend;
-use crate::purge::{BoxedRow, enqueue_retention};
+use crate::index::enqueue_retention;
 use crate::read::{self, Fenced, sentinel_key};
+use crate::rows::BoxedRow;
 use crate::rows::{self, StateRow};
 
 /// A version as the `int` column stores it; beyond `i32::MAX` the counter is exhausted.
