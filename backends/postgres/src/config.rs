@@ -17,6 +17,7 @@ pub struct PostgresConfig {
     acquire_timeout: Duration,
     idle_timeout: Option<Duration>,
     max_lifetime: Option<Duration>,
+    state_cache: usize,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -30,9 +31,13 @@ impl std::fmt::Debug for PostgresConfig {
             .field("acquire_timeout", &self.acquire_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .field("max_lifetime", &self.max_lifetime)
+            .field("state_cache", &self.state_cache)
             .finish()
     }
 }
+
+/// The default [`PostgresConfig::with_state_cache`]: about 200 bytes an entry, a few MiB.
+pub(crate) const DEFAULT_STATE_CACHE: usize = 16_384;
 
 /// The longest identifier PostgreSQL keeps (NAMEDATALEN - 1); longer names are truncated.
 const MAX_IDENTIFIER_BYTES: usize = 63;
@@ -40,7 +45,9 @@ const MAX_IDENTIFIER_BYTES: usize = 63;
 impl PostgresConfig {
     /// Settings for `url` (`postgres://user:pass@host:port/db`): a pool of 8 connections, the
     /// server's default `search_path`, migrations applied on connect, a 30 s acquire timeout,
-    /// idle connections closed after 5 min and every connection retired after 30 min.
+    /// idle connections closed after 5 min, every connection retired after 30 min, and the
+    /// states of the last 16,384 messages this handle touched kept for one-round-trip
+    /// transitions.
     pub fn new(url: impl Into<String>) -> Self {
         PostgresConfig {
             url: url.into(),
@@ -50,6 +57,7 @@ impl PostgresConfig {
             acquire_timeout: Duration::from_secs(30),
             idle_timeout: Some(Duration::from_secs(5 * 60)),
             max_lifetime: Some(Duration::from_secs(30 * 60)),
+            state_cache: DEFAULT_STATE_CACHE,
         }
     }
 
@@ -93,6 +101,21 @@ impl PostgresConfig {
     pub fn with_max_lifetime(mut self, lifetime: Option<Duration>) -> Self {
         self.max_lifetime = lifetime;
         self
+    }
+
+    /// Keep the states (sender, lifecycle) of about `entries` messages this handle recently
+    /// inserted, read or changed (0: none). A transition of a message still in it is decided on
+    /// that state and applied in one round trip if the stored row still equals it, column by
+    /// column; otherwise the same statement reads the row and the transition takes the usual
+    /// two. Never trusted, so never a correctness setting: only memory against round trips.
+    pub fn with_state_cache(mut self, entries: usize) -> Self {
+        self.state_cache = entries;
+        self
+    }
+
+    /// How many message states the handle keeps for one-round-trip transitions.
+    pub fn state_cache(&self) -> usize {
+        self.state_cache
     }
 
     /// The connection URL.

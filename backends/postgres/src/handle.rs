@@ -11,7 +11,9 @@ use imstore_core::{
     StoredMessage, Timestamp, TransitionOutcome,
 };
 use sqlx::postgres::{PgPool, PgPoolOptions};
+use std::sync::Arc;
 
+use crate::cache::StateCache;
 use crate::config::PostgresConfig;
 use crate::error::map_connect;
 use crate::{feed, insert, purge, read, rekey, schema, transition};
@@ -23,10 +25,12 @@ use crate::{feed, insert, purge, read, rekey, schema, transition};
 const MAX_STORED_CONTENT_BYTES: usize = (1 << 30) - (1 << 20);
 
 /// The PostgreSQL backend: a connection pool whose connections resolve the store's tables
-/// through `search_path`. Cheap to clone (the pool is shared).
+/// through `search_path`, and the states of recently touched messages (see
+/// [`PostgresConfig::with_state_cache`]). Cheap to clone (both are shared).
 #[derive(Debug, Clone)]
 pub struct PostgresBackend {
     pool: PgPool,
+    cache: Arc<StateCache>,
 }
 
 /// The store over PostgreSQL: the core's pipeline over [`PostgresBackend`].
@@ -34,9 +38,16 @@ pub type PostgresStore = Store<PostgresBackend>;
 
 impl PostgresBackend {
     /// A backend over an existing pool, whose connections must already resolve the tables (via
-    /// `search_path`). Neither checks nor migrates the database.
+    /// `search_path`), with the default state cache. Neither checks nor migrates the database.
     pub fn with_pool(pool: PgPool) -> Self {
-        PostgresBackend { pool }
+        Self::with_pool_and_cache(pool, crate::config::DEFAULT_STATE_CACHE)
+    }
+
+    fn with_pool_and_cache(pool: PgPool, entries: usize) -> Self {
+        PostgresBackend {
+            pool,
+            cache: Arc::new(StateCache::new(entries)),
+        }
     }
 
     /// The connection pool, for tooling (re-key jobs, inspection, closing it).
@@ -77,7 +88,7 @@ impl Connect for PostgresBackend {
             .await
             .map_err(map_connect)?;
         schema::check_database(&pool, config.schema()).await?;
-        let backend = PostgresBackend::with_pool(pool);
+        let backend = PostgresBackend::with_pool_and_cache(pool, config.state_cache());
         if config.migrate_on_connect() {
             backend.migrate().await?;
         }
@@ -95,8 +106,9 @@ impl Backend for PostgresBackend {
     }
 
     async fn insert(&self, message: &EncodedMessage, created_at: Timestamp) -> Result<Inserted> {
-        let mut found =
-            insert::insert_batch(&self.pool, std::slice::from_ref(message), created_at).await?;
+        let mut found = self
+            .insert_batch(std::slice::from_ref(message), created_at)
+            .await?;
         found
             .pop()
             .ok_or_else(|| imstore_core::Error::corrupt("the insert answered for no message"))
@@ -107,7 +119,9 @@ impl Backend for PostgresBackend {
         messages: &[EncodedMessage],
         created_at: Timestamp,
     ) -> Result<Vec<Inserted>> {
-        insert::insert_batch(&self.pool, messages, created_at).await
+        let found = insert::insert_batch(&self.pool, messages, created_at).await?;
+        self.cache.put_inserted(messages, &found, created_at);
+        Ok(found)
     }
 
     async fn fetch(
@@ -116,7 +130,12 @@ impl Backend for PostgresBackend {
         msg_id: MsgId,
         fields: Fields,
     ) -> Result<Option<StoredMessage>> {
-        read::fetch(&self.pool, conversation, msg_id, fields).await
+        let found = read::fetch(&self.pool, conversation, msg_id, fields).await?;
+        match &found {
+            Some(m) => self.cache.put_read(std::slice::from_ref(m)),
+            None => self.cache.forget(conversation, msg_id),
+        }
+        Ok(found)
     }
 
     async fn page(
@@ -124,11 +143,13 @@ impl Backend for PostgresBackend {
         conversation: &ConversationId,
         query: PageQuery,
     ) -> Result<Vec<StoredMessage>> {
-        read::page(&self.pool, conversation, query).await
+        let found = read::page(&self.pool, conversation, query).await?;
+        self.cache.put_read(&found);
+        Ok(found)
     }
 
     async fn transition(&self, decider: &Decider<'_>) -> Result<TransitionOutcome> {
-        transition::transition(&self.pool, decider).await
+        transition::transition(&self.pool, &self.cache, decider).await
     }
 
     async fn changes(

@@ -2,8 +2,9 @@
 //!
 //! [`PostgresStore`] is the core's pipeline ([`imstore_core::Store`]) over [`PostgresBackend`]:
 //! core validates every argument, runs the codec, decides every transition and renders every
-//! view; this crate only persists. Every transition is one read and one atomic statement (the
-//! status change, its change event and its request record commit together); the change feed's
+//! view; this crate only persists. Every transition is one atomic statement (the status change,
+//! its change event and its request record commit together), after one read unless the handle
+//! already knows the message's state (then it is one round trip in all); the change feed's
 //! seq order is commit order; batch inserts are one UNNEST statement per 64 MiB of content;
 //! purges run in bounded batches that concurrent workers split without blocking.
 //! [`PostgresConfig`] says where the database is, how the pool behaves, which schema the tables
@@ -24,6 +25,7 @@
 
 #![deny(missing_docs)]
 
+mod cache;
 mod config;
 mod error;
 mod feed;

@@ -256,13 +256,25 @@ async fn history_purge_racing_deletes_leaves_no_orphan_event_rows() {
 
 /// Copies of one request racing a sender who keeps recalling and restoring the message all get
 /// one answer, and it is the one the request record in the table holds (a no-op is recorded
-/// only if the message is still at the version it was decided at).
+/// only if the message is still at the version it was decided at). The copies go through three
+/// handles over the same schema, each with its own state cache, so most of them decide first
+/// on a state another handle has already changed (the one-statement guess must then fail its
+/// guard); the feed still holds one event per version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_answer_to_a_racing_request_is_the_recorded_one() {
     let s = scratch(8).await;
     let c = Arc::new(Cast::new(&s.settings));
     let m = c.text("flip");
     s.store.insert(m.clone()).await.unwrap();
+    let handles = vec![
+        s.store.clone(),
+        s.factory.open(&s.schema, s.settings.clone()).await,
+        s.factory.open(&s.schema, s.settings.clone()).await,
+    ];
+    for h in &handles {
+        // Every handle knows the message as sent.
+        h.get(&c.conv, m.msg_id, &c.bob).await.unwrap();
+    }
     let flipper = {
         let (store, c, id) = (s.store.clone(), c.clone(), m.msg_id);
         tokio::spawn(async move {
@@ -284,8 +296,8 @@ async fn every_answer_to_a_racing_request_is_the_recorded_one() {
         };
         let req = c.request(action, &c.alice, m.msg_id);
         let copies: Vec<_> = (0..3)
-            .map(|_| {
-                let (store, req) = (s.store.clone(), req.clone());
+            .map(|k| {
+                let (store, req) = (handles[(i + k) % 3].clone(), req.clone());
                 tokio::spawn(async move { store.transition(req).await })
             })
             .collect();
@@ -316,6 +328,20 @@ async fn every_answer_to_a_racing_request_is_the_recorded_one() {
         }
     }
     flipper.await.unwrap();
+    let last = s
+        .store
+        .audit(&c.conv, m.msg_id)
+        .await
+        .unwrap()
+        .message
+        .lifecycle;
+    let feed = s
+        .store
+        .drain_changes(&c.conv, &c.bob, FeedCursor::START, 100)
+        .await
+        .unwrap();
+    let versions: Vec<u32> = feed.events.iter().map(|e| e.version).collect();
+    assert_eq!(versions, (2..=last.version).collect::<Vec<_>>());
     s.drop_schema().await;
 }
 
