@@ -25,3 +25,8 @@ async fn leftovers_of_earlier_runs_are_swept() {
         .expect("sweep");
     println!("swept {} leftover keyspaces", dropped.len());
 }
+
+/// The history checker: concurrent clients, then a linearizability check of what they saw.
+mod history {
+    imstore_conformance::history_tests!(super::ScyllaFactory::from_env());
+}
