@@ -3,6 +3,8 @@
 //! [`ScyllaConfig::validate`] when the backend is built.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use imstore_core::{Error, Result};
@@ -88,6 +90,102 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// TLS to every node (rustls): the server's certificate is checked against the given CA file,
+/// or against the public web roots when none is given, and the client may present its own
+/// certificate (mutual TLS). The driver checks the certificate against the node's IP address
+/// (rustls `ServerName::IpAddress`), so node certificates need IP subject alternative names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScyllaTls {
+    ca_file: Option<PathBuf>,
+    client_identity: Option<(PathBuf, PathBuf)>,
+}
+
+impl ScyllaTls {
+    /// TLS trusting the public web roots, without a client certificate.
+    pub fn new() -> Self {
+        ScyllaTls::default()
+    }
+
+    /// Trusts the certificates of this PEM file instead of the public web roots (a private CA).
+    pub fn with_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
+        self
+    }
+
+    /// Presents this PEM certificate chain and PEM private key to the nodes (mutual TLS).
+    pub fn with_client_identity(
+        mut self,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> Self {
+        self.client_identity = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// The CA file, when not the public web roots.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_deref()
+    }
+
+    /// The client certificate chain and key files, for mutual TLS.
+    pub fn client_identity(&self) -> Option<(&Path, &Path)> {
+        self.client_identity
+            .as_ref()
+            .map(|(c, k)| (c.as_path(), k.as_path()))
+    }
+
+    /// The rustls configuration: reads and parses the files, so a missing or malformed one is
+    /// `InvalidInput` on `tls` (naming the file, never its contents).
+    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+        let bad = |path: &Path, what: &str| {
+            Error::invalid_input("tls", format!("{}: {what}", path.display()))
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.ca_file {
+            Some(path) => {
+                let certs = CertificateDer::pem_file_iter(path)
+                    .map_err(|_| bad(path, "cannot read the CA file"))?
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|_| bad(path, "is not a PEM certificate file"))?;
+                let (added, _) = roots.add_parsable_certificates(certs);
+                if added == 0 {
+                    return Err(bad(path, "holds no usable CA certificate"));
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        // One explicit provider, so the configuration never depends on which crypto provider
+        // another crate of the process installed as rustls's default.
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::invalid_input("tls", format!("protocol versions: {e}")))?
+        .with_root_certificates(roots);
+        let config = match &self.client_identity {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_file_iter(cert)
+                    .map_err(|_| bad(cert, "cannot read the client certificate"))?
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|_| bad(cert, "is not a PEM certificate file"))?;
+                if chain.is_empty() {
+                    return Err(bad(cert, "holds no certificate"));
+                }
+                let key_der = PrivateKeyDer::from_pem_file(key)
+                    .map_err(|_| bad(key, "cannot read a PEM private key from it"))?;
+                builder
+                    .with_client_auth_cert(chain, key_der)
+                    .map_err(|_| bad(key, "does not match the client certificate"))?
+            }
+        };
+        Ok(Arc::new(config))
+    }
+}
+
 /// Everything the ScyllaDB/Cassandra backend needs; [`ScyllaConfig::new`] gives production
 /// defaults (RF 3, LOCAL_QUORUM, LOCAL_SERIAL, 10-day buckets, schema created at start-up).
 #[derive(Clone, Debug)]
@@ -95,6 +193,7 @@ pub struct ScyllaConfig {
     nodes: Vec<String>,
     keyspace: String,
     credentials: Option<Credentials>,
+    tls: Option<ScyllaTls>,
     replication: Replication,
     consistency: Consistency,
     serial_consistency: SerialConsistency,
@@ -111,6 +210,7 @@ impl ScyllaConfig {
             nodes: nodes.into_iter().map(Into::into).collect(),
             keyspace: keyspace.to_string(),
             credentials: None,
+            tls: None,
             replication: Replication::Everywhere(3),
             consistency: Consistency::LocalQuorum,
             serial_consistency: SerialConsistency::LocalSerial,
@@ -135,6 +235,12 @@ impl ScyllaConfig {
     /// Logs in with these credentials (`PasswordAuthenticator`).
     pub fn with_credentials(mut self, credentials: Credentials) -> Self {
         self.credentials = Some(credentials);
+        self
+    }
+
+    /// Connects to every node over TLS (`None`: plain TCP, the default).
+    pub fn with_tls(mut self, tls: Option<ScyllaTls>) -> Self {
+        self.tls = tls;
         self
     }
 
@@ -200,6 +306,11 @@ impl ScyllaConfig {
     /// The credentials, if any.
     pub fn credentials(&self) -> Option<&Credentials> {
         self.credentials.as_ref()
+    }
+
+    /// The TLS settings, when the connections are encrypted.
+    pub fn tls(&self) -> Option<&ScyllaTls> {
+        self.tls.as_ref()
     }
 
     /// The replication used when the keyspace is created.
@@ -268,6 +379,9 @@ impl ScyllaConfig {
                 "the user name must not be empty",
             ));
         }
+        if let Some(tls) = &self.tls {
+            tls.client_config()?;
+        }
         Ok(())
     }
 
@@ -323,6 +437,34 @@ mod tests {
         let c = ScyllaConfig::from_node_list("127.0.0.1:9042, 127.0.0.2:9042,", "ks");
         assert_eq!(c.nodes(), ["127.0.0.1:9042", "127.0.0.2:9042"]);
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn tls_files_that_cannot_be_used_are_invalid_input_on_tls() {
+        let dir = std::env::temp_dir().join(format!("imstore-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let base = ScyllaConfig::new(["n:9042"], "ks");
+        assert!(
+            base.clone()
+                .with_tls(Some(ScyllaTls::new()))
+                .validate()
+                .is_ok()
+        );
+        for tls in [
+            ScyllaTls::new().with_ca_file(dir.join("missing.pem")),
+            ScyllaTls::new().with_ca_file(&junk),
+            ScyllaTls::new().with_client_identity(&junk, &junk),
+        ] {
+            let e = base
+                .clone()
+                .with_tls(Some(tls.clone()))
+                .validate()
+                .unwrap_err();
+            assert_eq!(e.field(), Some("tls"), "{tls:?}: {e}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

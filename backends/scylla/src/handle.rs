@@ -148,7 +148,7 @@ impl ScyllaBackend {
 }
 
 /// Opens a driver session for `config` the way the backend does (contact points, credentials,
-/// consistency, timeout), for callers that share one session between several stores.
+/// TLS, consistency, timeout), for callers that share one session between several stores.
 pub async fn session_for(config: &ScyllaConfig) -> Result<Session> {
     config.validate()?;
     let profile = ExecutionProfile::builder()
@@ -161,6 +161,9 @@ pub async fn session_for(config: &ScyllaConfig) -> Result<Session> {
         .default_execution_profile_handle(profile.into_handle());
     if let Some(c) = config.credentials() {
         builder = builder.user(c.user(), c.password());
+    }
+    if let Some(tls) = config.tls() {
+        builder = builder.tls_context(Some(tls.client_config()?));
     }
     builder = if config.fetch_schema_metadata() {
         builder.keyspaces_to_fetch([config.keyspace().to_string()])

@@ -47,6 +47,8 @@ mod statements;
 pub mod testing;
 mod transition;
 
-pub use config::{Credentials, DEFAULT_BUCKET_WIDTH, Replication, ScyllaConfig, validate_keyspace};
+pub use config::{
+    Credentials, DEFAULT_BUCKET_WIDTH, Replication, ScyllaConfig, ScyllaTls, validate_keyspace,
+};
 pub use handle::{ScyllaBackend, ScyllaStore, session_for};
 pub use schema::{Flavour, ServerInfo};
