@@ -20,7 +20,7 @@ use imstore_core::{
 };
 
 use crate::fixtures::user;
-use crate::harness::{Harness, StoreFactory};
+use crate::harness::{Harness, Setup, StoreFactory};
 
 /// The shape of the load.
 #[derive(Clone, Debug)]
@@ -243,6 +243,138 @@ async fn account<S: MessageStore + ?Sized>(
                 "acknowledged recall of {id} (version {v}) is not in force: {:?} v{}",
                 audit.lifecycle.status, audit.lifecycle.version
             ));
+        }
+    }
+}
+
+/// The server-kill test of a backend, whole: a fresh namespace from `factory`, `load` against it,
+/// `server` killed with SIGKILL through [`kill_and_restart`] once a third of the load is under
+/// way and started again after `down_for`; then it prints the figures (acknowledged inserts and
+/// recalls, error kinds the callers saw, time) and asserts that nothing acknowledged was lost or
+/// duplicated, that every request was acknowledged once the server was back (so `load.retry_for`
+/// must cover the server's restart), that at least one caller saw an error (the crash really
+/// happened), and that all of it went through the one store handle opened before the crash.
+///
+/// Run it from a test binary of its own (`tests/faults.rs`), so that no other test of the crate
+/// runs while the server is down.
+pub async fn assert_writes_survive_a_server_kill<F: StoreFactory>(
+    factory: &F,
+    repo_root: &Path,
+    server: &str,
+    load: Load,
+    down_for: Duration,
+) -> FaultReport {
+    let h = Harness::start(factory, Setup::default()).await;
+    let started = Instant::now();
+    let outage = std::sync::Mutex::new(None);
+    let crash = async {
+        let o = kill_and_restart(repo_root, server, down_for).await;
+        *outage.lock().unwrap_or_else(|p| p.into_inner()) = Some(o);
+    };
+    let report = writes_survive_a_crash(&h, load.clone(), crash).await;
+    let outage = outage.into_inner().unwrap_or_else(|p| p.into_inner());
+    eprintln!(
+        "faults: {server}: {} writers x {} messages in {:?} ({} down {:?}): acknowledged inserts \
+         {}, acknowledged recalls {}, abandoned {}, errors seen {:?}",
+        load.writers,
+        load.messages_per_writer,
+        started.elapsed(),
+        server,
+        outage.map(|o| o.down),
+        report.acked_inserts,
+        report.acked_transitions,
+        report.abandoned,
+        report.errors
+    );
+    for line in report
+        .lost
+        .iter()
+        .chain(&report.duplicated)
+        .chain(&report.inconsistent)
+    {
+        eprintln!("faults: {line}");
+    }
+    assert!(report.clean(), "{report:#?}");
+    let all = load.writers * load.messages_per_writer;
+    assert_eq!(
+        (
+            report.acked_inserts,
+            report.acked_transitions,
+            report.abandoned
+        ),
+        (all, all, 0),
+        "every request is acknowledged once the server is back: {report:#?}"
+    );
+    assert!(
+        !report.errors.is_empty(),
+        "the crash was not seen by any writer: the test proved nothing"
+    );
+    h.finish().await;
+    report
+}
+
+/// How long the two halves of [`kill_and_restart`] took.
+#[derive(Clone, Copy, Debug)]
+pub struct Outage {
+    /// From the SIGKILL until the process was gone.
+    pub kill: Duration,
+    /// From `start` until the server accepted connections again.
+    pub start: Duration,
+    /// From the SIGKILL until the server accepted connections again.
+    pub down: Duration,
+}
+
+/// Kills `server` (`postgres`, `cassandra` or `ferretdb`) with SIGKILL through the servers script,
+/// leaves it down for `down_for`, then starts it on its data and waits until it answers.
+///
+/// The servers are shared with other work on the machine: if this future is dropped or a panic
+/// unwinds through it between the kill and the restart, a guard starts the server anyway, so a
+/// failing test never leaves a server down.
+pub async fn kill_and_restart(repo_root: &Path, server: &str, down_for: Duration) -> Outage {
+    let guard = RestartGuard {
+        script: repo_root.join("scripts/servers.sh"),
+        server: server.to_string(),
+        armed: true,
+    };
+    let t = Instant::now();
+    servers_script(repo_root, &["kill", server]).await;
+    let kill = t.elapsed();
+    eprintln!("faults: {server} killed with SIGKILL ({kill:?})");
+    tokio::time::sleep(down_for).await;
+    let s = Instant::now();
+    servers_script(repo_root, &["start", server]).await;
+    let mut guard = guard;
+    guard.armed = false;
+    let outage = Outage {
+        kill,
+        start: s.elapsed(),
+        down: t.elapsed(),
+    };
+    eprintln!(
+        "faults: {server} accepts connections again ({:?} to start, {:?} down in all)",
+        outage.start, outage.down
+    );
+    outage
+}
+
+/// Starts the server again when dropped armed (a cancelled or panicking crash future).
+struct RestartGuard {
+    script: std::path::PathBuf,
+    server: String,
+    armed: bool,
+}
+
+impl Drop for RestartGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            eprintln!("faults: bringing {} back after a failure", self.server);
+            // Blocking is acceptable here: the test is failing anyway, and the server must be up
+            // before anything else runs against it.
+            let _ = std::process::Command::new("bash")
+                .arg(&self.script)
+                .args(["start", &self.server])
+                .stdin(std::process::Stdio::null())
+                .status();
         }
     }
 }
