@@ -11,12 +11,19 @@
 //! | `mongodb`  | `mongodb`    | MongoDB through the official driver       |
 //! | `scylla`   | `scylla`     | ScyllaDB / Cassandra through `scylla`     |
 //!
+//! At run time, [`open_url`] (or [`StoreUrl::parse`] and [`StoreUrl::open`]) opens the store a
+//! URL names: `memory://`, `postgres://…`, `mongodb://…`, `scylla://host1,host2/keyspace`, with
+//! credentials and TLS (see [`url`]).
+//!
 //! Every backend passes the same conformance suite (`imstore-conformance`), which you can run
 //! against your own deployment.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use imstore_core::*;
+
+pub mod url;
+pub use url::{AnyStore, StoreUrl, open as open_url};
 
 // The README's usage snippet is a doctest of this crate, so it is compiled and run in CI.
 #[doc = include_str!("../README.md")]
