@@ -23,7 +23,7 @@
 pub use imstore_core::*;
 
 pub mod url;
-pub use url::{AnyStore, StoreUrl, open as open_url};
+pub use url::{AnyStore, ServerUrl, StoreUrl, open as open_url};
 
 // The README's usage snippet is a doctest of this crate, so it is compiled and run in CI.
 #[doc = include_str!("../README.md")]

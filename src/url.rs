@@ -73,6 +73,18 @@ pub enum StoreUrl {
     Scylla(imstore_scylla::ScyllaConfig),
 }
 
+/// What [`StoreUrl::parse_server`] found in a URL.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ServerUrl {
+    /// The server's configuration (its namespace a placeholder when the URL names none).
+    pub store: StoreUrl,
+    /// The namespace the URL names: a PostgreSQL `schema`, a MongoDB database, a keyspace.
+    pub namespace: Option<String>,
+    /// The imstore parameters the URL gave (`rf`, `schema`, `tls`, …), by name.
+    pub params: Vec<String>,
+}
+
 /// A store opened from a URL, its backend's type kept so that tooling can reach the backend
 /// (migrations, administration); [`AnyStore::as_dyn`] for the trait.
 #[derive(Clone, Debug)]
@@ -153,7 +165,25 @@ impl StoreUrl {
     /// [`StoreUrl::parse`], with the user name and password in `credentials` (when set) in
     /// place of the URL's.
     pub fn parse_with(url: &str, credentials: &Credentials) -> Result<Self> {
+        Ok(StoreUrl::parse_parts(Parts::split(url)?, credentials)?.0)
+    }
+
+    /// The server a URL names, for tools that make their own namespaces on it (the conformance
+    /// command): as [`StoreUrl::parse_with`], but the URL need not name a database or keyspace
+    /// (the configuration then carries the placeholder `imstore`, and a MongoDB URL goes to the
+    /// driver without a path, so authentication keeps its default source).
+    pub fn parse_server(url: &str, credentials: &Credentials) -> Result<ServerUrl> {
         let mut parts = Parts::split(url)?;
+        parts.server = true;
+        let (store, parts) = StoreUrl::parse_parts(parts, credentials)?;
+        Ok(ServerUrl {
+            store,
+            namespace: parts.namespace,
+            params: parts.taken,
+        })
+    }
+
+    fn parse_parts(mut parts: Parts, credentials: &Credentials) -> Result<(Self, Parts)> {
         if let Some(user) = &credentials.user {
             parts.user = Some(user.clone());
         }
@@ -168,7 +198,7 @@ impl StoreUrl {
                         "memory:// takes no host, path or parameter",
                     ));
                 }
-                Ok(StoreUrl::Memory)
+                Ok((StoreUrl::Memory, parts))
             }
             "postgres" | "postgresql" => postgres(parts),
             "mongodb" | "mongodb+srv" => mongodb(parts),
@@ -240,6 +270,12 @@ pub(crate) struct Parts {
     pub(crate) hosts: String,
     pub(crate) path: String,
     pub(crate) query: Vec<(String, String)>,
+    /// The imstore parameters taken out so far, by name.
+    pub(crate) taken: Vec<String>,
+    /// Parsing for [`StoreUrl::parse_server`]: the namespace is optional.
+    pub(crate) server: bool,
+    /// The namespace the URL names (schema, database, keyspace), once parsed.
+    pub(crate) namespace: Option<String>,
 }
 
 impl Parts {
@@ -296,6 +332,9 @@ impl Parts {
             hosts: hosts.to_string(),
             path: decode(path, "url")?,
             query: pairs,
+            taken: Vec::new(),
+            server: false,
+            namespace: None,
         })
     }
 
@@ -314,6 +353,9 @@ impl Parts {
                 true
             }
         });
+        if found.is_some() {
+            self.taken.push(key.to_string());
+        }
         found
     }
 
@@ -392,6 +434,10 @@ fn encode_path(s: &str) -> String {
     encode_with(s, |b| b == b'/')
 }
 
+/// The namespace of a [`StoreUrl::parse_server`] configuration whose URL names none.
+#[cfg_attr(not(any(feature = "mongodb", feature = "scylla")), allow(dead_code))]
+const PLACEHOLDER: &str = "imstore";
+
 /// A boolean parameter: `true`/`false`, `1`/`0`, `yes`/`no`.
 #[cfg_attr(not(any(feature = "postgres", feature = "scylla")), allow(dead_code))]
 fn flag(value: &str, field: &'static str) -> Result<bool> {
@@ -414,17 +460,17 @@ fn number<T: std::str::FromStr>(value: &str, field: &'static str) -> Result<T> {
 }
 
 #[cfg(not(feature = "postgres"))]
-fn postgres(_: Parts) -> Result<StoreUrl> {
+fn postgres(_: Parts) -> Result<(StoreUrl, Parts)> {
     Err(missing_feature("postgres"))
 }
 
 #[cfg(not(feature = "mongodb"))]
-fn mongodb(_: Parts) -> Result<StoreUrl> {
+fn mongodb(_: Parts) -> Result<(StoreUrl, Parts)> {
     Err(missing_feature("mongodb"))
 }
 
 #[cfg(not(feature = "scylla"))]
-fn scylla(_: Parts) -> Result<StoreUrl> {
+fn scylla(_: Parts) -> Result<(StoreUrl, Parts)> {
     Err(missing_feature("scylla"))
 }
 
@@ -441,9 +487,10 @@ fn missing_feature(feature: &str) -> Error {
 }
 
 #[cfg(feature = "postgres")]
-fn postgres(mut parts: Parts) -> Result<StoreUrl> {
+fn postgres(mut parts: Parts) -> Result<(StoreUrl, Parts)> {
     use imstore_postgres::PostgresConfig;
     let schema = parts.take("schema");
+    parts.namespace = schema.clone();
     let pool = parts.take("max_connections");
     let migrate = parts.take("migrate");
     let mut config = PostgresConfig::new(parts.render());
@@ -457,11 +504,11 @@ fn postgres(mut parts: Parts) -> Result<StoreUrl> {
         config = config.with_migrate_on_connect(flag(&m, "migrate")?);
     }
     config.validate()?;
-    Ok(StoreUrl::Postgres(config))
+    Ok((StoreUrl::Postgres(config), parts))
 }
 
 #[cfg(feature = "mongodb")]
-fn mongodb(mut parts: Parts) -> Result<StoreUrl> {
+fn mongodb(mut parts: Parts) -> Result<(StoreUrl, Parts)> {
     use imstore_mongodb::MongoConfig;
     let timeout = parts.take("operation_timeout");
     if parts.hosts.is_empty() {
@@ -471,12 +518,17 @@ fn mongodb(mut parts: Parts) -> Result<StoreUrl> {
         ));
     }
     let database = parts.path.trim_end_matches('/').to_string();
-    if database.is_empty() {
+    let database = if !database.is_empty() {
+        parts.namespace = Some(database.clone());
+        database
+    } else if parts.server {
+        PLACEHOLDER.to_string()
+    } else {
         return Err(Error::invalid_input(
             "database",
             "the URL names no database (mongodb://host/db)",
         ));
-    }
+    };
     let mut config = MongoConfig::new(parts.render(), database);
     if let Some(t) = timeout {
         let secs: f64 = number(&t, "operation_timeout")?;
@@ -489,21 +541,26 @@ fn mongodb(mut parts: Parts) -> Result<StoreUrl> {
         config = config.with_operation_timeout(std::time::Duration::from_secs_f64(secs));
     }
     config.validate()?;
-    Ok(StoreUrl::Mongodb(config))
+    Ok((StoreUrl::Mongodb(config), parts))
 }
 
 #[cfg(feature = "scylla")]
-fn scylla(mut parts: Parts) -> Result<StoreUrl> {
+fn scylla(mut parts: Parts) -> Result<(StoreUrl, Parts)> {
     use imstore_scylla::{Credentials, Replication, ScyllaConfig, ScyllaTls};
     use scylla_consistency::parse as consistency;
 
     let keyspace = parts.path.trim_end_matches('/').to_string();
-    if keyspace.is_empty() {
+    let keyspace = if !keyspace.is_empty() {
+        parts.namespace = Some(keyspace.clone());
+        keyspace
+    } else if parts.server {
+        PLACEHOLDER.to_string()
+    } else {
         return Err(Error::invalid_input(
             "keyspace",
             "the URL names no keyspace (scylla://host1,host2/keyspace)",
         ));
-    }
+    };
     let mut nodes = Vec::new();
     for host in parts.hosts.split(',').map(str::trim) {
         if host.is_empty() {
@@ -592,7 +649,7 @@ fn scylla(mut parts: Parts) -> Result<StoreUrl> {
         ));
     }
     config.validate()?;
-    Ok(StoreUrl::Scylla(config))
+    Ok((StoreUrl::Scylla(config), parts))
 }
 
 #[cfg(feature = "scylla")]
@@ -707,6 +764,37 @@ mod tests {
         );
         assert_eq!(field("postgres://h/db?migrate=maybe"), Some("migrate"));
         assert_eq!(field("mysql://h/db"), Some("url"));
+    }
+
+    #[cfg(all(feature = "mongodb", feature = "scylla", feature = "postgres"))]
+    #[test]
+    fn server_urls_may_leave_the_namespace_out_and_say_which_they_named() {
+        let none = Credentials::default();
+        let s = StoreUrl::parse_server("mongodb://u:p@h/?tls=true", &none).unwrap();
+        assert_eq!(s.namespace, None);
+        let StoreUrl::Mongodb(c) = &s.store else {
+            panic!()
+        };
+        assert_eq!(c.url(), "mongodb://u:p@h/?tls=true");
+        let s = StoreUrl::parse_server("scylla://h/ks?rf=1", &none).unwrap();
+        assert_eq!(
+            (s.namespace.as_deref(), s.params),
+            (Some("ks"), vec!["rf".to_string()])
+        );
+        assert_eq!(
+            StoreUrl::parse_server("scylla://h", &none)
+                .unwrap()
+                .namespace,
+            None
+        );
+        let s = StoreUrl::parse_server("postgres://h/db?schema=prod", &none).unwrap();
+        assert_eq!(s.namespace.as_deref(), Some("prod"));
+        assert_eq!(
+            StoreUrl::parse_server("postgres://h/db", &none)
+                .unwrap()
+                .namespace,
+            None
+        );
     }
 
     #[cfg(feature = "mongodb")]

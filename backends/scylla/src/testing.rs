@@ -23,7 +23,7 @@ use imstore_core::{ConversationId, MsgId, Result, Store, StoreSettings};
 use scylla::client::session::Session;
 use tokio::sync::OnceCell;
 
-use crate::config::{Credentials, Replication, ScyllaConfig};
+use crate::config::{Credentials, Replication, ScyllaConfig, ScyllaTls};
 use crate::error;
 use crate::handle::{ScyllaBackend, ScyllaStore, session_for};
 use crate::rows;
@@ -96,6 +96,7 @@ pub struct ScyllaFactory {
     nodes: String,
     replication: Replication,
     credentials: Option<Credentials>,
+    tls: Option<ScyllaTls>,
     prefix: String,
     reuse: bool,
     session: OnceCell<(Arc<Session>, Flavour)>,
@@ -110,6 +111,7 @@ impl ScyllaFactory {
             nodes: nodes.to_string(),
             replication: Replication::Everywhere(1),
             credentials: None,
+            tls: None,
             prefix: "sc".to_string(),
             reuse: true,
             session: OnceCell::new(),
@@ -148,6 +150,12 @@ impl ScyllaFactory {
         self
     }
 
+    /// Connects over TLS (`None`: plain TCP, the default).
+    pub fn with_tls(mut self, tls: Option<ScyllaTls>) -> Self {
+        self.tls = tls;
+        self
+    }
+
     /// Names its keyspaces `<prefix>_…` (a short lowercase word), and sweeps only those.
     pub fn with_prefix(mut self, prefix: &str) -> Self {
         self.prefix = prefix.to_string();
@@ -166,7 +174,8 @@ impl ScyllaFactory {
         let mut c = ScyllaConfig::from_node_list(&self.nodes, keyspace)
             .with_replication(self.replication.clone())
             .with_fetch_schema_metadata(false)
-            .with_create_schema(false);
+            .with_create_schema(false)
+            .with_tls(self.tls.clone());
         if let Some(cred) = &self.credentials {
             c = c.with_credentials(cred.clone());
         }
