@@ -307,7 +307,8 @@ pub async fn purge(g: &Global, args: &PurgeArgs) -> Outcome {
                 store.as_dyn().backend()
             )));
         };
-        print_backlog(&mut *human, &b).map_err(io)?;
+        // Nothing else is written by a dry run: the counts go to stdout.
+        print_backlog(&mut std::io::stdout(), &b).map_err(io)?;
         return Ok(());
     }
     let mut keys: Box<dyn Write> = if to_stdout {
