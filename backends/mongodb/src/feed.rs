@@ -21,29 +21,18 @@ use futures::{StreamExt, TryStreamExt};
 use imstore_core::backend::{FeedHead, FeedSlice};
 use imstore_core::{ConversationId, FeedCursor, Result};
 use mongodb::bson::oid::ObjectId;
-use mongodb::bson::{Bson, Document, doc};
 
-use crate::doc::{self as d, kind, todo};
-use crate::error::map;
+use crate::doc as d;
 use crate::handle::MongoBackend;
+use crate::queries::{self, Highest};
 
 /// How many conversations' heads are read at once by [`heads`].
 const HEADS_CONCURRENCY: usize = 16;
 
-/// The highest seq of the entries of `conversation` matching `filter` (0 when none). Positions
-/// are Int64; the `$gt: 0` keeps request records (whose position slot holds an ObjectId, which
-/// sorts above every number) out of it.
-async fn highest(b: &MongoBackend, conversation: &ConversationId, filter: Document) -> Result<i64> {
-    let mut f = doc! {"conversation_id": conversation.as_str(), "seq": {"$gt": 0_i64}};
-    f.extend(filter);
-    let top = b
-        .log
-        .find_one(f)
-        .sort(doc! {"seq": -1})
-        .projection(doc! {"seq": 1})
-        .await
-        .map_err(map)?;
-    match top {
+/// The highest seq of the entries of `conversation` of the sort `which` (0 when none); see
+/// [`queries::highest`].
+async fn highest(b: &MongoBackend, conversation: &ConversationId, which: Highest) -> Result<i64> {
+    match queries::find_one(b, queries::highest(conversation.as_str(), which)).await? {
         Some(t) => d::get_i64(&t, "seq"),
         None => Ok(0),
     }
@@ -52,27 +41,19 @@ async fn highest(b: &MongoBackend, conversation: &ConversationId, filter: Docume
 /// The highest feed position taken in a conversation (0 when none): the next entry that
 /// takes a position is inserted at this plus one.
 pub(crate) async fn position(b: &MongoBackend, conversation: &ConversationId) -> Result<i64> {
-    highest(b, conversation, Document::new()).await
+    highest(b, conversation, Highest::Position).await
 }
 
 /// The highest seq of a `gone` entry in a conversation (0 when none): never deleted, it keeps
 /// `purged_through` from going down.
 pub(crate) async fn highest_gone(b: &MongoBackend, conversation: &ConversationId) -> Result<i64> {
-    highest(b, conversation, doc! {"kind": kind::GONE}).await
+    highest(b, conversation, Highest::Gone).await
 }
 
 /// The message documents of `conversation` whose purge is committed but not finished: their
 /// events are still entries of kind `event`, yet no reader may see them any more.
 async fn purging(b: &MongoBackend, conversation: &ConversationId) -> Result<HashSet<ObjectId>> {
-    let docs: Vec<Document> = b
-        .log
-        .find(doc! {"todo": todo::FINISH, "conversation_id": conversation.as_str()})
-        .projection(doc! {"msg": 1})
-        .await
-        .map_err(map)?
-        .try_collect()
-        .await
-        .map_err(map)?;
+    let docs = queries::find(b, queries::purging(conversation.as_str())).await?;
     docs.iter().map(|e| d::get_oid(e, "msg")).collect()
 }
 
@@ -91,20 +72,11 @@ async fn stand(
         if purging.is_empty() {
             return Ok(0);
         }
-        let msgs: Vec<Bson> = purging.iter().map(|m| Bson::ObjectId(*m)).collect();
-        highest(
-            b,
-            conversation,
-            doc! {"kind": kind::EVENT, "msg": {"$in": msgs}},
-        )
-        .await
+        let msgs: Vec<ObjectId> = purging.iter().copied().collect();
+        highest(b, conversation, Highest::EventsOf(msgs)).await
     };
     let (head, gone, removing) = futures::try_join!(
-        highest(
-            b,
-            conversation,
-            doc! {"kind": {"$in": [kind::EVENT, kind::GONE]}}
-        ),
+        highest(b, conversation, Highest::Head),
         highest_gone(b, conversation),
         removing,
     )?;
@@ -133,20 +105,12 @@ pub(crate) async fn changes(
     let mut after_seq = i64::try_from(after.0).unwrap_or(i64::MAX);
     while events.len() < wanted {
         let ask = wanted - events.len();
-        let docs: Vec<Document> = b
-            .log
-            .find(doc! {
-                "conversation_id": conversation.as_str(),
-                "kind": kind::EVENT,
-                "seq": {"$gt": after_seq},
-            })
-            .sort(doc! {"seq": 1})
-            .limit(i64::try_from(ask).unwrap_or(i64::MAX))
-            .await
-            .map_err(map)?
-            .try_collect()
-            .await
-            .map_err(map)?;
+        let q = queries::feed_pull(
+            conversation.as_str(),
+            after_seq,
+            i64::try_from(ask).unwrap_or(i64::MAX),
+        );
+        let docs = queries::find(b, q).await?;
         let exhausted = docs.len() < ask;
         for e in &docs {
             after_seq = d::get_i64(e, "seq")?;

@@ -32,6 +32,8 @@ mod feed;
 mod handle;
 mod insert;
 mod purge;
+#[doc(hidden)]
+pub mod queries;
 mod read;
 mod rekey;
 mod schema;

@@ -27,6 +27,7 @@ use crate::doc::{self as d, Row, kind, todo};
 use crate::error::map;
 use crate::feed;
 use crate::handle::MongoBackend;
+use crate::queries;
 use crate::read::{self, Freshness};
 use crate::transition::{insert_entry, write_cache, write_document};
 
@@ -37,10 +38,6 @@ const CONCURRENCY: usize = 8;
 /// an event stays: longer than any request or purge still in flight could have read the head or
 /// the version it guards, so neither is ever handed out twice.
 const TOMBSTONE_MS: i64 = 24 * 60 * 60 * 1000;
-
-async fn collect(cursor: mongodb::Cursor<Document>) -> Result<Vec<Document>> {
-    cursor.try_collect().await.map_err(map)
-}
 
 /// What finishing one purge did.
 #[derive(Default)]
@@ -72,33 +69,32 @@ async fn finish(b: &MongoBackend, entry: &Document) -> Result<Finished> {
     let version = d::get_version(entry, "version")?;
     b.log
         .update_many(
-            doc! {"msg": msg, "kind": kind::EVENT},
+            queries::events_of(msg).filter,
             doc! {"$set": {"kind": kind::GONE, "wall": d::wall_now()}, "$unset": {"todo": ""}},
         )
         .await
         .map_err(map)?;
     let deleted = b
         .messages
-        .delete_one(doc! {"_id": msg})
+        .delete_one(queries::message_by_id(msg, None).filter)
         .await
         .map_err(map)?
         .deleted_count
         == 1;
     let released = match entry.get_str("attachment") {
         Ok(key) => {
-            let referenced = b
-                .messages
-                .find_one(doc! {"attachment.key": key})
-                .projection(doc! {"_id": 1})
-                .await
-                .map_err(map)?
+            let referenced = queries::find_one(b, queries::attachment_referenced(key))
+                .await?
                 .is_some();
             (!referenced).then(|| key.to_string())
         }
         Err(_) => None,
     };
     b.log
-        .update_one(doc! {"_id": id}, doc! {"$unset": {"todo": ""}})
+        .update_one(
+            queries::entry_by_id(id).filter,
+            doc! {"$unset": {"todo": ""}},
+        )
         .await
         .map_err(map)?;
     // Versions 2..=v each have one event; the purge is version v + 1.
@@ -112,10 +108,8 @@ async fn finish(b: &MongoBackend, entry: &Document) -> Result<Finished> {
 
 /// True when `conversation` is under legal hold.
 async fn held(b: &MongoBackend, conversation: &ConversationId) -> Result<bool> {
-    Ok(b.holds
-        .find_one(doc! {"_id": conversation.as_str(), "held": true})
-        .await
-        .map_err(map)?
+    Ok(queries::find_one(b, queries::hold(conversation.as_str()))
+        .await?
         .is_some())
 }
 
@@ -172,19 +166,12 @@ pub(crate) async fn batch(b: &MongoBackend, job: &PurgeJob<'_>) -> Result<PurgeR
     // Request records live for the retention period, held conversations included, as on the
     // reference store (a request that old is refused as stale if it comes again).
     b.log
-        .delete_many(doc! {"kind": kind::RECORD, "at": {"$lte": cutoff}})
+        .delete_many(queries::expired_records(cutoff).filter)
         .await
         .map_err(map)?;
 
     // Purges left unfinished (by a dead purger, or in flight: finishing twice is harmless).
-    let stalled = collect(
-        b.log
-            .find(doc! {"todo": todo::FINISH})
-            .limit(limit)
-            .await
-            .map_err(map)?,
-    )
-    .await?;
+    let stalled = queries::find(b, queries::unfinished(todo::FINISH, limit)).await?;
     let finished: Vec<Finished> = futures::stream::iter(stalled.clone())
         .map(|entry| async move { finish(b, &entry).await })
         .buffer_unordered(CONCURRENCY)
@@ -194,15 +181,7 @@ pub(crate) async fn batch(b: &MongoBackend, job: &PurgeJob<'_>) -> Result<PurgeR
 
     // Documents a dead committer left behind their log: written now, so that the candidate
     // query below (by index on the documents) finds what the log made purgeable.
-    let behind = collect(
-        b.log
-            .find(doc! {"todo": todo::CACHE})
-            .projection(doc! {"msg": 1, "next": 1})
-            .limit(limit)
-            .await
-            .map_err(map)?,
-    )
-    .await?;
+    let behind = queries::find(b, queries::unfinished(todo::CACHE, limit)).await?;
     futures::stream::iter(behind)
         .map(|e| async move {
             let next = d::next_of(&e)?;
@@ -215,24 +194,18 @@ pub(crate) async fn batch(b: &MongoBackend, job: &PurgeJob<'_>) -> Result<PurgeR
     let budget = size.saturating_sub(report.messages);
     let mut full = budget == 0 || stalled.len() as u64 == size;
     if budget > 0 {
-        let holds = collect(b.holds.find(doc! {"held": true}).await.map_err(map)?).await?;
+        let holds = queries::find(b, queries::holds()).await?;
         let held: Vec<&str> = holds
             .iter()
             .map(|h| d::get_str(h, "_id"))
             .collect::<Result<_>>()?;
-        let mut expired = vec![doc! {"retired_at": {"$lte": cutoff}}];
-        if let Some(h) = job.history_cutoff() {
-            expired.push(doc! {"created_at": {"$lte": h.as_millis()}});
-        }
-        let candidates = collect(
-            b.messages
-                .find(doc! {"conversation_id": {"$nin": &held}, "$or": expired})
-                .projection(doc! {"content": 0})
-                .limit(i64::try_from(budget).unwrap_or(i64::MAX))
-                .await
-                .map_err(map)?,
-        )
-        .await?;
+        let q = queries::purge_candidates(
+            &held,
+            cutoff,
+            job.history_cutoff().map(|h| h.as_millis()),
+            i64::try_from(budget).unwrap_or(i64::MAX),
+        );
+        let candidates = queries::find(b, q).await?;
         full |= candidates.len() as u64 == budget;
         let rows = candidates
             .iter()
@@ -268,22 +241,7 @@ pub(crate) async fn batch(b: &MongoBackend, job: &PurgeJob<'_>) -> Result<PurgeR
 /// position (never reused), and `gone` events past retention and as old unless one is its
 /// conversation's highest (`purged_through` never goes down). Up to `limit` entries per batch.
 async fn sweep(b: &MongoBackend, limit: i64, old: i64, cutoff: i64) -> Result<()> {
-    let stale = collect(
-        b.log
-            .find(doc! {"$or": [
-                {
-                    "kind": {"$in": [kind::PURGE, kind::FENCE]},
-                    "wall": {"$lt": old},
-                    "todo": {"$exists": false},
-                },
-                {"kind": kind::GONE, "at": {"$lte": cutoff}, "wall": {"$lt": old}},
-            ]})
-            .projection(doc! {"conversation_id": 1, "kind": 1})
-            .limit(limit)
-            .await
-            .map_err(map)?,
-    )
-    .await?;
+    let stale = queries::find(b, queries::sweepable(old, cutoff, limit)).await?;
     // Per conversation: (tombstones, gone events).
     let mut by_conversation: BTreeMap<String, (Vec<ObjectId>, Vec<ObjectId>)> = BTreeMap::new();
     for e in &stale {
@@ -306,7 +264,7 @@ async fn sweep(b: &MongoBackend, limit: i64, old: i64, cutoff: i64) -> Result<()
         ] {
             if !ids.is_empty() {
                 b.log
-                    .delete_many(doc! {"_id": {"$in": ids}, "seq": {"$lt": top}})
+                    .delete_many(queries::entries_below(&ids, top).filter)
                     .await
                     .map_err(map)?;
             }
@@ -324,7 +282,7 @@ pub(crate) async fn set_legal_hold(
 ) -> Result<()> {
     b.holds
         .update_one(
-            doc! {"_id": conversation.as_str()},
+            queries::hold_document(conversation.as_str()).filter,
             doc! {"$set": {"held": on}},
         )
         .upsert(true)

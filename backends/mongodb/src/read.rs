@@ -10,15 +10,14 @@
 
 use std::collections::HashMap;
 
-use futures::TryStreamExt;
 use imstore_core::backend::{Fields, PageQuery};
 use imstore_core::{ConversationId, Direction, MsgId, Result, StoredMessage};
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{Document, doc};
 
 use crate::doc::{self as d, Commit, Row};
-use crate::error::map;
 use crate::handle::MongoBackend;
+use crate::queries;
 
 /// How a message document stands against its log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,25 +42,11 @@ pub(crate) async fn current(b: &MongoBackend, mut rows: Vec<Row>) -> Result<Vec<
     }
     let mut entries: Vec<Document> = Vec::new();
     for chunk in rows.chunks(MAX_BRANCHES) {
-        let mut branches: Vec<Document> = chunk
+        let versions: Vec<(ObjectId, i64)> = chunk
             .iter()
-            .map(|r| doc! {"msg": r.id, "version": {"$gt": i64::from(r.stored.lifecycle.version)}})
+            .map(|r| (r.id, i64::from(r.stored.lifecycle.version)))
             .collect();
-        let filter = if branches.len() == 1 {
-            branches.remove(0)
-        } else {
-            doc! {"$or": branches}
-        };
-        let found: Vec<Document> = b
-            .log
-            .find(filter)
-            .projection(doc! {"msg": 1, "version": 1, "kind": 1, "next": 1})
-            .await
-            .map_err(map)?
-            .try_collect()
-            .await
-            .map_err(map)?;
-        entries.extend(found);
+        entries.extend(queries::find(b, queries::commits_after(&versions)).await?);
     }
     let mut latest: HashMap<ObjectId, (u32, &Document)> = HashMap::new();
     for e in &entries {
@@ -94,12 +79,12 @@ pub(crate) async fn document(
     msg_id: MsgId,
     fields: Fields,
 ) -> Result<Option<Row>> {
-    let mut find = b.messages.find_one(d::key(conversation, msg_id));
+    let mut q = queries::message_by_key(conversation.as_str(), msg_id.as_i64());
     if fields == Fields::NoContent {
-        find = find.projection(doc! {"content": 0});
+        q.projection = Some(doc! {"content": 0});
     }
-    find.await
-        .map_err(map)?
+    queries::find_one(b, q)
+        .await?
         .map(|doc| d::row_of(&doc))
         .transpose()
 }
@@ -142,29 +127,19 @@ pub(crate) async fn page(
     conversation: &ConversationId,
     query: PageQuery,
 ) -> Result<Vec<StoredMessage>> {
-    let (op, order) = match query.direction {
-        Direction::NewestFirst => ("$lt", -1),
-        Direction::OldestFirst => ("$gt", 1),
-    };
+    let newest_first = query.direction == Direction::NewestFirst;
     let wanted = query.fetch as usize;
     let mut out = Vec::with_capacity(wanted);
     let mut cursor = query.cursor;
     while out.len() < wanted {
         let ask = wanted - out.len();
-        let mut filter = doc! {"conversation_id": conversation.as_str()};
-        if let Some(c) = cursor {
-            filter.insert("msg_id", doc! {op: c.as_i64()});
-        }
-        let docs: Vec<Document> = b
-            .messages
-            .find(filter)
-            .sort(doc! {"msg_id": order})
-            .limit(i64::try_from(ask).unwrap_or(i64::MAX))
-            .await
-            .map_err(map)?
-            .try_collect()
-            .await
-            .map_err(map)?;
+        let q = queries::page(
+            conversation.as_str(),
+            cursor.map(MsgId::as_i64),
+            newest_first,
+            i64::try_from(ask).unwrap_or(i64::MAX),
+        );
+        let docs = queries::find(b, q).await?;
         let rows = docs.iter().map(d::row_of).collect::<Result<Vec<_>>>()?;
         let exhausted = rows.len() < ask;
         cursor = rows.last().map(|r| r.stored.message.msg_id).or(cursor);

@@ -1,37 +1,27 @@
 //! What the core's re-key job needs: a scan over every stored content, and a compare-and-set
 //! of one message's content bytes. Neither touches status, version or the feed.
 
-use futures::TryStreamExt;
 use imstore_core::backend::{ContentScan, StoredContent};
 use imstore_core::{ConversationId, Error, MsgId, Result};
 use mongodb::bson::oid::ObjectId;
-use mongodb::bson::{Bson, Document, doc};
+use mongodb::bson::{Bson, doc};
 
-use crate::doc::{self as d, binary, key};
+use crate::doc::{self as d, binary};
 use crate::error::map;
 use crate::handle::MongoBackend;
+use crate::queries;
 
 /// Up to `limit` contents after `after` in `_id` order (the token is the last `_id`, in hex):
 /// every message document is visited once, whatever is inserted or deleted meanwhile; a
 /// message inserted during the scan by a client whose ObjectIds sort lower may be missed.
 pub(crate) async fn scan(b: &MongoBackend, after: Option<&str>, limit: u32) -> Result<ContentScan> {
-    let mut filter = Document::new();
-    if let Some(token) = after {
-        let last = ObjectId::parse_str(token)
-            .map_err(|_| Error::invalid_input("resume", "not a scan token"))?;
-        filter.insert("_id", doc! {"$gt": last});
-    }
-    let docs: Vec<Document> = b
-        .messages
-        .find(filter)
-        .sort(doc! {"_id": 1})
-        .limit(i64::from(limit) + 1)
-        .projection(doc! {"conversation_id": 1, "msg_id": 1, "content": 1})
-        .await
-        .map_err(map)?
-        .try_collect()
-        .await
-        .map_err(map)?;
+    let after = after
+        .map(|token| {
+            ObjectId::parse_str(token)
+                .map_err(|_| Error::invalid_input("resume", "not a scan token"))
+        })
+        .transpose()?;
+    let docs = queries::find(b, queries::content_scan(after, i64::from(limit) + 1)).await?;
     let more = docs.len() > limit as usize;
     let page = &docs[..docs.len().min(limit as usize)];
     let contents = page
@@ -66,7 +56,7 @@ pub(crate) async fn replace(
     expected: &[u8],
     replacement: &[u8],
 ) -> Result<bool> {
-    let mut filter = key(conversation, msg_id);
+    let mut filter = queries::message_by_key(conversation.as_str(), msg_id.as_i64()).filter;
     filter.insert("content", binary(expected.to_vec()));
     let r = b
         .messages

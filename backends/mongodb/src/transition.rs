@@ -23,6 +23,8 @@ use imstore_core::{Lifecycle, Result, Retry, TransitionOutcome};
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{Document, doc};
 
+use crate::queries;
+
 use crate::doc as d;
 use crate::error::{is_duplicate_key, map};
 use crate::handle::MongoBackend;
@@ -40,14 +42,9 @@ pub(crate) async fn run(b: &MongoBackend, decider: &Decider<'_>) -> Result<Trans
 /// The request record stored under the request's id, if any.
 async fn record(b: &MongoBackend, decider: &Decider<'_>) -> Result<Option<RequestRecord>> {
     let req = decider.request();
-    b.log
-        .find_one(doc! {
-            "conversation_id": req.conversation_id.as_str(),
-            "request_id": req.request_id.as_str(),
-        })
-        .projection(doc! {"conversation_id": 1, "request_id": 1, "msg_id": 1, "at": 1, "record": 1})
-        .await
-        .map_err(map)?
+    let q = queries::request_record(req.conversation_id.as_str(), req.request_id.as_str());
+    queries::find_one(b, q)
+        .await?
         .map(|doc| d::record_of(&doc))
         .transpose()
 }
@@ -118,7 +115,7 @@ pub(crate) async fn write_document(
 ) -> Result<()> {
     b.messages
         .update_one(
-            doc! {"_id": msg, "version": {"$lt": i64::from(next.version)}},
+            queries::message_by_id(msg, Some(i64::from(next.version))).filter,
             d::lifecycle_update(next),
         )
         .await
@@ -136,7 +133,10 @@ pub(crate) async fn write_cache(
 ) -> Result<()> {
     write_document(b, msg, next).await?;
     b.log
-        .update_one(doc! {"_id": entry}, doc! {"$unset": {"todo": ""}})
+        .update_one(
+            queries::entry_by_id(entry).filter,
+            doc! {"$unset": {"todo": ""}},
+        )
         .await
         .map_err(map)?;
     Ok(())
