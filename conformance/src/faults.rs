@@ -1,5 +1,7 @@
 //! Fault tests: a write load that keeps going while the database server is killed and restarted,
-//! then an account of every acknowledged write.
+//! then an account of every acknowledged write ([`assert_writes_survive_a_server_kill`]); and a
+//! client process killed in the middle of a burst of transitions, then a fresh process that finds
+//! every message consistent ([`a_killed_client_leaves_every_message_consistent`]).
 //!
 //! Writers behave like phones on a flaky network: each sends a message and then recalls it, and
 //! retries the *same* request (same msg_id, same request id) after every error until it is
@@ -20,7 +22,14 @@ use imstore_core::{
 };
 
 use crate::fixtures::user;
+
+mod client_kill;
+
 use crate::harness::{Harness, Setup, StoreFactory};
+pub use client_kill::{
+    Burst, CHILD_CLOCK_ENV, CHILD_NAMESPACE_ENV, ClientCrashReport, Found,
+    a_killed_client_leaves_every_message_consistent,
+};
 
 /// The shape of the load.
 #[derive(Clone, Debug)]
