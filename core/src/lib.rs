@@ -11,6 +11,8 @@
 //! * [`transition`] decides a request against what a backend read, request record included.
 //! * [`MemoryStore`] is the complete reference implementation, and the embedded default.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub mod backend;
 pub mod clock;
 pub mod codec;

@@ -171,7 +171,7 @@ pub fn validate_page_size(limit: u32, policy: &Policy) -> Result<()> {
     Ok(())
 }
 
-/// Checks purge options: a batch of 1..=[`PurgeOptions::MAX_BATCH`] messages.
+/// Checks purge options: a batch of 1..=[`PurgeOptions::MAX_BATCH`](crate::PurgeOptions::MAX_BATCH) messages.
 pub fn validate_purge(options: &crate::types::PurgeOptions) -> Result<()> {
     if options.batch_size == 0 || options.batch_size > crate::types::PurgeOptions::MAX_BATCH {
         return Err(Error::invalid_input(

@@ -95,6 +95,7 @@ impl MemoryBackend {
 
     /// The content bytes exactly as stored (after the codec), for at-rest checks and tooling.
     #[cfg(any(test, feature = "testing"))]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     pub fn raw_content(&self, conversation: &ConversationId, msg_id: MsgId) -> Option<Vec<u8>> {
         self.lock()
             .conversations
@@ -107,6 +108,7 @@ impl MemoryBackend {
     /// Replaces the stored content bytes, bypassing the codec (to simulate tampering).
     /// Returns false when the message does not exist.
     #[cfg(any(test, feature = "testing"))]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     pub fn set_raw_content(
         &self,
         conversation: &ConversationId,

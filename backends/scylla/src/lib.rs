@@ -30,6 +30,7 @@
 //! See `README.md` for the schema, the consistency levels and what differs on ScyllaDB.
 
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod config;
 mod error;
@@ -44,6 +45,7 @@ mod rows;
 pub mod schema;
 mod statements;
 #[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 mod transition;
 
