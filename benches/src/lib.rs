@@ -7,7 +7,9 @@ pub mod backends;
 pub mod harness;
 pub mod report;
 pub mod suite;
+pub mod sync;
 pub mod target;
+pub mod wire;
 
 use std::sync::Arc;
 

@@ -7,98 +7,92 @@
 //!
 //! ```text
 //! cargo run --release -p imstore-bench -- [--quick] [--backends memory,postgres,mongodb,scylla]
-//!     [--out DIR] [--rounds N] [--round-ms MS] [--big N] [--quiet]
+//!     [--paths standard,device_sync] [--out DIR] [--rounds N] [--round-ms MS] [--big N]
+//!     [--sync-conversations N] [--sync-changed N] [--quiet] [--drop-leftovers]
+//!     [--parallel|--sequential]
 //! ```
+//! `--help` lists every option.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use clap::{Parser, ValueEnum};
 use serde_json::json;
 
 use imstore_bench::harness::Timing;
-use imstore_bench::suite::{self, BackendReport};
+use imstore_bench::suite::{self, BackendReport, Paths};
 use imstore_bench::target::Scale;
 use imstore_bench::{connect, drop_leftovers, report, select_backends};
 
+/// The bench command's options.
+#[derive(Parser, Debug)]
+#[command(
+    name = "imstore-bench",
+    version,
+    about = "What imstore costs on top of the raw driver, per backend and path",
+    long_about = "For every selected backend: loads data into a fresh namespace, measures each \
+path on imstore and on a raw-driver baseline in alternating rounds, counts the writes of a recall \
+at 2 and at 2,000 members, measures a device syncing many conversations with one call against \
+one call per conversation, drops the namespace, and writes a table, JSON and an SVG chart."
+)]
 struct Args {
+    /// Small data and short rounds: every backend in a few minutes.
+    #[arg(long)]
     quick: bool,
+    /// Run only these backends (default: every backend compiled in; each needs its server
+    /// variable: IMSTORE_POSTGRES_URL, IMSTORE_MONGODB_URL, IMSTORE_SCYLLA_NODES).
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
     backends: Option<Vec<String>>,
+    /// Which paths: `standard` (imstore vs raw driver, recall writes), `device_sync`, or both.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_enum,
+        value_name = "LIST",
+        default_value = "standard,device_sync"
+    )]
+    paths: Vec<PathGroup>,
+    /// Where results go.
+    #[arg(long, value_name = "DIR", default_value_os_t = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"))]
     out: PathBuf,
+    /// Alternating rounds per pair (quick 2, full 6).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     rounds: Option<u32>,
+    /// Time per side per round, in milliseconds (quick 150, full 1000).
+    #[arg(long, value_name = "MS")]
     round_ms: Option<u64>,
+    /// Messages in the big conversation (full 1,000,000, quick 100,000).
+    #[arg(long, value_name = "N")]
     big: Option<u64>,
+    /// Conversations the device follows in the device-sync path (default 500; FerretDB less).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1000))]
+    sync_conversations: Option<u64>,
+    /// Of those, conversations that changed (default 20; FerretDB less).
+    #[arg(long, value_name = "N")]
+    sync_changed: Option<u64>,
+    /// No progress bars or per-pair lines.
+    #[arg(long)]
     quiet: bool,
+    /// Drop the bench_* namespaces an interrupted run left on the selected servers, and exit.
+    #[arg(long)]
     drop_leftovers: bool,
-    parallel: Option<bool>,
+    /// Run the backends side by side (faster, noisy ratios).
+    #[arg(long, conflicts_with = "sequential")]
+    parallel: bool,
+    /// Run the backends one after the other (the default).
+    #[arg(long)]
+    sequential: bool,
 }
 
-const USAGE: &str = "usage: imstore-bench [--quick] [--backends memory,postgres,mongodb,scylla] \
-[--out DIR] [--rounds N] [--round-ms MS] [--big N] [--quiet] [--drop-leftovers] [--parallel|--sequential]
-
-  --quick      small data and short rounds: every backend in under two minutes
-  --backends   run only these (default: every backend compiled in; each needs its server variable:
-               IMSTORE_POSTGRES_URL, IMSTORE_MONGODB_URL, IMSTORE_SCYLLA_NODES)
-  --out        where results go (default: benches/results)
-  --rounds     alternating rounds per pair (quick 2, full 6)
-  --round-ms   time per side per round (quick 120, full 1000)
-  --big        messages in the big conversation (full 1,000,000, quick 100,000)
-  --quiet      no progress bars or per-pair lines
-  --parallel / --sequential  run the backends side by side (faster, noisy ratios) or one
-               after the other (default)
-  --drop-leftovers  drop the bench_* namespaces an interrupted run left on the selected servers, and exit";
-
-fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        quick: false,
-        backends: None,
-        out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"),
-        rounds: None,
-        round_ms: None,
-        big: None,
-        quiet: false,
-        drop_leftovers: false,
-        parallel: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
-        match arg.as_str() {
-            "--quick" => a.quick = true,
-            "--quiet" => a.quiet = true,
-            "--drop-leftovers" => a.drop_leftovers = true,
-            "--parallel" => a.parallel = Some(true),
-            "--sequential" => a.parallel = Some(false),
-            "--backends" => {
-                a.backends = Some(
-                    value("--backends")?
-                        .split(',')
-                        .map(|s| s.trim().to_owned())
-                        .filter(|s| !s.is_empty())
-                        .collect(),
-                )
-            }
-            "--out" => a.out = PathBuf::from(value("--out")?),
-            "--rounds" => {
-                a.rounds = Some(
-                    value("--rounds")?
-                        .parse()
-                        .map_err(|e| format!("--rounds: {e}"))?,
-                )
-            }
-            "--round-ms" => {
-                a.round_ms = Some(
-                    value("--round-ms")?
-                        .parse()
-                        .map_err(|e| format!("--round-ms: {e}"))?,
-                )
-            }
-            "--big" => a.big = Some(value("--big")?.parse().map_err(|e| format!("--big: {e}"))?),
-            "-h" | "--help" => return Err(USAGE.to_owned()),
-            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
-        }
-    }
-    Ok(a)
+/// A group of paths `--paths` selects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum PathGroup {
+    /// Every imstore-vs-raw-driver pair, and the recall write counts.
+    Standard,
+    /// A device learning and pulling many conversations' changes.
+    #[value(name = "device_sync", alias = "device-sync")]
+    DeviceSync,
 }
 
 /// The data sizes of `backend` in this mode.
@@ -110,6 +104,8 @@ fn scale(backend: &str, quick: bool, big: Option<u64>) -> Scale {
         read_pool: if quick { 1_000 } else { 10_000 },
         recall_pool: if quick { 1_000 } else { 20_000 },
         feed_events: if quick { 300 } else { 2_000 },
+        sync_conversations: 500,
+        sync_changed: 20,
         counted_recalls: if quick { 20 } else { 100 },
         members_big: 2_000,
         content_len: 300,
@@ -141,6 +137,10 @@ fn scale(backend: &str, quick: bool, big: Option<u64>) -> Scale {
             s.feed_page = if quick { 20 } else { 50 };
             s.counted_recalls = if quick { 5 } else { 10 };
             s.mixed_concurrency = 2;
+            // Each changes_since scans the feed's collections: 500 of them one after another
+            // would take minutes per operation.
+            s.sync_conversations = if quick { 50 } else { 100 };
+            s.sync_changed = if quick { 2 } else { 4 };
         }
         // Every imstore insert on Cassandra is a lightweight transaction (IF NOT EXISTS): about
         // 700/s on the 2 shared cores at 16 in flight, so loading bounds what a run can hold.
@@ -169,12 +169,17 @@ fn scale(backend: &str, quick: bool, big: Option<u64>) -> Scale {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
+    let args = Args::parse();
+    if args
+        .sync_changed
+        .is_some_and(|k| k > args.sync_conversations.unwrap_or(500))
+    {
+        eprintln!("error: --sync-changed cannot exceed --sync-conversations");
+        return ExitCode::from(2);
+    }
+    let paths = Paths {
+        standard: args.paths.contains(&PathGroup::Standard),
+        device_sync: args.paths.contains(&PathGroup::DeviceSync),
     };
     // Which backends, and are their servers configured? Refuse loudly before doing anything.
     let selected = match select_backends(args.backends.clone()) {
@@ -219,10 +224,17 @@ async fn main() -> ExitCode {
     // `--parallel` runs the backends side by side (each on its own server) so that the slowest
     // one bounds the wall time. Measured on 2 shared cores it makes every ratio noise (0.1 to
     // 3.8 on the same path), so backends run one after the other unless asked.
-    let parallel = args.parallel.unwrap_or(false);
+    let parallel = args.parallel;
     let mut tasks = Vec::new();
     for b in selected.clone() {
-        let scale = scale(&b, args.quick, args.big);
+        let mut scale = scale(&b, args.quick, args.big);
+        if let Some(n) = args.sync_conversations {
+            scale.sync_conversations = n;
+        }
+        if let Some(k) = args.sync_changed {
+            scale.sync_changed = k;
+        }
+        scale.sync_changed = scale.sync_changed.min(scale.sync_conversations);
         let quiet = args.quiet;
         // A read on FerretDB v1 costs ~1 s per 10k documents in the collection (the raw driver's
         // as much as imstore's): 30 warm-up reads per side would take most of a full run.
@@ -238,7 +250,7 @@ async fn main() -> ExitCode {
             let t0 = Instant::now();
             let target = connect(&b).await.map_err(|e| e.to_string())?;
             let connect_seconds = t0.elapsed().as_secs_f64();
-            let result = suite::run(target.clone(), scale, timing, quiet).await;
+            let result = suite::run(target.clone(), scale, timing, quiet, paths).await;
             let dropping = Instant::now();
             if let Err(e) = target.drop_namespace().await {
                 eprintln!("warning: {b}: could not drop {}: {e}", target.namespace());

@@ -135,6 +135,7 @@ pub fn goals(r: &BackendReport) -> Value {
         "overhead_misses": misses,
         "page_growth": page,
         "recall_same_writes": r.recall_writes["same_writes"],
+        "device_sync": r.device_sync.as_ref().map(|d| d["goal"].clone()),
     })
 }
 
@@ -159,9 +160,12 @@ pub fn to_json(header: Value, reports: &[BackendReport], failures: &[(String, St
                     "content_bytes": r.scale.content_len,
                     "members_big": r.scale.members_big,
                     "write_cap_messages_per_side_per_round": r.scale.write_cap,
+                    "sync_conversations": r.scale.sync_conversations,
+                    "sync_changed": r.scale.sync_changed,
                 },
                 "paths": r.paths.iter().map(PathResult::to_json).collect::<Vec<_>>(),
                 "recall_writes": r.recall_writes,
+                "device_sync": r.device_sync,
                 "goals": goals(r),
             })
         })
@@ -207,113 +211,22 @@ pub fn table(header: &Value, reports: &[BackendReport], failures: &[(String, Str
                 .map(|v| format!(" · {}", v.chars().take(60).collect::<String>()))
                 .unwrap_or_default()
         );
-        let _ = writeln!(
-            s,
-            "{:<18} {:<9} {:>4} | {:>11} {:>8} {:>8} | {:>11} {:>8} {:>8} | {:>6} {:>7}",
-            "path",
-            "codec",
-            "conc",
-            "imstore/s",
-            "p50",
-            "p99",
-            "baseline/s",
-            "p50",
-            "p99",
-            "ratio",
-            "ops"
-        );
-        for p in &r.paths {
+        if let Some(d) = &r.device_sync {
+            device_sync_lines(&mut s, d);
+        }
+        if !r.paths.is_empty() {
+            standard_lines(&mut s, r);
+        } else {
             let _ = writeln!(
                 s,
-                "{:<18} {:<9} {:>4} | {:>11.0} {:>8} {:>8} | {:>11.0} {:>8} {:>8} | {:>6.3} {:>7}",
-                p.path,
-                p.codec,
-                p.concurrency,
-                p.imstore.throughput(),
-                p.imstore.quantile_us(0.5),
-                p.imstore.quantile_us(0.99),
-                p.baseline.throughput(),
-                p.baseline.quantile_us(0.5),
-                p.baseline.quantile_us(0.99),
-                p.ratio(),
-                p.imstore.ops,
+                "wall time {}",
+                r.phases
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v:.1}s"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
-        let g = goals(r);
-        let _ = writeln!(
-            s,
-            "scale: small {} msgs, big {} msgs{}; wall time {}",
-            r.scale.small,
-            r.scale.big,
-            r.scale
-                .big_note
-                .as_deref()
-                .map(|n| format!(" ({n})"))
-                .unwrap_or_default(),
-            r.phases
-                .iter()
-                .map(|(k, v)| format!("{k} {v:.1}s"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        let misses: Vec<String> = g["overhead_misses"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|m| {
-                        format!(
-                            "{} c{} {}",
-                            m["path"].as_str().unwrap_or("?"),
-                            m["concurrency"],
-                            m["ratio"]
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let _ = writeln!(
-            s,
-            "goal imstore ≥ {OVERHEAD_GOAL} × raw (codec off): {}",
-            if misses.is_empty() {
-                "met on every path".to_owned()
-            } else {
-                format!("missed on {}", misses.join(", "))
-            }
-        );
-        let pg = &g["page_growth"];
-        let _ = writeln!(
-            s,
-            "goal latest page at {} ≤ {PAGE_GROWTH_GOAL} × at {}: time per page ×{} (p50 ×{}) → {}",
-            r.scale.big,
-            r.scale.small,
-            pg["time_per_page_big_over_small"],
-            pg["p50_big_over_small"],
-            if pg["met"].as_bool() == Some(true) {
-                "met"
-            } else {
-                "missed"
-            }
-        );
-        let rw = &r.recall_writes;
-        let groups = rw["groups"].as_array().cloned().unwrap_or_default();
-        let show = |g: &Value| {
-            format!(
-                "{} members: {} writes/recall {}",
-                g["members"], g["writes_per_recall"], g["writes_per_recall_by_counter"]
-            )
-        };
-        let _ = writeln!(
-            s,
-            "goal same writes per recall at 2 and {} members: {} · {} · method: {}",
-            r.scale.members_big,
-            match rw["same_writes"].as_bool() {
-                Some(true) => "met",
-                Some(false) => "missed",
-                None => "not measurable",
-            },
-            groups.iter().map(show).collect::<Vec<_>>().join(" · "),
-            rw["method"].as_str().unwrap_or("?")
-        );
     }
     for (b, e) in failures {
         let _ = writeln!(s, "\n!! {b} FAILED: {e}");
@@ -321,15 +234,400 @@ pub fn table(header: &Value, reports: &[BackendReport], failures: &[(String, Str
     s
 }
 
-/// A bar chart: per backend, per path, imstore vs baseline throughput (each row scaled to its
-/// larger bar, with the figures and the ratio written next to the bars).
+/// The standard pairs' rows and the goal lines of one backend.
+fn standard_lines(s: &mut String, r: &BackendReport) {
+    let _ = writeln!(
+        s,
+        "{:<18} {:<9} {:>4} | {:>11} {:>8} {:>8} | {:>11} {:>8} {:>8} | {:>6} {:>7}",
+        "path",
+        "codec",
+        "conc",
+        "imstore/s",
+        "p50",
+        "p99",
+        "baseline/s",
+        "p50",
+        "p99",
+        "ratio",
+        "ops"
+    );
+    for p in &r.paths {
+        let _ = writeln!(
+            s,
+            "{:<18} {:<9} {:>4} | {:>11.0} {:>8} {:>8} | {:>11.0} {:>8} {:>8} | {:>6.3} {:>7}",
+            p.path,
+            p.codec,
+            p.concurrency,
+            p.imstore.throughput(),
+            p.imstore.quantile_us(0.5),
+            p.imstore.quantile_us(0.99),
+            p.baseline.throughput(),
+            p.baseline.quantile_us(0.5),
+            p.baseline.quantile_us(0.99),
+            p.ratio(),
+            p.imstore.ops,
+        );
+    }
+    let g = goals(r);
+    let _ = writeln!(
+        s,
+        "scale: small {} msgs, big {} msgs{}; wall time {}",
+        r.scale.small,
+        r.scale.big,
+        r.scale
+            .big_note
+            .as_deref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default(),
+        r.phases
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.1}s"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let misses: Vec<String> = g["overhead_misses"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|m| {
+                    format!(
+                        "{} c{} {}",
+                        m["path"].as_str().unwrap_or("?"),
+                        m["concurrency"],
+                        m["ratio"]
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let _ = writeln!(
+        s,
+        "goal imstore ≥ {OVERHEAD_GOAL} × raw (codec off): {}",
+        if misses.is_empty() {
+            "met on every path".to_owned()
+        } else {
+            format!("missed on {}", misses.join(", "))
+        }
+    );
+    let pg = &g["page_growth"];
+    let _ = writeln!(
+        s,
+        "goal latest page at {} ≤ {PAGE_GROWTH_GOAL} × at {}: time per page ×{} (p50 ×{}) → {}",
+        r.scale.big,
+        r.scale.small,
+        pg["time_per_page_big_over_small"],
+        pg["p50_big_over_small"],
+        if pg["met"].as_bool() == Some(true) {
+            "met"
+        } else {
+            "missed"
+        }
+    );
+    let rw = &r.recall_writes;
+    let groups = rw["groups"].as_array().cloned().unwrap_or_default();
+    let show = |g: &Value| {
+        format!(
+            "{} members: {} writes/recall {}",
+            g["members"], g["writes_per_recall"], g["writes_per_recall_by_counter"]
+        )
+    };
+    let _ = writeln!(
+        s,
+        "goal same writes per recall at 2 and {} members: {} · {} · method: {}",
+        r.scale.members_big,
+        match rw["same_writes"].as_bool() {
+            Some(true) => "met",
+            Some(false) => "missed",
+            None => "not measurable",
+        },
+        groups.iter().map(show).collect::<Vec<_>>().join(" · "),
+        rw["method"].as_str().unwrap_or("?")
+    );
+}
+
+/// The device-sync path's lines of one backend.
+fn device_sync_lines(s: &mut String, d: &Value) {
+    let _ = writeln!(
+        s,
+        "device sync: {} conversations, {} changed ({} events each); round trips by {}",
+        d["conversations"],
+        d["changed"],
+        d["events_per_changed"],
+        d["round_trip_method"].as_str().unwrap_or("?")
+    );
+    let _ = writeln!(
+        s,
+        "{:<34} | {:>6} {:>7} {:>9} {:>9} | {:>6} {:>7} {:>9} {:>9} | {:>8}",
+        "", "calls", "trips", "p50 µs", "p99 µs", "calls", "trips", "p50 µs", "p99 µs", "×faster"
+    );
+    for (k, what) in [
+        ("learn", "learn: 1 call | single calls"),
+        ("sync", "sync: 1 call + pulls | single"),
+    ] {
+        let (a, b) = (&d[k]["one_call"], &d[k]["single_calls"]);
+        // serde_json's Display ignores widths: format the figures as strings first.
+        let t = |v: &Value| {
+            v["round_trips"]
+                .as_u64()
+                .map_or("-".to_owned(), |n| n.to_string())
+        };
+        let f = |v: &Value| v.to_string();
+        let _ = writeln!(
+            s,
+            "{:<34} | {:>6} {:>7} {:>9} {:>9} | {:>6} {:>7} {:>9} {:>9} | {:>8}",
+            what,
+            f(&a["calls"]),
+            t(a),
+            f(&a["p50_us"]),
+            f(&a["p99_us"]),
+            f(&b["calls"]),
+            t(b),
+            f(&b["p50_us"]),
+            f(&b["p99_us"]),
+            f(&d[k]["speedup_p50"])
+        );
+    }
+    let g = &d["goal"];
+    let _ = writeln!(
+        s,
+        "goal learn with one call ≥ {} faster than single calls (p50): {}",
+        g["required_speedup"]
+            .as_f64()
+            .map_or("(none set for this backend)".to_owned(), |v| format!(
+                "{v}×"
+            )),
+        match g["met"].as_bool() {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "no goal",
+        }
+    );
+}
+
+/// Colours of the chart, each named in its legend.
+const MET: &str = "#2f6fdf";
+const MISSED: &str = "#d9534f";
+const CODEC: &str = "#9ec1f0";
+const SYNC: &str = "#2a9d8f";
+
+/// The chart: (1) per backend and path, imstore's throughput over the raw driver's on one shared
+/// axis with the goal line; (2) when the device-sync path ran, how many times faster one call
+/// is than one call per conversation, on a log axis with each backend's goal. Every colour is
+/// in the legend, every bar carries its figure.
 pub fn svg(header: &Value, reports: &[BackendReport]) -> String {
-    let row_h = 30.0;
-    let label_w = 300.0;
-    let bar_w = 520.0;
-    let width = label_w + bar_w + 200.0;
-    let rows: usize = reports.iter().map(|r| r.paths.len() + 2).sum();
-    let height = 70.0 + rows as f64 * row_h;
+    let (left, plot_w, row_h) = (300.0, 560.0, 20.0);
+    let width = left + plot_w + 260.0;
+    let mut body = String::new();
+    let mut y = 70.0;
+
+    // ---- Panel 1: ratio imstore ÷ raw driver ----
+    let ratio_rows: usize = reports
+        .iter()
+        .filter(|r| !r.paths.is_empty())
+        .map(|r| r.paths.len() + 1)
+        .sum();
+    if ratio_rows > 0 {
+        let max_ratio = reports
+            .iter()
+            .flat_map(|r| r.paths.iter().map(PathResult::ratio))
+            .fold(1.2_f64, f64::max);
+        let axis_max = (max_ratio * 4.0).ceil() / 4.0;
+        let x = |v: f64| left + plot_w * (v / axis_max).clamp(0.0, 1.0);
+        let _ = writeln!(
+            body,
+            r##"<text x="10" y="{y}" font-size="14" font-weight="bold">imstore throughput ÷ raw driver throughput (same run, alternating rounds; higher is better, 1 = as fast as the driver)</text>"##
+        );
+        y += 18.0;
+        let legend = [
+            (MET, "codec off, at or above the goal"),
+            (MISSED, "codec off, below the goal"),
+            (
+                CODEC,
+                "with a codec (compression / encryption: the goal does not apply)",
+            ),
+        ];
+        let mut lx = 10.0;
+        for (c, t) in legend {
+            let _ = writeln!(
+                body,
+                r##"<rect x="{lx}" y="{}" width="14" height="10" fill="{c}"/><text x="{}" y="{}">{}</text>"##,
+                y - 9.0,
+                lx + 18.0,
+                y,
+                esc(t)
+            );
+            lx += 26.0 + 6.2 * t.chars().count() as f64;
+        }
+        let _ = writeln!(
+            body,
+            r##"<line x1="{lx}" y1="{}" x2="{}" y2="{}" stroke="black" stroke-width="2" stroke-dasharray="5,3"/><text x="{}" y="{y}">goal {OVERHEAD_GOAL}</text>"##,
+            y - 4.0,
+            lx + 22.0,
+            y - 4.0,
+            lx + 26.0
+        );
+        y += 14.0;
+        let top = y;
+        let bottom = top + ratio_rows as f64 * row_h + 6.0;
+        axis(&mut body, top, bottom, axis_max, &x, false);
+        y = top + 4.0;
+        for r in reports.iter().filter(|r| !r.paths.is_empty()) {
+            let _ = writeln!(
+                body,
+                r##"<text x="10" y="{}" font-weight="bold">{}</text>"##,
+                y + 14.0,
+                esc(&r.backend)
+            );
+            y += row_h;
+            for p in &r.paths {
+                let ratio = p.ratio();
+                let color = if p.codec != "off" {
+                    CODEC
+                } else if ratio < OVERHEAD_GOAL {
+                    MISSED
+                } else {
+                    MET
+                };
+                let label = format!("{} · {} · c{}", p.path, p.codec, p.concurrency);
+                let _ = writeln!(
+                    body,
+                    r##"<text x="24" y="{}">{}</text><rect x="{left}" y="{}" width="{:.1}" height="13" fill="{color}"/><text x="{:.1}" y="{}" font-size="11">{:.2}  ({:.0} vs {:.0} ops/s)</text>"##,
+                    y + 13.0,
+                    esc(&label),
+                    y + 3.0,
+                    x(ratio) - left,
+                    x(ratio).max(left) + 4.0,
+                    y + 13.0,
+                    ratio,
+                    p.imstore.throughput(),
+                    p.baseline.throughput()
+                );
+                y += row_h;
+            }
+        }
+        let gx = x(OVERHEAD_GOAL);
+        let _ = writeln!(
+            body,
+            r##"<line x1="{gx:.1}" y1="{top}" x2="{gx:.1}" y2="{bottom}" stroke="black" stroke-width="2" stroke-dasharray="5,3"/>"##
+        );
+        y = bottom + 40.0;
+    }
+
+    // ---- Panel 2: device sync speedups ----
+    let synced: Vec<(&BackendReport, &Value)> = reports
+        .iter()
+        .filter_map(|r| r.device_sync.as_ref().map(|d| (r, d)))
+        .collect();
+    if !synced.is_empty() {
+        let max = synced
+            .iter()
+            .flat_map(|(_, d)| {
+                ["learn", "sync"]
+                    .into_iter()
+                    .map(|k| d[k]["speedup_p50"].as_f64().unwrap_or(1.0))
+            })
+            .fold(100.0_f64, f64::max);
+        let decades = max.log10().ceil().max(1.0);
+        let axis_max = 10f64.powf(decades);
+        let x = |v: f64| left + plot_w * (v.max(1.0).log10() / decades).clamp(0.0, 1.0);
+        let d0 = &synced[0].1;
+        let _ = writeln!(
+            body,
+            r##"<text x="10" y="{y}" font-size="14" font-weight="bold">device sync, {} conversations of which {} changed: one changed_conversations call vs one changes_since per conversation</text>"##,
+            d0["conversations"], d0["changed"]
+        );
+        y += 16.0;
+        let _ = writeln!(
+            body,
+            r##"<text x="10" y="{y}">times faster (p50 of the single calls ÷ p50 of the one call; log axis; higher is better). FerretDB and quick runs may use fewer conversations: see the JSON.</text>"##
+        );
+        y += 18.0;
+        let legend = [
+            (MET, "learn which changed: goal met, or no goal set"),
+            (MISSED, "learn which changed: goal missed"),
+            (SYNC, "full sync: learn + pull the changed (no goal)"),
+        ];
+        let mut lx = 10.0;
+        for (c, t) in legend {
+            let _ = writeln!(
+                body,
+                r##"<rect x="{lx}" y="{}" width="14" height="10" fill="{c}"/><text x="{}" y="{}">{}</text>"##,
+                y - 9.0,
+                lx + 18.0,
+                y,
+                esc(t)
+            );
+            lx += 26.0 + 6.2 * t.chars().count() as f64;
+        }
+        let _ = writeln!(
+            body,
+            r##"<line x1="{lx}" y1="{}" x2="{lx}" y2="{}" stroke="black" stroke-width="2" stroke-dasharray="3,2"/><text x="{}" y="{y}">goal of the backend (PostgreSQL 20×, Cassandra 5×)</text>"##,
+            y - 11.0,
+            y + 2.0,
+            lx + 6.0
+        );
+        y += 14.0;
+        let top = y;
+        let bottom = top + synced.len() as f64 * (3.0 * row_h) + 6.0;
+        axis(&mut body, top, bottom, axis_max, &x, true);
+        y = top + 4.0;
+        for (r, d) in synced {
+            let _ = writeln!(
+                body,
+                r##"<text x="10" y="{}" font-weight="bold">{}</text>"##,
+                y + 24.0,
+                esc(&r.backend)
+            );
+            let goal = d["goal"]["required_speedup"].as_f64();
+            let met = d["goal"]["met"].as_bool();
+            for (k, label) in [("learn", "learn"), ("sync", "full sync")] {
+                let v = d[k]["speedup_p50"].as_f64().unwrap_or(0.0);
+                let color = match (k, met) {
+                    ("sync", _) => SYNC,
+                    (_, Some(false)) => MISSED,
+                    _ => MET,
+                };
+                let one = &d[k]["one_call"];
+                let single = &d[k]["single_calls"];
+                let trips = |s: &Value| {
+                    s["round_trips"]
+                        .as_u64()
+                        .map_or("in process".to_owned(), |t| format!("{t} round trips"))
+                };
+                let _ = writeln!(
+                    body,
+                    r##"<text x="120" y="{}">{label}</text><rect x="{left}" y="{}" width="{:.1}" height="13" fill="{color}"/><text x="{:.1}" y="{}" font-size="11">×{v}  ({} µs, {} calls, {} vs {} µs, {} calls, {})</text>"##,
+                    y + 13.0,
+                    y + 3.0,
+                    x(v) - left,
+                    x(v) + 4.0,
+                    y + 13.0,
+                    one["p50_us"],
+                    one["calls"],
+                    trips(one),
+                    single["p50_us"],
+                    single["calls"],
+                    trips(single)
+                );
+                y += row_h;
+            }
+            if let Some(g) = goal {
+                let gx = x(g);
+                let _ = writeln!(
+                    body,
+                    r##"<line x1="{gx:.1}" y1="{}" x2="{gx:.1}" y2="{}" stroke="black" stroke-width="2" stroke-dasharray="3,2"/><text x="{:.1}" y="{}" font-size="10">goal {g}×</text>"##,
+                    y - 2.0 * row_h,
+                    y - row_h + 2.0,
+                    gx + 3.0,
+                    y - 2.0 * row_h - 1.0
+                );
+            }
+            y += row_h;
+        }
+        y = bottom + 20.0;
+    }
+
+    let height = y + 10.0;
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -338,7 +636,7 @@ pub fn svg(header: &Value, reports: &[BackendReport]) -> String {
     let _ = writeln!(s, r##"<rect width="100%" height="100%" fill="white"/>"##);
     let _ = writeln!(
         s,
-        r##"<text x="10" y="22" font-size="15" font-weight="bold">imstore vs raw driver: throughput (ops/s), mode {}, {}, commit {}</text>"##,
+        r##"<text x="10" y="24" font-size="16" font-weight="bold">imstore bench, mode {}, {}, commit {}</text>"##,
         esc(header["mode"].as_str().unwrap_or("?")),
         esc(header["date"].as_str().unwrap_or("?")),
         esc(&header["git_commit"]
@@ -350,62 +648,56 @@ pub fn svg(header: &Value, reports: &[BackendReport]) -> String {
     );
     let _ = writeln!(
         s,
-        r##"<rect x="10" y="34" width="14" height="10" fill="#2f6fdf"/><text x="30" y="43">imstore</text><rect x="100" y="34" width="14" height="10" fill="#9a9a9a"/><text x="120" y="43">baseline (raw driver, minimal statement)</text><text x="420" y="43">bars scaled per row; ratio = imstore ÷ baseline</text>"##
+        r##"<text x="10" y="44" font-size="11">{} cores, {} GiB · figures on every bar · the table and JSON beside this file hold the latencies</text>"##,
+        header["machine"]["cores"], header["machine"]["memory_gib"]
     );
-    let mut y = 60.0;
-    for r in reports {
-        y += row_h;
-        let _ = writeln!(
-            s,
-            r##"<text x="10" y="{}" font-size="14" font-weight="bold">{}</text>"##,
-            y - 8.0,
-            esc(&r.backend)
-        );
-        for p in &r.paths {
-            let (a, b) = (p.imstore.throughput(), p.baseline.throughput());
-            let max = a.max(b).max(1e-9);
-            let label = format!("{} · {} · c{}", p.path, p.codec, p.concurrency);
-            let _ = writeln!(
-                s,
-                r##"<text x="20" y="{}">{}</text>"##,
-                y + 14.0,
-                esc(&label)
-            );
-            let (wa, wb) = (bar_w * a / max, bar_w * b / max);
-            let color = if p.codec == "off" && p.ratio() < OVERHEAD_GOAL {
-                "#d9534f"
-            } else {
-                "#2f6fdf"
-            };
-            let _ = writeln!(
-                s,
-                r##"<rect x="{label_w}" y="{}" width="{wa:.1}" height="11" fill="{color}"/><text x="{:.1}" y="{}" font-size="10">{:.0}</text>"##,
-                y + 2.0,
-                label_w + wa + 4.0,
-                y + 11.0,
-                a
-            );
-            let _ = writeln!(
-                s,
-                r##"<rect x="{label_w}" y="{}" width="{wb:.1}" height="11" fill="#9a9a9a"/><text x="{:.1}" y="{}" font-size="10">{:.0}</text>"##,
-                y + 14.0,
-                label_w + wb + 4.0,
-                y + 23.0,
-                b
-            );
-            let _ = writeln!(
-                s,
-                r##"<text x="{}" y="{}" font-weight="bold">{:.2}</text>"##,
-                label_w + bar_w + 110.0,
-                y + 17.0,
-                p.ratio()
-            );
-            y += row_h;
-        }
-        y += row_h / 2.0;
-    }
+    s.push_str(&body);
     s.push_str("</svg>\n");
     s
+}
+
+/// An x axis over `top..bottom` with grid lines and tick labels above and below: linear from 0
+/// to `max` in quarters, or (`log`) the decades and their 2 and 5 up to `max`.
+fn axis(body: &mut String, top: f64, bottom: f64, max: f64, x: &dyn Fn(f64) -> f64, log: bool) {
+    let ticks: Vec<f64> = if log {
+        let mut t = Vec::new();
+        let mut d = 1.0;
+        while d <= max * 1.0001 {
+            for m in [1.0, 2.0, 5.0] {
+                if d * m <= max * 1.0001 {
+                    t.push(d * m);
+                }
+            }
+            d *= 10.0;
+        }
+        t
+    } else {
+        (0..=((max / 0.25).round() as usize))
+            .map(|i| i as f64 * 0.25)
+            .collect()
+    };
+    let _ = writeln!(
+        body,
+        r##"<line x1="{:.1}" y1="{bottom}" x2="{:.1}" y2="{bottom}" stroke="#444"/><line x1="{:.1}" y1="{top}" x2="{:.1}" y2="{bottom}" stroke="#444"/>"##,
+        x(if log { 1.0 } else { 0.0 }),
+        x(max),
+        x(if log { 1.0 } else { 0.0 }),
+        x(if log { 1.0 } else { 0.0 }),
+    );
+    for t in ticks {
+        let tx = x(t);
+        let label = if log {
+            format!("{t}×")
+        } else {
+            format!("{t:.2}")
+        };
+        let _ = writeln!(
+            body,
+            r##"<line x1="{tx:.1}" y1="{top}" x2="{tx:.1}" y2="{bottom}" stroke="#ddd"/><line x1="{tx:.1}" y1="{bottom}" x2="{tx:.1}" y2="{}" stroke="#444"/><text x="{tx:.1}" y="{}" font-size="10" text-anchor="middle">{label}</text>"##,
+            bottom + 4.0,
+            bottom + 15.0
+        );
+    }
 }
 
 fn esc(s: &str) -> String {

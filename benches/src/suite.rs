@@ -83,8 +83,27 @@ pub struct BackendReport {
     pub phases: Vec<(&'static str, f64)>,
     /// The pairs.
     pub paths: Vec<PathResult>,
-    /// The recall write counts at 2 and at N members.
+    /// The recall write counts at 2 and at N members (null when the standard paths did not run).
     pub recall_writes: Value,
+    /// The device-sync path's record (see [`crate::sync`]), when it ran.
+    pub device_sync: Option<Value>,
+}
+
+/// Which groups of paths a run measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Paths {
+    /// The imstore-vs-raw-driver pairs and the recall write counts.
+    pub standard: bool,
+    /// Learning and syncing many conversations: one call against one call per conversation.
+    pub device_sync: bool,
+}
+
+impl Paths {
+    /// Every path.
+    pub const ALL: Paths = Paths {
+        standard: true,
+        device_sync: true,
+    };
 }
 
 fn round2(x: f64) -> f64 {
@@ -319,8 +338,54 @@ pub fn recall_request(
     }
 }
 
-/// Runs every path on `target`; the caller drops the namespace afterwards.
+/// Runs the selected paths on `target` (the device-sync path first: the standard paths end by
+/// closing the shared connections to count writes); the caller drops the namespace afterwards.
 pub async fn run(
+    target: Arc<dyn Target>,
+    scale: Scale,
+    timing: Timing,
+    quiet: bool,
+    paths: Paths,
+) -> R<BackendReport> {
+    let mut device_sync = None;
+    let mut sync_seconds = None;
+    if paths.device_sync {
+        let t = Instant::now();
+        if !quiet {
+            eprintln!(
+                "{}: device sync, {} conversations, {} changed",
+                target.name(),
+                scale.sync_conversations,
+                scale.sync_changed
+            );
+        }
+        device_sync = Some(crate::sync::run(&target, &scale, timing, quiet).await?);
+        sync_seconds = Some(t.elapsed().as_secs_f64());
+    }
+    let mut report = if paths.standard {
+        run_standard(target.clone(), scale.clone(), timing, quiet).await?
+    } else {
+        BackendReport {
+            backend: target.name().into(),
+            namespace: target.namespace(),
+            server: target.server_version(),
+            scale,
+            load_seconds: 0.0,
+            phases: Vec::new(),
+            paths: Vec::new(),
+            recall_writes: Value::Null,
+            device_sync: None,
+        }
+    };
+    if let Some(s) = sync_seconds {
+        report.phases.insert(0, ("device_sync", s));
+    }
+    report.device_sync = device_sync;
+    Ok(report)
+}
+
+/// Runs the imstore-vs-raw-driver paths and counts a recall's writes.
+async fn run_standard(
     target: Arc<dyn Target>,
     scale: Scale,
     timing: Timing,
@@ -715,6 +780,7 @@ pub async fn run(
         phases,
         paths: out,
         recall_writes,
+        device_sync: None,
     })
 }
 

@@ -54,6 +54,23 @@ pub struct Handle {
     pub close: Option<BoxFuture<'static, ()>>,
 }
 
+/// Requests a store has sent to its server so far (each answered before the next on one
+/// connection: a round trip).
+pub type RequestCounter = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The stores of the device-sync path, over the same data: one timed, one whose requests to the
+/// server are counted (through a counting proxy or command monitoring, which would skew timings).
+pub struct SyncStores {
+    /// The store that is timed.
+    pub timed: Arc<dyn MessageStore>,
+    /// The store whose requests are counted (the timed one when there is nothing to count).
+    pub counted: Arc<dyn MessageStore>,
+    /// Requests `counted` has sent so far; `None` for an in-process store (no round trips).
+    pub requests: Option<RequestCounter>,
+    /// How the requests are counted, in words.
+    pub method: String,
+}
+
 /// Data sizes of one backend's run.
 #[derive(Clone, Debug)]
 pub struct Scale {
@@ -69,6 +86,10 @@ pub struct Scale {
     pub recall_pool: u64,
     /// Change events in the feed conversation.
     pub feed_events: u64,
+    /// Conversations a device follows in the device-sync path (500).
+    pub sync_conversations: u64,
+    /// Of those, conversations that changed since the device's cursors (20).
+    pub sync_changed: u64,
     /// Events per change-feed page read.
     pub feed_page: u32,
     /// Recalls counted per conversation in the write-count measurement.
@@ -99,6 +120,18 @@ pub trait Target: Send + Sync {
     /// its own, so the write count does not read through the whole run's data).
     async fn open_isolated(&self, settings: StoreSettings) -> R<Handle> {
         self.open(settings).await
+    }
+    /// The stores of the device-sync path (over a namespace of their own on MongoDB, where
+    /// FerretDB reads cost the collection's size). The default, for an in-process store: one
+    /// store, nothing to count.
+    async fn open_sync(&self, settings: StoreSettings) -> R<SyncStores> {
+        let store = self.open(settings).await?.store;
+        Ok(SyncStores {
+            timed: store.clone(),
+            counted: store,
+            requests: None,
+            method: "in process: no server, no round trips".into(),
+        })
     }
     /// The raw-driver baseline.
     fn raw(&self) -> Arc<dyn Raw>;

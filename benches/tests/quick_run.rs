@@ -134,6 +134,94 @@ fn quick_run_writes_table_json_and_chart_for_every_backend() {
             assert_eq!(writes[0], writes[1], "{name}: writes grow with members");
             assert_eq!(rw["same_writes"], true);
         }
+        device_sync_is_measured(name, &b["device_sync"]);
     }
+    // The chart has an axis, the goal line and a legend naming each of its colours.
+    assert!(chart.contains("goal 0.95") && chart.contains("stroke-dasharray"));
+    for colour in ["#2f6fdf", "#d9534f", "#9ec1f0", "#2a9d8f"] {
+        assert!(
+            chart.matches(colour).count() >= 1,
+            "chart lacks the legend colour {colour}"
+        );
+    }
+    assert!(
+        chart.contains(">1.00<"),
+        "chart lacks the ratio axis' ticks"
+    );
     let _ = std::fs::remove_dir_all(&out);
+}
+
+/// The device-sync record: both sides timed, one call against one per conversation, the calls
+/// and (on a server) the round trips counted, the one call's fewer than the single calls'.
+fn device_sync_is_measured(name: &str, d: &Value) {
+    let n = d["conversations"].as_u64().expect("conversations");
+    let k = d["changed"].as_u64().expect("changed");
+    assert!(
+        n > 0 && k > 0 && k <= n,
+        "{name}: {n} conversations, {k} changed"
+    );
+    for part in ["learn", "sync"] {
+        let (one, single) = (&d[part]["one_call"], &d[part]["single_calls"]);
+        for side in [one, single] {
+            assert!(
+                side["ops"].as_u64().unwrap_or(0) > 0,
+                "{name} {part}: {side}"
+            );
+            assert!(
+                side["p50_us"].as_u64().unwrap_or(0) > 0,
+                "{name} {part}: {side}"
+            );
+        }
+        assert_eq!(single["calls"].as_u64(), Some(n), "{name} {part}: {single}");
+        let one_calls = one["calls"].as_u64().expect("calls");
+        assert_eq!(
+            one_calls,
+            if part == "learn" { 1 } else { 1 + k },
+            "{name} {part}"
+        );
+        match (one["round_trips"].as_u64(), single["round_trips"].as_u64()) {
+            (Some(a), Some(b)) => {
+                assert!(name != "memory", "memory has no round trips");
+                assert!(
+                    a >= 1 && b >= n && a < b,
+                    "{name} {part}: round trips {a} vs {b}"
+                );
+            }
+            (None, None) => assert_eq!(name, "memory", "{name}: round trips not counted"),
+            other => panic!("{name} {part}: round trips {other:?}"),
+        }
+        assert!(d[part]["speedup_p50"].as_f64().unwrap_or(0.0) > 0.0);
+    }
+}
+
+#[test]
+fn help_exits_zero_and_lists_every_option() {
+    let run = Command::new(env!("CARGO_BIN_EXE_imstore-bench"))
+        .arg("--help")
+        .output()
+        .expect("the bench command starts");
+    assert!(run.status.success(), "--help exit status {:?}", run.status);
+    let help = String::from_utf8_lossy(&run.stdout);
+    for option in [
+        "--quick",
+        "--backends",
+        "--paths",
+        "--out",
+        "--rounds",
+        "--round-ms",
+        "--big",
+        "--sync-conversations",
+        "--sync-changed",
+        "--quiet",
+        "--drop-leftovers",
+        "--parallel",
+        "--sequential",
+    ] {
+        assert!(help.contains(option), "--help lacks {option}:\n{help}");
+    }
+    let bad = Command::new(env!("CARGO_BIN_EXE_imstore-bench"))
+        .args(["--paths", "nonsense"])
+        .output()
+        .expect("the bench command starts");
+    assert_eq!(bad.status.code(), Some(2), "a bad --paths is a usage error");
 }

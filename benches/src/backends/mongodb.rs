@@ -6,6 +6,7 @@
 //! named `bench_mongo_<unix seconds>_...` so that its sweeper can tell a crashed run's leftovers.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -22,7 +23,7 @@ use mongodb::{Client, Collection, Database, IndexModel};
 
 use crate::harness::R;
 use crate::now_ms;
-use crate::target::{Handle, Raw, Target};
+use crate::target::{Handle, Raw, SyncStores, Target};
 
 /// Write statements issued by isolated clients, per "command.collection".
 type DriverCounts = Arc<Mutex<BTreeMap<String, u64>>>;
@@ -33,6 +34,8 @@ pub struct MongoTarget {
     factory: MongoFactory,
     db_name: String,
     counting_db: String,
+    /// The device-sync path's database (FerretDB v1 reads cost the collection's size).
+    sync_db: String,
     version: String,
     client: Client,
     raw: Arc<MongoRaw>,
@@ -79,6 +82,7 @@ impl MongoTarget {
         let db_name = factory.create_namespace().await;
         // The isolated stores that count a recall's writes get a database of their own.
         let counting_db = factory.create_namespace().await;
+        let sync_db = factory.create_namespace().await;
         let client = factory.client().await.clone();
         let admin = client.database("admin");
         let info = admin.run_command(doc! {"buildInfo": 1}).await?;
@@ -121,6 +125,7 @@ impl MongoTarget {
             factory,
             db_name,
             counting_db,
+            sync_db,
             version,
             raw: Arc::new(MongoRaw {
                 messages: db.collection_with_options("messages", wc.clone()),
@@ -197,6 +202,32 @@ impl Target for MongoTarget {
             close: Some(Box::pin(async move { client.shutdown().await })),
         })
     }
+    async fn open_sync(&self, settings: StoreSettings) -> R<SyncStores> {
+        let timed = Arc::new(self.factory.open(&self.sync_db, settings.clone()).await);
+        let mut options = ClientOptions::parse(&self.url).await?;
+        let requests = Arc::new(AtomicU64::new(0));
+        let seen = requests.clone();
+        // Every command the client sends is one request answered by one reply (a cursor's
+        // getMore included); monitoring heartbeats are not commands.
+        options.command_event_handler = Some(EventHandler::callback(move |ev: CommandEvent| {
+            if let CommandEvent::Started(s) = ev
+                && s.command_name != "endSessions"
+            {
+                seen.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+        let client = Client::with_options(options)?;
+        let backend = MongoBackend::with_client(client, self.factory.config(&self.sync_db)).await?;
+        let counted = Arc::new(MongoStore::with_backend(backend, settings)?);
+        Ok(SyncStores {
+            timed,
+            counted,
+            requests: Some(Arc::new(move || requests.load(Ordering::Relaxed))),
+            method: "driver: commands the client sent (command monitoring), each one request \
+                     and one reply"
+                .into(),
+        })
+    }
     fn raw(&self) -> Arc<dyn Raw> {
         self.raw.clone()
     }
@@ -222,6 +253,7 @@ impl Target for MongoTarget {
     async fn drop_namespace(&self) -> R<()> {
         self.factory.drop_namespace(&self.db_name).await;
         self.factory.drop_namespace(&self.counting_db).await;
+        self.factory.drop_namespace(&self.sync_db).await;
         Ok(())
     }
 }

@@ -15,7 +15,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::harness::R;
 use crate::now_ms;
-use crate::target::{Handle, Raw, Target};
+use crate::target::{Handle, Raw, SyncStores, Target};
+use crate::wire::{CountingProxy, Protocol, pg_host_port, pg_url_via};
 
 /// Connections per pool: the same for imstore's pool and the baseline's, so that neither side
 /// queues more at concurrency 64.
@@ -92,6 +93,24 @@ impl Target for PgTarget {
             // A server process flushes its table statistics when it exits: closing the pool
             // makes the counters complete instead of waiting for the idle flush.
             close: Some(Box::pin(async move { pool.close().await })),
+        })
+    }
+    async fn open_sync(&self, settings: StoreSettings) -> R<SyncStores> {
+        let timed = Arc::new(self.base.reconfigured(settings.clone())?);
+        let url = self.factory.url();
+        let proxy = Arc::new(CountingProxy::start(&pg_host_port(url)?, Protocol::Postgres).await?);
+        let config = PgFactory::new(pg_url_via(url, proxy.addr)?)
+            .config(&self.schema)
+            .with_max_connections(2)
+            .with_migrate_on_connect(false);
+        let counted = Arc::new(PostgresStore::connect(config, settings).await?);
+        Ok(SyncStores {
+            timed,
+            counted,
+            requests: Some(Arc::new(move || proxy.count())),
+            method: "wire: Sync and Query messages the client sent (each answered by one \
+                     ReadyForQuery), counted by a loopback proxy"
+                .into(),
         })
     }
     fn raw(&self) -> Arc<dyn Raw> {

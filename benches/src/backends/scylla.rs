@@ -17,7 +17,8 @@ use scylla::value::{CqlValue, Row};
 
 use crate::harness::R;
 use crate::now_ms;
-use crate::target::{Handle, Raw, Target};
+use crate::target::{Handle, Raw, SyncStores, Target};
+use crate::wire::{CountingProxy, Protocol};
 
 /// The keyspace prefix of the bench (its sweeper drops only these).
 const PREFIX: &str = "bench_scylla";
@@ -31,6 +32,7 @@ fn factory(nodes: &str) -> ScyllaFactory {
 
 /// The Cassandra/ScyllaDB target over keyspace `keyspace`.
 pub struct ScyllaTarget {
+    nodes: String,
     keyspace: String,
     version: String,
     session: Arc<Session>,
@@ -54,6 +56,7 @@ impl ScyllaTarget {
         let version = format!("{:?} {}", info.flavour, info.release_version);
         let raw = Arc::new(ScyllaRaw::prepare(session.clone(), &keyspace, base.clone()).await?);
         Ok(ScyllaTarget {
+            nodes: nodes.to_owned(),
             keyspace,
             version,
             session,
@@ -79,6 +82,33 @@ impl Target for ScyllaTarget {
         Ok(Handle {
             store: Arc::new(store),
             close: None,
+        })
+    }
+    async fn open_sync(&self, settings: StoreSettings) -> R<SyncStores> {
+        let timed = Arc::new(
+            self.factory
+                .open_store(&self.keyspace, settings.clone())
+                .await?,
+        );
+        // A single node: the driver talks to the contact point it was given, so every request
+        // goes through the proxy (a count of zero would say otherwise, and the bench refuses it).
+        let node = self
+            .nodes
+            .split(',')
+            .next()
+            .ok_or("IMSTORE_SCYLLA_NODES is empty")?
+            .trim();
+        let proxy = CountingProxy::start(node, Protocol::Cql).await?;
+        let counting = factory(&proxy.addr.to_string());
+        let counted = Arc::new(counting.open_store(&self.keyspace, settings).await?);
+        let keep = Arc::new((proxy, counting));
+        Ok(SyncStores {
+            timed,
+            counted,
+            requests: Some(Arc::new(move || keep.0.count())),
+            method: "wire: QUERY, PREPARE, EXECUTE and BATCH frames the driver sent, counted by \
+                     a loopback proxy (requests; reads in flight together overlap)"
+                .into(),
         })
     }
     fn raw(&self) -> Arc<dyn Raw> {
