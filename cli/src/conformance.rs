@@ -88,10 +88,12 @@ fn factory(g: &Global) -> Result<(Factory, &'static str), Failure> {
         StoreUrl::Postgres(c) => Factory::Postgres(PgFactory::new(c.url())),
         StoreUrl::Mongodb(c) => Factory::Mongodb(MongoFactory::new(c.url())),
         StoreUrl::Scylla(c) => {
+            // Keyspaces of this run only (`cli<5 hex digits>_…`): a finished case's keyspace is
+            // emptied and reused (DDL is what a case costs on Cassandra, and concurrent DROPs
+            // time out), and `Factory::cleanup` drops them all, no other run's, at the end.
             let mut f = ScyllaFactory::new(&c.nodes().join(","))
                 .with_tls(c.tls().cloned())
-                // Emptied keyspaces are dropped, not kept for reuse: a one-off run leaves nothing.
-                .with_reuse(false);
+                .with_prefix(&run_prefix());
             // A test cluster is often one node: replication 1 unless the URL says otherwise.
             f = f.with_replication(if server.params.iter().any(|p| p == "rf" || p == "dc") {
                 c.replication().clone()
@@ -110,6 +112,25 @@ fn factory(g: &Global) -> Result<(Factory, &'static str), Failure> {
         }
     };
     Ok((f, backend))
+}
+
+/// A keyspace prefix no other run shares: `cli` and five hex digits of this process and time.
+fn run_prefix() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let salt = RandomState::new().hash_one((std::process::id(), std::time::SystemTime::now()));
+    format!("cli{:05x}", salt & 0xf_ffff)
+}
+
+impl Factory {
+    /// Drops what the run left on the server: the Scylla keyspaces of this run's prefix (other
+    /// factories drop each namespace when its case finishes).
+    async fn cleanup(&self) {
+        if let Factory::Scylla(f) = self
+            && let Err(e) = f.sweep_leftovers(Duration::ZERO).await
+        {
+            eprintln!("imstore: could not drop this run's keyspaces: {e}");
+        }
+    }
 }
 
 macro_rules! dispatch {
@@ -271,6 +292,7 @@ pub async fn conformance(g: &Global, args: &ConformanceArgs) -> Outcome {
     }
     drop(outcomes);
     let _ = std::panic::take_hook();
+    factory.cleanup().await;
     failed.sort();
     if !failed.is_empty() {
         println!("\nfailures:\n");
@@ -358,6 +380,7 @@ pub async fn check(g: &Global, args: &CheckArgs) -> Outcome {
         }
         h.finish().await;
     }
+    factory.cleanup().await;
     if violations == 0 {
         println!("verdict: the store behaved as the contract's state machine in both histories");
         Ok(())

@@ -3,6 +3,8 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
@@ -16,6 +18,7 @@ use imstore_scylla::ScyllaBackend;
 use indicatif::{ProgressBar, ProgressStyle};
 use mongodb::bson::{Document, doc};
 use sqlx::postgres::PgPool;
+use tokio::sync::Notify;
 
 use crate::settings::{Global, parse_duration};
 use crate::{Failure, Outcome};
@@ -322,6 +325,19 @@ pub async fn purge(g: &Global, args: &PurgeArgs) -> Outcome {
                 .map_err(|e| Failure::Usage(format!("cannot open {}: {e}", args.released_keys)))?,
         )
     };
+    // With --every, Ctrl-C (SIGINT) ends the run after the batch in flight, never inside one.
+    let stop = args.every.map(|_| {
+        let stop = Arc::new((AtomicBool::new(false), Notify::new()));
+        let signal = stop.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                signal.0.store(true, Ordering::SeqCst);
+                signal.1.notify_one();
+            }
+        });
+        stop
+    });
+    let stopping = || stop.as_ref().is_some_and(|s| s.0.load(Ordering::SeqCst));
     loop {
         let started = Instant::now();
         let bar = progress("purging");
@@ -347,7 +363,7 @@ pub async fn purge(g: &Global, args: &PurgeArgs) -> Outcome {
                 "purging: {} messages, {} events removed in {batches} batches",
                 total.messages, total.events
             ));
-            if !r.more {
+            if !r.more || stopping() {
                 break;
             }
         }
@@ -362,15 +378,18 @@ pub async fn purge(g: &Global, args: &PurgeArgs) -> Outcome {
             total.released_attachments.len()
         )
         .map_err(io)?;
-        let Some(every) = args.every else {
+        let (Some(every), Some(stop)) = (args.every, &stop) else {
             return Ok(());
         };
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = tokio::signal::ctrl_c() => {
-                writeln!(human, "purge: interrupted, stopping").map_err(io)?;
-                return Ok(());
+        if !stopping() {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.1.notified() => {}
             }
+        }
+        if stopping() {
+            writeln!(human, "purge: interrupted, stopping").map_err(io)?;
+            return Ok(());
         }
     }
 }
