@@ -239,3 +239,56 @@ fn purge_dry_run_counts_what_the_real_purge_then_removes() {
     assert_eq!(removed("would remove ", &text(&after.stdout)), (0, 0));
     runtime.block_on(factory.drop_namespace(&schema));
 }
+
+#[test]
+fn migrate_creates_the_schema_once_and_its_dry_run_changes_nothing() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let factory = PgFactory::new(postgres_url());
+    // The factory's prefix, so a crashed run's schema is swept by the next test run.
+    let schema = format!("{}_cli_{}", PgFactory::DEFAULT_PREFIX, std::process::id());
+    runtime.block_on(factory.drop_schema(&schema));
+    let url = format!("{}?schema={schema}", postgres_url());
+    let run = |args: &[&str]| {
+        let out = imstore(args);
+        let stdout = text(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{args:?}: {stdout}{}",
+            text(&out.stderr)
+        );
+        stdout
+    };
+    let migrations = imstore_postgres::MIGRATOR.iter().count();
+    for _ in 0..2 {
+        let dry = run(&["migrate", "--dry-run", "--url", &url]);
+        assert!(
+            dry.contains(&format!("would create schema {schema}")),
+            "{dry}"
+        );
+        assert_eq!(
+            dry.matches("would apply migration").count(),
+            migrations,
+            "{dry}"
+        );
+    }
+    let first = run(&["migrate", "--url", &url]);
+    assert_eq!(
+        first.matches("apply migration").count(),
+        migrations,
+        "{first}"
+    );
+    for args in [
+        &["migrate", "--url", &url][..],
+        &["migrate", "--dry-run", "--url", &url][..],
+    ] {
+        let again = run(args);
+        assert!(!again.contains("apply migration"), "{again}");
+        assert!(
+            again.contains(&format!(
+                "schema {schema} is up to date ({migrations} migrations applied)"
+            )),
+            "{again}"
+        );
+    }
+    runtime.block_on(factory.drop_schema(&schema));
+}
