@@ -157,15 +157,15 @@ async fn main() {
                         }
                     }
                 })
-                .buffer_unordered(4)
+                .buffer_unordered(2)
                 .try_collect::<Vec<_>>()
                 .await
                 .expect("transition")
         }
     };
-    transitions(|i| i % 3 == 0, 0).await;
-    transitions(|i| i % 6 == 0, 1).await;
-    transitions(|i| i % 5 == 0, 2).await;
+    transitions(|i| i % 4 == 0, 0).await;
+    transitions(|i| i % 12 == 0, 1).await;
+    transitions(|i| i % 7 == 0, 2).await;
 
     // Other conversations, one of them under legal hold with expired messages.
     for c in 0..20 {
@@ -320,7 +320,7 @@ async fn main() {
         (
             "purge mark (unfinished purges' events)",
             "conversation_kind_seq or msg_version",
-            queries::highest("big", Highest::EventsOf(events)),
+            queries::highest("big", Highest::EventsOf(events.clone())),
         ),
         (
             "feed pull",
@@ -373,19 +373,19 @@ async fn main() {
             queries::unfinished("cache", 500),
         ),
         (
-            "purge: held conversations",
-            "none (collection scan of legal_holds)",
-            queries::holds(),
+            "purge: candidates (not parked)",
+            "parked_retired_at / parked_created_at (OR of two IXSCANs)",
+            queries::purge_candidates(cutoff, Some(cutoff - 300 * DAY.as_millis() as i64), 500),
         ),
         (
-            "purge: candidates",
-            "retired_at / created_at (OR of two IXSCANs)",
-            queries::purge_candidates(
-                &["c0"],
-                cutoff,
-                Some(cutoff - 300 * DAY.as_millis() as i64),
-                500,
-            ),
+            "purge: park a held conversation's candidates (update_many)",
+            "_id_ ($in)",
+            queries::messages_by_ids(&events),
+        ),
+        (
+            "release a hold: un-park (update_many)",
+            "parked_retired_at (prefix)",
+            queries::parked("c0"),
         ),
         (
             "purge: is the conversation held?",

@@ -194,13 +194,7 @@ pub(crate) async fn batch(b: &MongoBackend, job: &PurgeJob<'_>) -> Result<PurgeR
     let budget = size.saturating_sub(report.messages);
     let mut full = budget == 0 || stalled.len() as u64 == size;
     if budget > 0 {
-        let holds = queries::find(b, queries::holds()).await?;
-        let held: Vec<&str> = holds
-            .iter()
-            .map(|h| d::get_str(h, "_id"))
-            .collect::<Result<_>>()?;
         let q = queries::purge_candidates(
-            &held,
             cutoff,
             job.history_cutoff().map(|h| h.as_millis()),
             i64::try_from(budget).unwrap_or(i64::MAX),
@@ -224,6 +218,7 @@ pub(crate) async fn batch(b: &MongoBackend, job: &PurgeJob<'_>) -> Result<PurgeR
                 Freshness::Current => {}
             }
         }
+        let due = park_held(b, due).await?;
         let finished: Vec<Finished> = futures::stream::iter(due)
             .map(|row| purge_one(b, job, row))
             .buffer_unordered(CONCURRENCY)
@@ -234,6 +229,45 @@ pub(crate) async fn batch(b: &MongoBackend, job: &PurgeJob<'_>) -> Result<PurgeR
     sweep(b, limit, old, cutoff).await?;
     report.more = full;
     Ok(report)
+}
+
+/// `due` without the messages of held conversations, which are parked instead: marked
+/// `parked: <conversation>`, which takes them out of the candidate indexes (their first key is
+/// `parked`), so no later batch walks a held conversation's expired backlog again. Releasing the
+/// hold un-parks them ([`set_legal_hold`]). The hold is read again after parking: a release that
+/// ran in between (its un-parking before this parking landed) is seen, and the parking undone.
+async fn park_held(b: &MongoBackend, due: Vec<Row>) -> Result<Vec<Row>> {
+    let mut by_conversation: BTreeMap<ConversationId, Vec<Row>> = BTreeMap::new();
+    for row in due {
+        by_conversation
+            .entry(row.stored.message.conversation_id.clone())
+            .or_default()
+            .push(row);
+    }
+    let mut free = Vec::new();
+    for (conversation, rows) in by_conversation {
+        if !held(b, &conversation).await? {
+            free.extend(rows);
+            continue;
+        }
+        let ids: Vec<ObjectId> = rows.iter().map(|r| r.id).collect();
+        let filter = queries::messages_by_ids(&ids).filter;
+        b.messages
+            .update_many(
+                filter.clone(),
+                doc! {"$set": {"parked": conversation.as_str()}},
+            )
+            .await
+            .map_err(map)?;
+        if !held(b, &conversation).await? {
+            b.messages
+                .update_many(filter, doc! {"$unset": {"parked": ""}})
+                .await
+                .map_err(map)?;
+            free.extend(rows);
+        }
+    }
+    Ok(free)
 }
 
 /// Deletes what only guards a feed position once nothing in flight can need it: finished purge
@@ -289,6 +323,15 @@ pub(crate) async fn set_legal_hold(
         .await
         .map_err(map)?;
     if !on {
+        // Released: its parked messages are purge candidates again (after the flag, so that a
+        // purge parking them meanwhile reads the release and undoes its parking).
+        b.messages
+            .update_many(
+                queries::parked(conversation.as_str()).filter,
+                doc! {"$unset": {"parked": ""}},
+            )
+            .await
+            .map_err(map)?;
         return Ok(());
     }
     Retry::default()

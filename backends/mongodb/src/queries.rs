@@ -120,31 +120,30 @@ pub fn message_by_id(msg: ObjectId, older_than: Option<i64>) -> Query {
     Query::new(MESSAGES, filter).limit(1)
 }
 
-/// messages: purge candidates outside the held conversations: retired before the retention
+/// messages: purge candidates not parked under a legal hold: retired before the retention
 /// cutoff, or (with a history limit) created before the history cutoff. Each `$or` branch on
-/// its index, `retired_at` / `created_at`.
-pub fn purge_candidates(
-    held: &[&str],
-    retention_cutoff: i64,
-    history_cutoff: Option<i64>,
-    limit: i64,
-) -> Query {
-    let mut expired = vec![doc! {"retired_at": {"$lte": retention_cutoff}}];
+/// its index, `parked_retired_at` / `parked_created_at` (`parked: null` is the index's first
+/// key, so a held conversation's parked backlog is never walked).
+pub fn purge_candidates(retention_cutoff: i64, history_cutoff: Option<i64>, limit: i64) -> Query {
+    let mut expired = vec![doc! {"parked": Bson::Null, "retired_at": {"$lte": retention_cutoff}}];
     if let Some(h) = history_cutoff {
-        expired.push(doc! {"created_at": {"$lte": h}});
+        expired.push(doc! {"parked": Bson::Null, "created_at": {"$lte": h}});
     }
-    Query::new(
-        MESSAGES,
-        doc! {"conversation_id": {"$nin": held}, "$or": expired},
-    )
-    .projection(doc! {"content": 0})
-    .limit(limit)
+    Query::new(MESSAGES, doc! {"$or": expired})
+        .projection(doc! {"content": 0})
+        .limit(limit)
 }
 
-/// legal_holds: every held conversation (read by each purge batch). No index: a scan of the
-/// holds collection.
-pub fn holds() -> Query {
-    Query::new(HOLDS, doc! {"held": true})
+/// messages: the documents parked under the hold of `conversation` (un-parked when the hold is
+/// released). Index `parked_retired_at` (its prefix).
+pub fn parked(conversation: &str) -> Query {
+    Query::new(MESSAGES, doc! {"parked": conversation})
+}
+
+/// messages: the given documents (parked at once, or un-parked again). Index `_id_`.
+pub fn messages_by_ids(ids: &[ObjectId]) -> Query {
+    let ids: Vec<Bson> = ids.iter().map(|i| Bson::ObjectId(*i)).collect();
+    Query::new(MESSAGES, doc! {"_id": {"$in": ids}})
 }
 
 /// messages: is an attachment key still referenced by a stored message? Index `attachment_key`.

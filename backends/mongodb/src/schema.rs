@@ -1,8 +1,9 @@
 //! The collections of a store's database and the indexes built (idempotently) when it opens.
 //!
 //! * `messages`: one document per message. Unique `{conversation_id: 1, msg_id: -1}` (the key,
-//!   idempotent inserts, both page directions); `{retired_at: 1}` and `{created_at: 1}` (purge
-//!   candidates); `{"attachment.key": 1}` (is a released key still referenced?).
+//!   idempotent inserts, both page directions); `{parked: 1, retired_at: 1}` and
+//!   `{parked: 1, created_at: 1}` (purge candidates that are not parked under a legal hold, and
+//!   a hold's parked messages); `{"attachment.key": 1}` (is a released key still referenced?).
 //! * `log`: every decision, one document each, inserted under three unique indexes at once:
 //!   `{conversation_id: 1, seq: 1}` (the feed position), `{msg: 1, version: 1}` (the message
 //!   version it creates) and `{conversation_id: 1, request_id: 1}` (the request it answers).
@@ -34,6 +35,10 @@ pub(crate) const HOLDS: &str = "legal_holds";
 /// is refused rather than read with the wrong rules.
 const OLD_LAYOUT: &[&str] = &["changes", "events", "requests"];
 
+/// Indexes of earlier versions no query uses any more (dropped when found): the purge
+/// candidates' single-field indexes, which made every purge walk held conversations' backlog.
+const OBSOLETE: &[(&str, &str)] = &[(MESSAGES, "retired_at"), (MESSAGES, "created_at")];
+
 fn index(name: &str, keys: Document, unique: bool) -> IndexModel {
     let options = IndexOptions::builder()
         .name(name.to_string())
@@ -52,8 +57,16 @@ fn wanted() -> [(&'static str, Vec<IndexModel>); 2] {
                     doc! {"conversation_id": 1, "msg_id": -1},
                     true,
                 ),
-                index("retired_at", doc! {"retired_at": 1}, false),
-                index("created_at", doc! {"created_at": 1}, false),
+                index(
+                    "parked_retired_at",
+                    doc! {"parked": 1, "retired_at": 1},
+                    false,
+                ),
+                index(
+                    "parked_created_at",
+                    doc! {"parked": 1, "created_at": 1},
+                    false,
+                ),
                 index("attachment_key", doc! {"attachment.key": 1}, false),
             ],
         ),
@@ -127,6 +140,11 @@ pub(crate) async fn ensure(db: &Database) -> Result<()> {
             .collect();
         if !missing.is_empty() {
             coll.create_indexes(missing).await.map_err(map)?;
+        }
+        for (_, obsolete) in OBSOLETE.iter().filter(|(c, _)| *c == name) {
+            if existing.iter().any(|n| n == obsolete) {
+                coll.drop_index(*obsolete).await.map_err(map)?;
+            }
         }
     }
     Ok(())
