@@ -54,11 +54,14 @@ pub struct CheckArgs {
 }
 
 /// The backend's shipped factory for the server a URL names.
+// One per run, never moved after it is built: boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum Factory {
     Memory(MemoryFactory),
     Postgres(PgFactory),
     Mongodb(MongoFactory),
-    Scylla(ScyllaFactory),
+    /// The factory and the keyspace prefix of this run.
+    Scylla(ScyllaFactory, String),
 }
 
 /// The factory for `g`'s URL, which must not name a namespace: the suite runs only in
@@ -91,9 +94,10 @@ fn factory(g: &Global) -> Result<(Factory, &'static str), Failure> {
             // Keyspaces of this run only (`cli<5 hex digits>_…`): a finished case's keyspace is
             // emptied and reused (DDL is what a case costs on Cassandra, and concurrent DROPs
             // time out), and `Factory::cleanup` drops them all, no other run's, at the end.
+            let prefix = run_prefix();
             let mut f = ScyllaFactory::new(&c.nodes().join(","))
                 .with_tls(c.tls().cloned())
-                .with_prefix(&run_prefix());
+                .with_prefix(&prefix);
             // A test cluster is often one node: replication 1 unless the URL says otherwise.
             f = f.with_replication(if server.params.iter().any(|p| p == "rf" || p == "dc") {
                 c.replication().clone()
@@ -103,7 +107,7 @@ fn factory(g: &Global) -> Result<(Factory, &'static str), Failure> {
             if let Some(cred) = c.credentials() {
                 f = f.with_credentials(cred.clone());
             }
-            Factory::Scylla(f)
+            Factory::Scylla(f, prefix)
         }
         _ => {
             return Err(Failure::Usage(
@@ -125,10 +129,18 @@ impl Factory {
     /// Drops what the run left on the server: the Scylla keyspaces of this run's prefix (other
     /// factories drop each namespace when its case finishes).
     async fn cleanup(&self) {
-        if let Factory::Scylla(f) = self
-            && let Err(e) = f.sweep_leftovers(Duration::ZERO).await
-        {
-            eprintln!("imstore: could not drop this run's keyspaces: {e}");
+        let Factory::Scylla(f, prefix) = self else {
+            return;
+        };
+        // DDL is what a loaded Cassandra times out first: a few tries before giving up.
+        for attempt in 1..=5 {
+            match f.sweep_leftovers(Duration::ZERO).await {
+                Ok(_) => return,
+                Err(e) if attempt == 5 => {
+                    eprintln!("imstore: could not drop this run's keyspaces ({prefix}_…): {e}");
+                }
+                Err(_) => tokio::time::sleep(Duration::from_secs(2 * attempt)).await,
+            }
         }
     }
 }
@@ -139,7 +151,7 @@ macro_rules! dispatch {
             Factory::Memory($f) => $e,
             Factory::Postgres($f) => $e,
             Factory::Mongodb($f) => $e,
-            Factory::Scylla($f) => $e,
+            Factory::Scylla($f, _) => $e,
         }
     };
 }
