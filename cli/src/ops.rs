@@ -55,6 +55,10 @@ pub struct RekeyArgs {
     /// store; only for content known to be genuine).
     #[arg(long)]
     pub seal_plaintext: bool,
+    /// Stops after this many batches, leaving the state file to resume from (bounded work per
+    /// run, for a job scheduler's time slot).
+    #[arg(long)]
+    pub max_batches: Option<u64>,
 }
 
 async fn open(g: &Global, url: StoreUrl) -> Result<AnyStore, Failure> {
@@ -438,6 +442,8 @@ pub async fn rekey(g: &Global, args: &RekeyArgs) -> Outcome {
     let started = Instant::now();
     let bar = progress("re-keying");
     let mut total = RekeyReport::default();
+    let mut batches = 0u64;
+    let mut complete = false;
     loop {
         let r = store.as_dyn().rekey(options.clone()).await?;
         total.scanned += r.scanned;
@@ -460,8 +466,13 @@ pub async fn rekey(g: &Global, args: &RekeyArgs) -> Outcome {
             }
             None => {
                 let _ = std::fs::remove_file(&args.state);
+                complete = true;
                 break;
             }
+        }
+        batches += 1;
+        if args.max_batches.is_some_and(|m| batches >= m) {
+            break;
         }
         options = options.after(&r);
     }
@@ -476,6 +487,13 @@ pub async fn rekey(g: &Global, args: &RekeyArgs) -> Outcome {
         total.undecodable,
         started.elapsed().as_secs_f64()
     );
+    if !complete {
+        println!(
+            "rekey: stopped after {batches} batches; run again with --state {} to resume",
+            args.state.display()
+        );
+        return Ok(());
+    }
     let usage = store.as_dyn().key_usage().await?;
     let others = usage.needing_other_than(active);
     println!(
