@@ -208,6 +208,12 @@ async fn main() -> ExitCode {
     }
 
     let mode = if args.quick { "quick" } else { "full" };
+    // A run of some paths only is named after them, so it is never mistaken for a whole run.
+    let stem_mode = match (paths.standard, paths.device_sync) {
+        (true, true) => mode.to_owned(),
+        (true, false) => format!("{mode}-standard"),
+        _ => format!("{mode}-device-sync"),
+    };
     let timing = Timing {
         rounds: args.rounds.unwrap_or(if args.quick { 2 } else { 6 }),
         per_round: Duration::from_millis(args.round_ms.unwrap_or(if args.quick {
@@ -289,6 +295,7 @@ async fn main() -> ExitCode {
     let header = json!({
         "tool": "imstore-bench",
         "mode": mode,
+        "paths": {"standard": paths.standard, "device_sync": paths.device_sync},
         "date": date,
         "git_commit": report::git_commit(),
         "machine": report::machine(),
@@ -312,7 +319,7 @@ async fn main() -> ExitCode {
     let txt = report::table(&doc, &reports, &failures);
     println!("{txt}");
     let svg = report::svg(&doc, &reports);
-    match report::write_all(&args.out, &format!("{mode}-{stamp}"), &doc, &txt, &svg) {
+    match report::write_all(&args.out, &format!("{stem_mode}-{stamp}"), &doc, &txt, &svg) {
         Ok(files) => eprintln!("wrote {}", files.join(", ")),
         Err(e) => {
             eprintln!("error: cannot write results to {}: {e}", args.out.display());
