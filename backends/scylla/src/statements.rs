@@ -123,6 +123,9 @@ statements! {
 
     // --- conversation_state, kind 1: the feed; feed_head (static) is its last seq.
     head_get: Idempotent => "SELECT feed_head, purged_through FROM {ks}.conversation_state WHERE conversation_id = ? LIMIT 1",
+    // The heads of many conversations in one request: the static row (or the first row, which
+    // carries it) of each partition asked, read by the coordinator concurrently.
+    heads_in: Idempotent => "SELECT conversation_id, feed_head, purged_through FROM {ks}.conversation_state WHERE conversation_id IN ? PER PARTITION LIMIT 1",
     head_get_serial: SerialRead => "SELECT feed_head, purged_through FROM {ks}.conversation_state WHERE conversation_id = ? LIMIT 1",
     head_claim: Conditional => "UPDATE {ks}.conversation_state SET feed_head = ? WHERE conversation_id = ? IF feed_head = ?",
     event_put: Conditional => "INSERT INTO {ks}.conversation_state (conversation_id, kind, k, request_id, msg_id, status, version, at_ms, actor) VALUES (?, 1, ?, '', ?, ?, ?, ?, ?)",
