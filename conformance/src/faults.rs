@@ -333,8 +333,10 @@ pub struct Outage {
     pub down: Duration,
 }
 
-/// Kills `server` (`postgres`, `cassandra` or `ferretdb`) with SIGKILL through the servers script,
-/// leaves it down for `down_for`, then starts it on its data and waits until it answers.
+/// Kills `server` (`postgres`, `cassandra` or `ferretdb`, or several of them separated by spaces,
+/// killed together, as `"ferretdb postgres"` for FerretDB and the PostgreSQL it stores in) with
+/// SIGKILL through the servers script, leaves it down for `down_for`, then starts it on its data
+/// and waits until it answers.
 ///
 /// The servers are shared with other work on the machine: if this future is dropped or a panic
 /// unwinds through it between the kill and the restart, a guard starts the server anyway, so a
@@ -345,13 +347,14 @@ pub async fn kill_and_restart(repo_root: &Path, server: &str, down_for: Duration
         server: server.to_string(),
         armed: true,
     };
+    let names: Vec<&str> = server.split_whitespace().collect();
     let t = Instant::now();
-    servers_script(repo_root, &["kill", server]).await;
+    servers_script(repo_root, &[&["kill"][..], &names].concat()).await;
     let kill = t.elapsed();
     eprintln!("faults: {server} killed with SIGKILL ({kill:?})");
     tokio::time::sleep(down_for).await;
     let s = Instant::now();
-    servers_script(repo_root, &["start", server]).await;
+    servers_script(repo_root, &[&["start"][..], &names].concat()).await;
     let mut guard = guard;
     guard.armed = false;
     let outage = Outage {
@@ -381,7 +384,8 @@ impl Drop for RestartGuard {
             // before anything else runs against it.
             let _ = std::process::Command::new("bash")
                 .arg(&self.script)
-                .args(["start", &self.server])
+                .arg("start")
+                .args(self.server.split_whitespace())
                 .stdin(std::process::Stdio::null())
                 .status();
         }
