@@ -141,19 +141,34 @@ async fn main() {
         async move {
             futures::stream::iter(chosen)
                 .map(|(i, id)| async move {
-                    let rid = RequestId::new(format!("r{what}-{i}")).expect("request id");
-                    let now = clock.now();
-                    match what {
-                        0 => {
-                            store
-                                .recall(alice, Authority::Member, big, id, now, rid)
-                                .await
-                        }
-                        1 => store.restore(alice, big, id, now, rid).await,
-                        _ => {
-                            store
-                                .delete(moderator, Authority::Moderator, big, id, now, rid)
-                                .await
+                    // Retried with the same request id while the server is restarted (the
+                    // fault tests of the workspace kill it): a retry is a replay.
+                    let mut tries = 0;
+                    loop {
+                        let rid = RequestId::new(format!("r{what}-{i}")).expect("request id");
+                        let now = clock.now();
+                        let r = match what {
+                            0 => {
+                                store
+                                    .recall(alice, Authority::Member, big, id, now, rid)
+                                    .await
+                            }
+                            1 => store.restore(alice, big, id, now, rid).await,
+                            _ => {
+                                store
+                                    .delete(moderator, Authority::Moderator, big, id, now, rid)
+                                    .await
+                            }
+                        };
+                        match r {
+                            Err(e)
+                                if tries < 60
+                                    && e.kind() != imstore_core::ErrorKind::InvalidInput =>
+                            {
+                                tries += 1;
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                            other => break other,
                         }
                     }
                 })
@@ -406,6 +421,11 @@ async fn main() {
             "sweep: delete them (delete_many)",
             "_id_",
             queries::entries_below(&[entry], 1_000_000),
+        ),
+        (
+            "sweep: re-arm the kept highest (update_many)",
+            "_id_",
+            queries::entries_from(&[entry], 0),
         ),
         (
             "re-key scan, first page",

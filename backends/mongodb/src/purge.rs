@@ -273,8 +273,10 @@ async fn park_held(b: &MongoBackend, due: Vec<Row>) -> Result<Vec<Row>> {
 /// Deletes what only guards a feed position once nothing in flight can need it: finished purge
 /// entries and fences older than [`TOMBSTONE_MS`] unless one holds its conversation's highest
 /// position (never reused), and `gone` events past retention and as old unless one is its
-/// conversation's highest (`purged_through` never goes down). Up to `limit` entries per batch.
+/// conversation's highest (`purged_through` never goes down). Up to `limit` entries per batch;
+/// an entry kept as its conversation's highest is not looked at again for a day.
 async fn sweep(b: &MongoBackend, limit: i64, old: i64, cutoff: i64) -> Result<()> {
+    let now = d::wall_now();
     let stale = queries::find(b, queries::sweepable(old, cutoff, limit)).await?;
     // Per conversation: (tombstones, gone events).
     let mut by_conversation: BTreeMap<String, (Vec<ObjectId>, Vec<ObjectId>)> = BTreeMap::new();
@@ -299,6 +301,16 @@ async fn sweep(b: &MongoBackend, limit: i64, old: i64, cutoff: i64) -> Result<()
             if !ids.is_empty() {
                 b.log
                     .delete_many(queries::entries_below(&ids, top).filter)
+                    .await
+                    .map_err(map)?;
+                // The one kept (its conversation's highest) leaves the sweep's range for a
+                // day: kept entries, one or two per conversation ever purged, would otherwise
+                // fill every later sweep's limit and stop it from reaching anything deletable.
+                b.log
+                    .update_many(
+                        queries::entries_from(&ids, top).filter,
+                        doc! {"$set": {"wall": now}},
+                    )
                     .await
                     .map_err(map)?;
             }

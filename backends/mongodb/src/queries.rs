@@ -303,6 +303,13 @@ pub fn entries_below(ids: &[ObjectId], below: i64) -> Query {
     Query::new(LOG, doc! {"_id": {"$in": ids}, "seq": {"$lt": below}})
 }
 
+/// log: the given entries, those at or above position `from` (kept by the sweep, their `wall`
+/// moved on). Index `_id_`.
+pub fn entries_from(ids: &[ObjectId], from: i64) -> Query {
+    let ids: Vec<Bson> = ids.iter().map(|i| Bson::ObjectId(*i)).collect();
+    Query::new(LOG, doc! {"_id": {"$in": ids}, "seq": {"$gte": from}})
+}
+
 /// legal_holds: is a conversation held? Index `_id_`.
 pub fn hold(conversation: &str) -> Query {
     Query::new(HOLDS, doc! {"_id": conversation, "held": true}).limit(1)
