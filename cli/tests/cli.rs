@@ -399,3 +399,33 @@ fn rekey_moves_every_message_to_the_active_key_and_removes_its_state_file() {
     assert!(text(&bare.stderr).contains("rekey needs the key ring"));
     runtime.block_on(factory.drop_namespace(&schema));
 }
+
+#[test]
+fn a_failing_case_is_reported_failed_with_its_message_and_exit_status_one() {
+    // Nothing listens on port 1: the case cannot get its server and must not pass.
+    let out = imstore(&[
+        "conformance",
+        "--url",
+        "postgres://u:p@127.0.0.1:1/db",
+        "--filter",
+        "insert_then_get_returns_the_message",
+        "--case-timeout",
+        "2s",
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("test insert_then_get_returns_the_message ... FAILED"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("---- insert_then_get_returns_the_message stdout ----\ntimed out after 2s"),
+        "{stdout}"
+    );
+    let summary = format!(
+        "test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; {} filtered out;",
+        CASE_NAMES.len() - 1
+    );
+    assert!(stdout.contains(&summary), "{stdout}");
+    assert!(text(&out.stderr).contains("1 of 1 conformance cases failed on postgres"));
+}
