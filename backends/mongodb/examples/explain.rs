@@ -23,7 +23,7 @@ use imstore_core::{
     Authority, Clock, ConversationId, FeedCursor, ManualClock, MessageStore, MessageStoreExt,
     MsgIdGenerator, NewMessage, Policy, PurgeOptions, RequestId, StoreSettings, UserId,
 };
-use imstore_mongodb::queries::{self, Highest, Query};
+use imstore_mongodb::queries::{self, Highest, Pipeline, Query};
 use imstore_mongodb::testing::MongoFactory;
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{Bson, Document, doc};
@@ -454,6 +454,11 @@ async fn main() {
             "_id_",
             queries::content_scan(Some(msg), 101),
         ),
+        (
+            "device sync heads: unfinished purges of many conversations",
+            "todo_conversation",
+            queries::purging_in(&["big", "c0", "c1"]),
+        ),
     ];
     for (name, mongo, q) in shapes {
         let plan = db
@@ -476,6 +481,44 @@ async fn main() {
             flag(&plan, "filterPushdown"),
             flag(&plan, "sortPushdown"),
             flag(&plan, "limitPushdown")
+        );
+        println!("  plan: {}", path.join(" <- "));
+        println!("  MongoDB would use: {mongo}");
+        if std::env::var("EXPLAIN_RAW").is_ok() {
+            println!("  raw: {plan}");
+        }
+        println!();
+    }
+    let pipelines: Vec<(&str, &str, Pipeline)> = vec![
+        (
+            "device sync heads: highest event per conversation",
+            "conversation_kind_seq (DISTINCT_SCAN, one seek per conversation)",
+            queries::highest_of_kind_in(&["big", "c0", "c1"], "event"),
+        ),
+        (
+            "device sync heads: highest gone entry per conversation",
+            "conversation_kind_seq (DISTINCT_SCAN, one seek per conversation)",
+            queries::highest_of_kind_in(&["big", "c0", "c1"], "gone"),
+        ),
+        (
+            "device sync heads: highest event of messages being purged",
+            "msg_version",
+            queries::highest_events_of(&events),
+        ),
+    ];
+    for (name, mongo, p) in pipelines {
+        let plan = db
+            .run_command(doc! {"explain": p.aggregate_command(), "verbosity": "queryPlanner"})
+            .await
+            .expect("explain");
+        let mut path = Vec::new();
+        access_path(&Bson::Document(plan.clone()), &mut path);
+        path.dedup();
+        println!("## {name}");
+        println!(
+            "  {}.aggregate({})",
+            p.collection,
+            Bson::from(p.stages.clone())
         );
         println!("  plan: {}", path.join(" <- "));
         println!("  MongoDB would use: {mongo}");

@@ -18,6 +18,10 @@ pub(crate) const DUPLICATE_KEY: i32 = 11000;
 /// The server's "namespace not found" code (a collection that does not exist yet).
 pub(crate) const NAMESPACE_NOT_FOUND: i32 = 26;
 
+/// The server's "not implemented" code: FerretDB v1 answers it for the aggregation
+/// accumulators it lacks (it has `$count` and `$sum` only).
+pub(crate) const NOT_IMPLEMENTED: i32 = 238;
+
 /// Server codes that mean "this node cannot serve you right now": host unreachable or not
 /// found, network timeout, interrupted, exceeded time limit, not primary, stepping down,
 /// shutting down, write concern timeout.

@@ -15,19 +15,19 @@
 //! a conversation is never deleted. Purges and fences take positions too, but are no events: a
 //! device at the last event is not sent to pull again because of them.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 
 use futures::{StreamExt, TryStreamExt};
+
 use imstore_core::backend::{FeedHead, FeedSlice};
 use imstore_core::{ConversationId, FeedCursor, Result};
+use mongodb::bson::Document;
 use mongodb::bson::oid::ObjectId;
 
 use crate::doc as d;
 use crate::handle::MongoBackend;
 use crate::queries::{self, Highest};
-
-/// How many conversations' heads are read at once by [`heads`].
-const HEADS_CONCURRENCY: usize = 16;
 
 /// The highest seq of the entries of `conversation` of the sort `which` (0 when none); see
 /// [`queries::highest`].
@@ -130,12 +130,27 @@ pub(crate) async fn changes(
     })
 }
 
-/// Where each conversation's feed stands, a bounded number at once (each is a few indexed reads,
-/// whatever its history).
+/// How many conversations' heads are read at once when the server cannot group them.
+const HEADS_CONCURRENCY: usize = 16;
+
+/// Where each conversation's feed stands: in two round trips whatever the number of
+/// conversations (the pipeline bounds it) or their histories where the server groups
+/// ([`grouped_heads`]); else a few indexed reads per conversation, a bounded number at once.
 pub(crate) async fn heads(
     b: &MongoBackend,
     conversations: &[ConversationId],
 ) -> Result<Vec<FeedHead>> {
+    if conversations.is_empty() {
+        return Ok(Vec::new());
+    }
+    if b.grouped_heads.load(Ordering::Relaxed) {
+        if let Some(heads) = grouped_heads(b, conversations).await? {
+            return Ok(heads);
+        }
+        // FerretDB v1: no `$first` or `$max` accumulator. Remembered, so every later call
+        // goes straight to the reads below.
+        b.grouped_heads.store(false, Ordering::Relaxed);
+    }
     futures::stream::iter(conversations.iter().cloned())
         .map(|c| async move {
             let purging = purging(b, &c).await?;
@@ -144,4 +159,62 @@ pub(crate) async fn heads(
         .buffered(HEADS_CONCURRENCY)
         .try_collect()
         .await
+}
+
+/// The reads of [`stand`] after [`purging`], batched with `$in`; `None` when the server does
+/// not implement the grouping.
+///
+/// The unfinished purges of every conversation first, then together the highest event, the
+/// highest `gone` entry and the highest event of a message being purged, each grouped per
+/// conversation (on MongoDB one index seek per conversation; see
+/// [`queries::highest_of_kind_in`]). Reading the purges first keeps what [`stand`] guarantees:
+/// a purge committed before that read has its events counted in `purged_through`, one
+/// finished before it has turned them `gone`.
+async fn grouped_heads(
+    b: &MongoBackend,
+    conversations: &[ConversationId],
+) -> Result<Option<Vec<FeedHead>>> {
+    let ids: Vec<&str> = conversations.iter().map(|c| c.as_str()).collect();
+    let purging: Vec<ObjectId> = queries::find(b, queries::purging_in(&ids))
+        .await?
+        .iter()
+        .map(|e| d::get_oid(e, "msg"))
+        .collect::<Result<_>>()?;
+    let removing = async {
+        if purging.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        queries::aggregate(b, queries::highest_events_of(&purging)).await
+    };
+    let (events, gone, removing) = futures::try_join!(
+        queries::aggregate(b, queries::highest_of_kind_in(&ids, d::kind::EVENT)),
+        queries::aggregate(b, queries::highest_of_kind_in(&ids, d::kind::GONE)),
+        removing,
+    )?;
+    let (Some(events), Some(gone), Some(removing)) = (events, gone, removing) else {
+        return Ok(None);
+    };
+    let (events, gone, removing) = (
+        by_conversation(&events)?,
+        by_conversation(&gone)?,
+        by_conversation(&removing)?,
+    );
+    Ok(Some(
+        ids.iter()
+            .map(|c| {
+                let of = |m: &HashMap<&str, i64>| m.get(c).copied().unwrap_or(0);
+                FeedHead {
+                    head: unsigned(of(&events).max(of(&gone))),
+                    purged_through: unsigned(of(&gone).max(of(&removing))),
+                }
+            })
+            .collect(),
+    ))
+}
+
+/// The `{_id: conversation, seq}` answers of a grouped pipeline, by conversation.
+fn by_conversation(docs: &[Document]) -> Result<HashMap<&str, i64>> {
+    docs.iter()
+        .map(|g| Ok((d::get_str(g, "_id")?, d::get_i64(g, "seq")?)))
+        .collect()
 }

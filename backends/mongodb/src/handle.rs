@@ -2,6 +2,8 @@
 //! configuration), and the [`Backend`] impl that delegates each method to its module.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use async_trait::async_trait;
 use imstore_core::backend::{
@@ -38,6 +40,9 @@ pub struct MongoBackend {
     pub(crate) messages: Collection<Document>,
     pub(crate) log: Collection<Document>,
     pub(crate) holds: Collection<Document>,
+    /// Whether the server runs the grouped pipelines of the batch head read; cleared the
+    /// first time it answers "not implemented" (FerretDB v1), and the reads go one by one.
+    pub(crate) grouped_heads: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for MongoBackend {
@@ -67,6 +72,7 @@ impl MongoBackend {
             messages: coll(schema::MESSAGES),
             log: coll(schema::LOG),
             holds: coll(schema::HOLDS),
+            grouped_heads: Arc::new(AtomicBool::new(true)),
             client,
             db,
             config,

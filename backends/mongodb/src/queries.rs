@@ -17,7 +17,7 @@ use imstore_core::Result;
 use mongodb::Collection;
 
 use crate::doc::{kind, todo};
-use crate::error::map;
+use crate::error::{NOT_IMPLEMENTED, code_of, map};
 use crate::handle::MongoBackend;
 use crate::schema::{HOLDS, LOG, MESSAGES};
 
@@ -252,6 +252,16 @@ pub fn purging(conversation: &str) -> Query {
     .projection(doc! {"msg": 1})
 }
 
+/// log: the unfinished purges of many conversations at once (the batch head read by device
+/// sync). Index `todo_conversation`, one range per conversation.
+pub fn purging_in(conversations: &[&str]) -> Query {
+    Query::new(
+        LOG,
+        doc! {"todo": todo::FINISH, "conversation_id": {"$in": conversations}},
+    )
+    .projection(doc! {"conversation_id": 1, "msg": 1})
+}
+
 /// log: one entry by `_id` (clearing its `todo`). Index `_id_`.
 pub fn entry_by_id(entry: ObjectId) -> Query {
     Query::new(LOG, doc! {"_id": entry}).limit(1)
@@ -320,9 +330,62 @@ pub fn hold_document(conversation: &str) -> Query {
     Query::new(HOLDS, doc! {"_id": conversation}).limit(1)
 }
 
+/// One aggregation as the backend sends it: collection and stages.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// The collection aggregated.
+    pub collection: &'static str,
+    /// The stages, in order.
+    pub stages: Vec<Document>,
+}
+
+impl Pipeline {
+    /// The `aggregate` command this pipeline is, for `{explain: ..., verbosity: "queryPlanner"}`.
+    pub fn aggregate_command(&self) -> Document {
+        doc! {"aggregate": self.collection, "pipeline": self.stages.clone(), "cursor": {}}
+    }
+}
+
+/// log: for each of `conversations`, the highest seq of its entries of kind `of` (`event` or
+/// `gone`), as `{_id: conversation, seq}`; a conversation without one is absent. Index
+/// `conversation_kind_seq`, walked backward: the sort is the index's reversed, the match is
+/// its bounds (each conversation, one kind), and a `$group` keyed on the index's first field
+/// taking `$first` of the sort is the shape MongoDB answers with a `DISTINCT_SCAN`, one index
+/// seek per conversation, whatever the histories hold.
+pub fn highest_of_kind_in(conversations: &[&str], of: &str) -> Pipeline {
+    Pipeline {
+        collection: LOG,
+        stages: vec![
+            doc! {"$match": {"conversation_id": {"$in": conversations}, "kind": of}},
+            doc! {"$sort": {"conversation_id": -1, "kind": -1, "seq": -1}},
+            doc! {"$group": {"_id": "$conversation_id", "seq": {"$first": "$seq"}}},
+        ],
+    }
+}
+
+/// log: for each conversation, the highest seq among the events of the messages `msgs` (whose
+/// purge is committed, not finished), as `{_id: conversation, seq}`. Index `msg_version`: the
+/// events of a few messages, grouped (their count is bounded by the unfinished purges, not by
+/// any history).
+pub fn highest_events_of(msgs: &[ObjectId]) -> Pipeline {
+    let msgs: Vec<Bson> = msgs.iter().map(|m| Bson::ObjectId(*m)).collect();
+    Pipeline {
+        collection: LOG,
+        stages: vec![
+            doc! {"$match": {"msg": {"$in": msgs}, "kind": kind::EVENT}},
+            doc! {"$group": {"_id": "$conversation_id", "seq": {"$max": "$seq"}}},
+        ],
+    }
+}
+
 /// The collection a query runs on.
 pub(crate) fn collection<'a>(b: &'a MongoBackend, q: &Query) -> &'a Collection<Document> {
-    match q.collection {
+    named(b, q.collection)
+}
+
+/// The collection called `name`.
+fn named<'a>(b: &'a MongoBackend, name: &str) -> &'a Collection<Document> {
+    match name {
         MESSAGES => &b.messages,
         LOG => &b.log,
         _ => &b.holds,
@@ -354,4 +417,21 @@ pub(crate) async fn find_one(b: &MongoBackend, q: Query) -> Result<Option<Docume
         find = find.projection(p);
     }
     find.await.map_err(map)
+}
+
+/// Runs `p` as an `aggregate` and collects every document it returns; `None` when the server
+/// does not implement one of its stages or operators.
+pub(crate) async fn aggregate(b: &MongoBackend, p: Pipeline) -> Result<Option<Vec<Document>>> {
+    let run = async {
+        named(b, p.collection)
+            .aggregate(p.stages)
+            .await?
+            .try_collect()
+            .await
+    };
+    match run.await {
+        Ok(docs) => Ok(Some(docs)),
+        Err(e) if code_of(&e) == Some(NOT_IMPLEMENTED) => Ok(None),
+        Err(e) => Err(map(e)),
+    }
 }
