@@ -17,6 +17,7 @@ pub struct PostgresConfig {
     acquire_timeout: Duration,
     idle_timeout: Option<Duration>,
     max_lifetime: Option<Duration>,
+    ping_before_acquire: bool,
     state_cache: usize,
 }
 
@@ -31,6 +32,7 @@ impl std::fmt::Debug for PostgresConfig {
             .field("acquire_timeout", &self.acquire_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .field("max_lifetime", &self.max_lifetime)
+            .field("ping_before_acquire", &self.ping_before_acquire)
             .field("state_cache", &self.state_cache)
             .finish()
     }
@@ -45,9 +47,9 @@ const MAX_IDENTIFIER_BYTES: usize = 63;
 impl PostgresConfig {
     /// Settings for `url` (`postgres://user:pass@host:port/db`): a pool of 8 connections, the
     /// server's default `search_path`, migrations applied on connect, a 30 s acquire timeout,
-    /// idle connections closed after 5 min, every connection retired after 30 min, and the
-    /// states of the last 16,384 messages this handle touched kept for one-round-trip
-    /// transitions.
+    /// idle connections closed after 5 min, every connection retired after 30 min, no ping
+    /// before a connection is handed out, and the states of the last 16,384 messages this
+    /// handle touched kept for one-round-trip transitions.
     pub fn new(url: impl Into<String>) -> Self {
         PostgresConfig {
             url: url.into(),
@@ -57,6 +59,7 @@ impl PostgresConfig {
             acquire_timeout: Duration::from_secs(30),
             idle_timeout: Some(Duration::from_secs(5 * 60)),
             max_lifetime: Some(Duration::from_secs(30 * 60)),
+            ping_before_acquire: false,
             state_cache: DEFAULT_STATE_CACHE,
         }
     }
@@ -89,8 +92,9 @@ impl PostgresConfig {
         self
     }
 
-    /// Close a connection that sat idle in the pool this long (`None`: never). The pool does
-    /// not ping a connection before handing it out, so this bounds how stale one can be.
+    /// Close a connection that sat idle in the pool this long (`None`: never). By default the
+    /// pool does not ping a connection before handing it out
+    /// ([`Self::with_ping_before_acquire`]), so this bounds how stale one can be.
     pub fn with_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.idle_timeout = timeout;
         self
@@ -101,6 +105,23 @@ impl PostgresConfig {
     pub fn with_max_lifetime(mut self, lifetime: Option<Duration>) -> Self {
         self.max_lifetime = lifetime;
         self
+    }
+
+    /// Whether the pool pings a connection (one `Sync` round trip) every time it hands one out
+    /// (default `false`). Off, a call costs its statements only, and a connection the server
+    /// closed while idle (restart, `pg_terminate_backend`, a proxy's timeout) fails the first
+    /// statement sent on it as `Unavailable` and is discarded; reads re-run once on another
+    /// connection, a write is left to the caller's retry (same request id, same answer). On, that
+    /// first statement goes to a live connection, at one extra round trip per call: for
+    /// networks that drop idle connections silently faster than [`Self::with_idle_timeout`].
+    pub fn with_ping_before_acquire(mut self, ping: bool) -> Self {
+        self.ping_before_acquire = ping;
+        self
+    }
+
+    /// Whether the pool pings a connection before handing it out.
+    pub fn ping_before_acquire(&self) -> bool {
+        self.ping_before_acquire
     }
 
     /// Keep the states (sender, lifecycle) of about `entries` messages this handle recently
@@ -268,6 +289,15 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_pool_does_not_ping_unless_asked() {
+        let c = PostgresConfig::new("postgres://h/db");
+        assert!(!c.ping_before_acquire());
+        let on = c.clone().with_ping_before_acquire(true);
+        assert!(on.ping_before_acquire() && on.validate().is_ok());
+        assert_eq!(on.with_ping_before_acquire(false), c);
     }
 
     #[test]

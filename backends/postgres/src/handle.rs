@@ -77,11 +77,13 @@ impl Connect for PostgresBackend {
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections())
             .acquire_timeout(config.acquire_timeout())
-            // No ping before every acquire (a round trip per operation): a connection that
-            // died while idle fails its first statement, sqlx discards it, and reads re-run
-            // once on another (`read::reading`). Idle timeout and max lifetime keep the pool
-            // from holding connections long enough to go stale behind a proxy or a restart.
-            .test_before_acquire(false)
+            // By default no ping before every acquire (a round trip per operation): a
+            // connection that died while idle fails its first statement, sqlx discards it, and
+            // reads re-run once on another (`read::reading`). Idle timeout and max lifetime
+            // keep the pool from holding connections long enough to go stale behind a proxy or
+            // a restart. (sqlx still pings a connection when it is released, in a background
+            // task off the caller's path, and discards it if that fails; it has no setting.)
+            .test_before_acquire(config.ping_before_acquire())
             .idle_timeout(config.idle_timeout())
             .max_lifetime(config.max_lifetime())
             .connect_with(config.connect_options()?)

@@ -1,8 +1,9 @@
 //! PostgreSQL-specific guarantees beyond the shared suite, checked in the tables themselves:
 //! concurrent purge workers split the work exactly; a history-limit purge racing deletes leaves
 //! no change event of a purged message; every answer to a request id racing state changes is
-//! the one its request record holds; and a connection killed by the server mid-transition is a
-//! temporary error that leaves nothing half-applied.
+//! the one its request record holds; a connection killed by the server mid-transition is a
+//! temporary error that leaves nothing half-applied; and a connection killed while idle costs
+//! a read nothing and a write one temporary failure at most (none with the ping before acquire).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -376,5 +377,64 @@ async fn a_connection_killed_while_idle_costs_the_next_read_nothing() {
         .await
         .unwrap();
     assert!(done.changed);
+    s.drop_schema().await;
+}
+
+/// Kills the only connection of `store`'s pool while it is idle, and waits for the server to
+/// close its socket.
+async fn kill_idle_connection(store: &PostgresStore, admin: &PgPool) {
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(store.inner().pool())
+        .await
+        .unwrap();
+    // sqlx pings a released connection in a background task; a kill during that ping would
+    // have the pool discard the connection before the test uses it.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(admin)
+        .await
+        .unwrap();
+    assert!(killed);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// Without the ping before acquire (the default), a write on a connection the server closed
+/// while idle fails once, as a temporary `Unavailable`, and its retry goes through on a fresh
+/// connection. With `with_ping_before_acquire(true)` the pool finds the dead connection first
+/// and the write goes through at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_idle_connection_fails_one_write_at_most_and_none_with_the_ping_on() {
+    let s = scratch(1).await;
+    let c = Cast::new(&s.settings);
+    let pinging = PostgresStore::connect(
+        s.factory
+            .config(&s.schema)
+            .with_max_connections(1)
+            .with_migrate_on_connect(false)
+            .with_ping_before_acquire(true),
+        s.settings.clone(),
+    )
+    .await
+    .unwrap();
+    for round in 0..3 {
+        kill_idle_connection(&s.store, &s.admin).await;
+        let m = c.text(&format!("after kill {round}"));
+        let first = s.store.insert(m.clone()).await;
+        let err = first.expect_err("the dead connection's write, no ping");
+        assert!(
+            err.kind() == ErrorKind::Unavailable && err.is_temporary(),
+            "round {round}: {err:?}"
+        );
+        // The retry may find the first attempt committed (it never is: the server had closed
+        // the session) or not: either way it is stored now, exactly once.
+        assert!(s.store.insert(m.clone()).await.is_ok(), "round {round}");
+
+        kill_idle_connection(&pinging, &s.admin).await;
+        let n = c.text(&format!("after kill {round}, pinged"));
+        let done = pinging.insert(n).await;
+        assert!(done.is_ok(), "round {round}, ping on: {done:?}");
+    }
+    pinging.inner().pool().close().await;
     s.drop_schema().await;
 }
