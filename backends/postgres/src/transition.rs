@@ -1,7 +1,8 @@
 //! Transitions (recall, restore, delete): the core's decision, persisted in one atomic statement;
 //! one round trip when this handle knows the message's state, two otherwise.
 //!
-//! Each attempt is autocommitted statements (READ COMMITTED):
+//! Each attempt is autocommitted statements (READ COMMITTED), all on one pooled connection (so
+//! a read and the write after it cost one hand-out and one release between them):
 //!
 //! 1. The state the decision is made on:
 //!    * **Known state** (first attempt only, the message in the handle's [`StateCache`]):
@@ -34,16 +35,19 @@ use imstore_core::{
     Error, Lifecycle, Result, Retry, Timestamp, TransitionOutcome, TransitionRequest, UserId,
 };
 use sqlx::Postgres;
-use sqlx::postgres::{PgArguments, PgPool, PgRow};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgArguments, PgConnection, PgPool, PgRow};
 use sqlx::query::Query;
 
 use crate::cache::{Known, StateCache};
-use crate::error::{Failed, is_unique_violation_on};
-use crate::read::reading;
+use crate::error::{Failed, is_broken_connection, is_unique_violation_on};
 use crate::rows::{self, column};
 
 /// The answer of an attempt that persisted its decision (a refusal is an `Err` answer).
 type Answer = Result<TransitionOutcome>;
+
+/// The one pooled connection an attempt runs all its statements on.
+type Conn = PoolConnection<Postgres>;
 
 /// The read of one attempt: the request record of the id (columns prefixed `r_`) and the
 /// message, from one snapshot, request id bound as `$rid`.
@@ -150,12 +154,16 @@ async fn attempt(
     let known = first
         .then(|| cache.get(&req.conversation_id, req.msg_id))
         .flatten();
-    let row = match known {
-        Some(known) => match speculate(pool, cache, decider, &known).await? {
-            Speculation::Applied(answer) => return Ok(answer),
-            Speculation::Read(row) => row,
+    // Every statement of the attempt on one connection: a read and the write after it cost
+    // their two statements, not also a second hand-out and a second release (sqlx pings every
+    // connection it takes back: one more round trip on the wire per release).
+    let conn = pool.acquire().await?;
+    let (mut conn, row) = match known {
+        Some(known) => match speculate(pool, conn, cache, decider, &known).await? {
+            (_, Speculation::Applied(answer)) => return Ok(answer),
+            (conn, Speculation::Read(row)) => (conn, row),
         },
-        None => read(pool, req).await?,
+        None => read(pool, conn, req).await?,
     };
     let record = column::<bool>(&row, "seen")?
         .then(|| rows::record(req, &row, "r_"))
@@ -177,7 +185,7 @@ async fn attempt(
         message.as_ref().map(|m| (&m.sender, &m.lifecycle)),
     );
     persist(
-        pool,
+        &mut conn,
         cache,
         decider,
         decision,
@@ -186,16 +194,38 @@ async fn attempt(
     .await
 }
 
-/// The request record and the message, from one snapshot.
-async fn read(pool: &PgPool, req: &TransitionRequest) -> std::result::Result<PgRow, Failed> {
-    Ok(reading(|| {
-        sqlx::query(read_sql!("$3"))
-            .bind(req.conversation_id.as_str())
-            .bind(req.msg_id.as_i64())
-            .bind(req.request_id.as_str())
-            .fetch_one(pool)
-    })
-    .await?)
+/// The request record and the message, from one snapshot, on `conn`; run once more on a fresh
+/// connection from `pool` if `conn` had died while idle (a read changed nothing: safe to repeat;
+/// see `read::reading`). Returns the connection it ran on.
+async fn read(
+    pool: &PgPool,
+    mut conn: Conn,
+    req: &TransitionRequest,
+) -> std::result::Result<(Conn, PgRow), Failed> {
+    match read_once(&mut conn, req).await {
+        Err(e) if is_broken_connection(&e) => {
+            // Released first: with a pool of one, the fresh connection is this one's slot.
+            conn.close_on_drop();
+            drop(conn);
+            let mut conn = pool.acquire().await?;
+            let row = read_once(&mut conn, req).await?;
+            Ok((conn, row))
+        }
+        Err(e) => Err(e.into()),
+        Ok(row) => Ok((conn, row)),
+    }
+}
+
+async fn read_once(
+    conn: &mut PgConnection,
+    req: &TransitionRequest,
+) -> std::result::Result<PgRow, sqlx::Error> {
+    sqlx::query(read_sql!("$3"))
+        .bind(req.conversation_id.as_str())
+        .bind(req.msg_id.as_i64())
+        .bind(req.request_id.as_str())
+        .fetch_one(conn)
+        .await
 }
 
 /// Decides on the cached state `known` (and no record) and, when that is a change, applies it
@@ -210,10 +240,11 @@ async fn read(pool: &PgPool, req: &TransitionRequest) -> std::result::Result<PgR
 /// attempt, re-run with a read.
 async fn speculate(
     pool: &PgPool,
+    mut conn: Conn,
     cache: &StateCache,
     decider: &Decider<'_>,
     known: &Known,
-) -> std::result::Result<Speculation, Failed> {
+) -> std::result::Result<(Conn, Speculation), Failed> {
     let req = decider.request();
     let decision = decider.decide(None, Some((&known.sender, &known.lifecycle)));
     let Decision::Apply {
@@ -224,7 +255,8 @@ async fn speculate(
     else {
         // A no-op or a refusal is recorded at the version read, and a replay needs the record:
         // both come from a read; only a change is worth guessing.
-        return Ok(Speculation::Read(read(pool, req).await?));
+        let (conn, row) = read(pool, conn, req).await?;
+        return Ok((conn, Speculation::Read(row)));
     };
     let guess = &known.lifecycle;
     let statement = concat!(
@@ -252,7 +284,7 @@ async fn speculate(
         .bind(guess.restored_at.map(Timestamp::as_millis))
         .bind(guess.deleted_at.map(Timestamp::as_millis))
         .bind(guess.deleted_by.as_ref().map(UserId::as_str))
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await;
     let row = match applied {
         Ok(row) => row,
@@ -260,10 +292,10 @@ async fn speculate(
         Err(e) => return Err(e.into()),
     };
     match rows::count(&row, "writes")? {
-        0 => Ok(Speculation::Read(row)),
+        0 => Ok((conn, Speculation::Read(row))),
         3 => {
             remember(cache, req, known.sender.clone(), next.clone());
-            Ok(Speculation::Applied(decision.into_answer()))
+            Ok((conn, Speculation::Applied(decision.into_answer())))
         }
         n => Err(Error::corrupt(format!("a transition wrote {n} of its 3 rows")).into()),
     }
@@ -315,7 +347,7 @@ fn remember(cache: &StateCache, req: &TransitionRequest, sender: UserId, next: L
 /// Persists a decision made on a read (step 2 of the module docs); `sender` is the message's,
 /// as read, to remember the applied state under.
 async fn persist(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     cache: &StateCache,
     decider: &Decider<'_>,
     decision: Decision,
@@ -352,7 +384,7 @@ async fn persist(
             .bind(record.at.as_millis())
             .bind(record.refusal.map(|k| k.as_str()))
             .bind(i64::from(*expected))
-            .execute(pool)
+            .execute(&mut *conn)
             .await?;
             if inserted.rows_affected() != 1 {
                 return Err(Failed::Lost);
@@ -365,7 +397,7 @@ async fn persist(
         } => {
             let statement = concat!("WITH ", apply_ctes!(""), " SELECT ", writes_sql!());
             let applied = bind_apply(sqlx::query(statement), decider, next, *expected, record)
-                .fetch_one(pool)
+                .fetch_one(&mut *conn)
                 .await;
             let writes = match applied {
                 Ok(row) => rows::count(&row, "writes")?,
