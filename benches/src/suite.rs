@@ -623,7 +623,7 @@ async fn run_standard(
             let (store, c, v) = (store.clone(), fc.clone(), fv.clone());
             async move {
                 let p = store
-                    .changes_since(&c, &v, FeedCursor(mix(i) % span), fp)
+                    .changes_since(&c, &v, FeedCursor::at(&c, mix(i) % span)?, fp)
                     .await?;
                 if p.events.is_empty() {
                     return Err("imstore feed page empty".into());

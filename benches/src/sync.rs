@@ -291,8 +291,8 @@ pub async fn run(target: &Arc<dyn Target>, scale: &Scale, timing: Timing, quiet:
         .await?;
     let cursors: Vec<SyncCursor> = (0..n)
         .map(|i| SyncCursor {
+            cursor: FeedCursor::at(&conv(i), 1).expect("position 1"),
             conversation: conv(i),
-            cursor: FeedCursor(1),
         })
         .collect();
     // The changed ones, spread over the list: a recall, a restore and a recall of the second.

@@ -136,7 +136,9 @@ impl Build {
             .into_iter()
             .map(|(start, events)| {
                 let from = cursor;
-                cursor = events.last().map_or(cursor, |e| FeedCursor(e.seq));
+                cursor = events
+                    .last()
+                    .map_or(cursor, |e| FeedCursor::at(&conv(), e.seq).unwrap());
                 Pull {
                     start,
                     end: start + 1,

@@ -265,7 +265,8 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// and deciding again after a lost race, and returns the decision's answer.
     async fn transition(&self, decider: &Decider<'_>) -> Result<crate::TransitionOutcome>;
 
-    /// Up to `limit` events with seq after `after`, and the feed's head.
+    /// Up to `limit` events with seq after `after`, and the feed's head. `after` is a bare
+    /// position (core has checked the cursor's conversation tag and taken it off).
     async fn changes(
         &self,
         conversation: &ConversationId,

@@ -166,19 +166,45 @@ impl<B: Connect> Store<B> {
     }
 }
 
-/// A cursor beyond the feed's head was never issued by this feed (forged, or from another
-/// conversation): refused rather than silently skipping every event up to it.
-fn check_cursor(cursor: FeedCursor, head: u64) -> Result<()> {
-    if cursor.0 > head {
+/// The feed position of `cursor`, if it was issued for `conversation`'s feed: a cursor of
+/// another conversation is refused rather than skipping this feed's events up to its position.
+fn cursor_position(conversation: &ConversationId, cursor: FeedCursor) -> Result<FeedCursor> {
+    if !cursor.belongs_to(conversation) {
+        return Err(Error::invalid_input(
+            "cursor",
+            "was issued for another conversation's feed",
+        ));
+    }
+    Ok(FeedCursor(cursor.position()))
+}
+
+/// A position beyond the feed's head was never issued by this feed (forged): refused rather
+/// than silently skipping every event up to it.
+fn check_position(position: FeedCursor, head: u64) -> Result<()> {
+    if position.0 > head {
         return Err(Error::invalid_input(
             "cursor",
             format!(
-                "is {} but this conversation's feed ends at {head}",
-                cursor.0
+                "is at {} but this conversation's feed ends at {head}",
+                position.0
             ),
         ));
     }
     Ok(())
+}
+
+/// The cursor of `conversation` at a position its backend reported: one above the largest a
+/// cursor holds is a backend fault, not the caller's.
+fn issued(conversation: &ConversationId, position: u64) -> Result<FeedCursor> {
+    FeedCursor::at(conversation, position).map_err(|_| {
+        Error::new(
+            ErrorKind::Backend,
+            format!(
+                "the feed position {position} is above the largest a cursor holds ({})",
+                FeedCursor::MAX_POSITION
+            ),
+        )
+    })
 }
 
 #[async_trait]
@@ -365,9 +391,13 @@ impl<B: Backend> MessageStore for Store<B> {
                 lifecycle::validate_conversation(conversation, policy)?;
                 lifecycle::validate_viewer(viewer, policy)?;
                 lifecycle::validate_page_size(limit, policy)?;
-                let slice = self.backend.changes(conversation, cursor, limit).await?;
-                check_cursor(cursor, slice.head)?;
-                let next = slice.events.last().map_or(cursor, |e| FeedCursor(e.seq));
+                let position = cursor_position(conversation, cursor)?;
+                let slice = self.backend.changes(conversation, position, limit).await?;
+                check_position(position, slice.head)?;
+                let next = match slice.events.last() {
+                    Some(e) => issued(conversation, e.seq)?,
+                    None => cursor,
+                };
                 let events = slice
                     .events
                     .into_iter()
@@ -376,9 +406,13 @@ impl<B: Backend> MessageStore for Store<B> {
                 Ok(ChangePage {
                     events,
                     next,
-                    resync: (cursor.0 < slice.purged_through).then_some(Resync {
-                        purged_through: FeedCursor(slice.purged_through),
-                    }),
+                    resync: if position.0 < slice.purged_through {
+                        Some(Resync {
+                            purged_through: issued(conversation, slice.purged_through)?,
+                        })
+                    } else {
+                        None
+                    },
                 })
             },
         )
@@ -400,8 +434,10 @@ impl<B: Backend> MessageStore for Store<B> {
                     ),
                 ));
             }
+            let mut positions = Vec::with_capacity(cursors.len());
             for c in cursors {
                 lifecycle::validate_conversation(&c.conversation, policy)?;
+                positions.push(cursor_position(&c.conversation, c.cursor)?);
             }
             let conversations: Vec<ConversationId> =
                 cursors.iter().map(|c| c.conversation.clone()).collect();
@@ -417,13 +453,13 @@ impl<B: Backend> MessageStore for Store<B> {
                 ));
             }
             let mut changed = Vec::new();
-            for (c, h) in cursors.iter().zip(heads) {
-                check_cursor(c.cursor, h.head)?;
-                let resync = c.cursor.0 < h.purged_through;
-                if h.head > c.cursor.0 || resync {
+            for ((c, position), h) in cursors.iter().zip(positions).zip(heads) {
+                check_position(position, h.head)?;
+                let resync = position.0 < h.purged_through;
+                if h.head > position.0 || resync {
                     changed.push(ConversationChange {
                         conversation: c.conversation.clone(),
-                        head: FeedCursor(h.head),
+                        head: issued(&c.conversation, h.head)?,
                         resync,
                     });
                 }

@@ -439,13 +439,58 @@ impl Page {
     }
 }
 
-/// A position in a conversation's change feed; `FeedCursor::START` is before the first event.
+/// A position in one conversation's change feed, bound to that conversation.
+///
+/// The low 40 bits are the position (the `seq` of the last event before the cursor), the high
+/// 24 bits a tag of the conversation it was issued for (CRC-32C of its id), so a cursor used
+/// in another conversation is `InvalidInput` instead of silently skipping that feed's events
+/// (two conversations share a tag with odds of 1 in 2^24). `FeedCursor::START` is before the
+/// first event of every conversation. Build one from an event with [`FeedCursor::at`].
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
 pub struct FeedCursor(pub u64);
 
 impl FeedCursor {
-    /// Before every event.
+    /// Before every event, in every conversation.
     pub const START: FeedCursor = FeedCursor(0);
+
+    /// The largest feed position a cursor holds: 2^40 - 1 (about 10^12 events per conversation).
+    pub const MAX_POSITION: u64 = (1 << 40) - 1;
+
+    /// The cursor of `conversation` just after the event at `position` (its `seq`): pulling
+    /// from it returns the events after that one. Position 0 is [`FeedCursor::START`]; a
+    /// position above [`FeedCursor::MAX_POSITION`] is `InvalidInput` naming `cursor`.
+    pub fn at(conversation: &ConversationId, position: u64) -> Result<FeedCursor> {
+        if position > Self::MAX_POSITION {
+            return Err(Error::invalid_input(
+                "cursor",
+                format!(
+                    "position {position} is above the largest feed position {}",
+                    Self::MAX_POSITION
+                ),
+            ));
+        }
+        if position == 0 {
+            return Ok(Self::START);
+        }
+        Ok(FeedCursor(Self::tag(conversation) << 40 | position))
+    }
+
+    /// The feed position this cursor stands at (0 for [`FeedCursor::START`]).
+    pub fn position(self) -> u64 {
+        self.0 & Self::MAX_POSITION
+    }
+
+    /// Whether this cursor was issued for `conversation`'s feed ([`FeedCursor::START`] belongs
+    /// to every conversation).
+    pub fn belongs_to(self, conversation: &ConversationId) -> bool {
+        self == Self::START || self.0 >> 40 == Self::tag(conversation)
+    }
+
+    /// The conversation's 24-bit tag, never 0 (so no issued cursor but START has tag 0).
+    fn tag(conversation: &ConversationId) -> u64 {
+        let tag = u64::from(crc32c::crc32c(conversation.as_str().as_bytes())) & 0xFF_FFFF;
+        tag.max(1)
+    }
 }
 
 /// One committed status change.
@@ -688,5 +733,37 @@ impl KeyUsage {
             .map(|(_, n)| n)
             .sum::<u64>()
             + self.unsealed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conv(s: &str) -> ConversationId {
+        ConversationId::new(s).unwrap()
+    }
+
+    #[test]
+    fn a_cursor_keeps_its_position_and_names_its_conversation() {
+        let (a, b) = (conv("room-a"), conv("room-b"));
+        let at = FeedCursor::at(&a, 42).unwrap();
+        assert_eq!(at.position(), 42);
+        assert!(at.belongs_to(&a));
+        assert!(!at.belongs_to(&b));
+        // Raw positions (no tag) belong to no conversation; START to every one.
+        assert!(!FeedCursor(42).belongs_to(&a));
+        assert!(FeedCursor::START.belongs_to(&b));
+        assert_eq!(FeedCursor::at(&b, 0).unwrap(), FeedCursor::START);
+        let top = FeedCursor::at(&a, FeedCursor::MAX_POSITION).unwrap();
+        assert_eq!(top.position(), FeedCursor::MAX_POSITION);
+        assert!(top.belongs_to(&a));
+        let e = FeedCursor::at(&a, FeedCursor::MAX_POSITION + 1).unwrap_err();
+        assert_eq!(
+            (e.kind(), e.field()),
+            (crate::ErrorKind::InvalidInput, Some("cursor"))
+        );
+        // Cursors of one conversation keep their order.
+        assert!(FeedCursor::at(&a, 7).unwrap() < FeedCursor::at(&a, 8).unwrap());
     }
 }

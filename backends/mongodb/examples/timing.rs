@@ -108,7 +108,7 @@ async fn measure(factory: &MongoFactory, messages: usize, samples: usize) -> [Du
     let mut transition = Vec::new();
     let mut page = Vec::new();
     let mut pull = Vec::new();
-    let cursor = FeedCursor(events.saturating_sub(20) as u64);
+    let cursor = FeedCursor::at(&conv, events.saturating_sub(20) as u64).expect("cursor");
     for (i, id) in fresh.iter().enumerate().take(samples) {
         let rid = RequestId::new(format!("t{i}")).expect("request id");
         let t = Instant::now();

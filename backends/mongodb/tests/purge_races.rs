@@ -90,7 +90,7 @@ async fn purging_everything_never_lowers_the_feed_head() {
         .changes_since(&c.conv, &c.bob, imstore_core::FeedCursor::START, 10)
         .await
         .unwrap();
-    let last = page.next.0;
+    let last = page.next.position();
     h.clock
         .advance(h.settings.policy.retention() + Duration::from_secs(86_400));
     let r = h

@@ -264,10 +264,11 @@ pub async fn extreme_client_timestamps_are_stale_requests<F: StoreFactory>(f: &F
 /// a busy one alike, up to the largest cursor.
 pub async fn feed_cursor_beyond_the_head_is_invalid_input<F: StoreFactory>(f: &F) {
     let (h, c) = start(f).await;
-    for cursor in [1, u64::MAX] {
+    for position in [1, FeedCursor::MAX_POSITION] {
+        let cursor = FeedCursor::at(&c.conv, position).unwrap();
         let e = h
             .store
-            .changes_since(&c.conv, &c.bob, FeedCursor(cursor), 10)
+            .changes_since(&c.conv, &c.bob, cursor, 10)
             .await
             .unwrap_err();
         assert_eq!(
@@ -294,16 +295,23 @@ pub async fn feed_cursor_beyond_the_head_is_invalid_input<F: StoreFactory>(f: &F
             .events
             .is_empty()
     );
-    for cursor in [head.0 + 1, u64::MAX / 2, u64::MAX] {
+    for position in [
+        head.position() + 1,
+        FeedCursor::MAX_POSITION / 2,
+        FeedCursor::MAX_POSITION,
+    ] {
+        let cursor = FeedCursor::at(&c.conv, position).unwrap();
         assert_eq!(
-            kind(
-                h.store
-                    .changes_since(&c.conv, &c.bob, FeedCursor(cursor), 10)
-                    .await
-            ),
+            kind(h.store.changes_since(&c.conv, &c.bob, cursor, 10).await),
             ErrorKind::InvalidInput
         );
     }
+    // A position no cursor holds is refused when the cursor is built, naming it.
+    let e = FeedCursor::at(&c.conv, FeedCursor::MAX_POSITION + 1).unwrap_err();
+    assert_eq!(
+        (e.kind(), e.field()),
+        (ErrorKind::InvalidInput, Some("cursor"))
+    );
     h.finish().await;
 }
 

@@ -411,18 +411,30 @@ pub async fn changed_conversations_names_exactly_the_changed_ones<F: StoreFactor
             .iter()
             .find(|c| c.conversation == x.conversation)
             .unwrap();
-        assert_eq!(x.head.0, before.cursor.0 + 1);
+        assert_eq!(x.head.position(), before.cursor.position() + 1);
         assert!(!x.resync);
     }
     h.finish().await;
 }
 
-/// Cursors are bound to their conversation: one ahead of a conversation's head (forged, or taken
-/// from a busier conversation) is invalid input, in a single pull and in the batch call.
+/// Cursors are bound to their conversation: one taken from another conversation, whether its
+/// position is beyond this feed's head or within it (it would skip events), and one forged
+/// ahead of the head, are invalid input, in a single pull and in the batch call.
 pub async fn a_cursor_from_another_conversation_is_refused<F: StoreFactory>(f: &F) {
     let (h, c) = start(f).await;
     let quiet = Cast::in_conversation(&h.settings, "quiet");
-    sent(&h, quiet.text("x")).await;
+    let q = sent(&h, quiet.text("x")).await;
+    h.store
+        .transition(quiet.request(Action::Recall, &quiet.alice, q))
+        .await
+        .unwrap();
+    let quiet_cursor = h
+        .store
+        .drain_changes(&quiet.conv, &c.bob, FeedCursor::START, 10)
+        .await
+        .unwrap()
+        .next;
+    assert_eq!(quiet_cursor.position(), 1);
     for _ in 0..3 {
         let id = sent(&h, c.text("busy")).await;
         h.store
@@ -456,6 +468,39 @@ pub async fn a_cursor_from_another_conversation_is_refused<F: StoreFactory>(f: &
     assert_eq!(
         (e.kind(), e.field()),
         (ErrorKind::InvalidInput, Some("cursor"))
+    );
+    // Position 1 is within the busy feed (head 3): accepted, it would skip two events.
+    let e = h
+        .store
+        .changes_since(&c.conv, &c.bob, quiet_cursor, 10)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.kind(), e.field()),
+        (ErrorKind::InvalidInput, Some("cursor"))
+    );
+    let e = h
+        .store
+        .changed_conversations(&[SyncCursor {
+            conversation: c.conv.clone(),
+            cursor: quiet_cursor,
+        }])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.kind(), e.field()),
+        (ErrorKind::InvalidInput, Some("cursor"))
+    );
+    // The same position, issued for this conversation, is a cursor of its own.
+    let own = FeedCursor::at(&c.conv, quiet_cursor.position()).unwrap();
+    assert_eq!(
+        h.store
+            .changes_since(&c.conv, &c.bob, own, 10)
+            .await
+            .unwrap()
+            .events
+            .len(),
+        2
     );
     let too_many: Vec<SyncCursor> = (0..=MAX_SYNC_CONVERSATIONS)
         .map(|i| SyncCursor {
@@ -492,7 +537,7 @@ pub async fn a_device_offline_across_a_purge_is_told_to_resync<F: StoreFactory>(
         .transition(c.moderator_request(Action::Recall, &c.mia, kept))
         .await
         .unwrap();
-    let online = FeedCursor(2);
+    let online = FeedCursor::at(&c.conv, 2).unwrap();
     assert_eq!(
         h.store
             .purge_all(PurgeOptions::default())
@@ -507,7 +552,7 @@ pub async fn a_device_offline_across_a_purge_is_told_to_resync<F: StoreFactory>(
         .await
         .unwrap();
     let resync = page.resync.expect("the device missed removed events");
-    assert_eq!(resync.purged_through, FeedCursor(2));
+    assert_eq!(resync.purged_through, online);
     assert_eq!(
         page.events
             .iter()

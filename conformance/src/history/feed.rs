@@ -105,7 +105,8 @@ pub(crate) fn check(
                     format!(
                         "pull {k} started from cursor {} instead of {}, the cursor the previous \
                          page returned",
-                        pull.cursor.0, c.0
+                        pull.cursor.position(),
+                        c.position()
                     ),
                     Vec::new(),
                     Vec::new(),
@@ -118,7 +119,10 @@ pub(crate) fn check(
                 let p = &device.pulls[k];
                 format!(
                     "pull {k} (ticks {}..{}, from cursor {}, limit {})",
-                    p.start, p.end, p.cursor.0, p.limit
+                    p.start,
+                    p.end,
+                    p.cursor.position(),
+                    p.limit
                 )
             };
             if page.events.len() > pull.limit as usize {
@@ -128,7 +132,7 @@ pub(crate) fn check(
                     Vec::new(),
                 ));
             }
-            let mut prev = pull.cursor.0;
+            let mut prev = pull.cursor.position();
             for e in &page.events {
                 events += 1;
                 let ev = event(e, base);
@@ -237,17 +241,18 @@ pub(crate) fn check(
                     },
                 );
             }
-            let next = page
-                .events
-                .last()
-                .map_or(pull.cursor, |e| FeedCursor(e.seq));
-            if page.next != next {
+            let next = match page.events.last() {
+                Some(e) => FeedCursor::at(&device.conversation_id, e.seq).ok(),
+                None => Some(pull.cursor),
+            };
+            if Some(page.next) != next {
                 return Err(fail(
                     format!(
-                        "{} returned next cursor {}, not {} (its last event's position)",
+                        "{} returned next cursor {:?}, not {:?} (its last event's position, in \
+                         this conversation)",
                         pull_words(k),
-                        page.next.0,
-                        next.0
+                        page.next,
+                        next
                     ),
                     Vec::new(),
                     Vec::new(),
