@@ -448,49 +448,9 @@ pub async fn a_cursor_from_another_conversation_is_refused<F: StoreFactory>(f: &
         .await
         .unwrap()
         .next;
-    let e = h
-        .store
-        .changes_since(&quiet.conv, &c.bob, busy, 10)
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (e.kind(), e.field()),
-        (ErrorKind::InvalidInput, Some("cursor"))
-    );
-    let e = h
-        .store
-        .changed_conversations(&[SyncCursor {
-            conversation: quiet.conv.clone(),
-            cursor: busy,
-        }])
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (e.kind(), e.field()),
-        (ErrorKind::InvalidInput, Some("cursor"))
-    );
+    refused_in_a_pull_and_in_the_batch(&h, &quiet.conv, &c.bob, busy).await;
     // Position 1 is within the busy feed (head 3): accepted, it would skip two events.
-    let e = h
-        .store
-        .changes_since(&c.conv, &c.bob, quiet_cursor, 10)
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (e.kind(), e.field()),
-        (ErrorKind::InvalidInput, Some("cursor"))
-    );
-    let e = h
-        .store
-        .changed_conversations(&[SyncCursor {
-            conversation: c.conv.clone(),
-            cursor: quiet_cursor,
-        }])
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (e.kind(), e.field()),
-        (ErrorKind::InvalidInput, Some("cursor"))
-    );
+    refused_in_a_pull_and_in_the_batch(&h, &c.conv, &c.bob, quiet_cursor).await;
     // The same position, issued for this conversation, is a cursor of its own.
     let own = FeedCursor::at(&c.conv, quiet_cursor.position()).unwrap();
     assert_eq!(
@@ -514,6 +474,36 @@ pub async fn a_cursor_from_another_conversation_is_refused<F: StoreFactory>(f: &
         (ErrorKind::InvalidInput, Some("cursors"))
     );
     h.finish().await;
+}
+
+/// `cursor` used in `conversation` is invalid input naming the cursor, in `changes_since` and
+/// in `changed_conversations`.
+async fn refused_in_a_pull_and_in_the_batch<F: StoreFactory>(
+    h: &Harness<'_, F>,
+    conversation: &ConversationId,
+    viewer: &UserId,
+    cursor: FeedCursor,
+) {
+    let pull = h
+        .store
+        .changes_since(conversation, viewer, cursor, 10)
+        .await
+        .unwrap_err();
+    let batch = h
+        .store
+        .changed_conversations(&[SyncCursor {
+            conversation: conversation.clone(),
+            cursor,
+        }])
+        .await
+        .unwrap_err();
+    for e in [pull, batch] {
+        assert_eq!(
+            (e.kind(), e.field()),
+            (ErrorKind::InvalidInput, Some("cursor")),
+            "{cursor:?} in {conversation}"
+        );
+    }
 }
 
 /// A device offline while the purge removed events it had not pulled is told to resync (in the
