@@ -7,6 +7,12 @@
 //! exception) fails the same way on every retry, so it is [`ErrorKind::Backend`], like statements
 //! the server refuses (syntax, invalid, too large, config, authorisation). Rows that do not have the
 //! shape the schema promises are [`Error::corrupt`] (`Backend`): retrying will not fix them.
+//!
+//! Protocol v4 (what the driver speaks) carries no per-node failure-reason map in `READ_FAILURE`
+//! (only `numfailures`); Cassandra puts the reasons in the error text
+//! (`... 1 failures: READ_TOO_MANY_TOMBSTONES from /127.0.0.1:7000`), so the server-limit cases
+//! are told apart by that text, only to name the limit in the message: the kind never depends
+//! on it.
 
 use imstore_core::{Error, ErrorKind};
 use scylla::errors::{
@@ -17,6 +23,8 @@ use scylla::errors::{
 /// The kind a server-side error stands for.
 fn db_kind(db: &DbError) -> ErrorKind {
     match db {
+        // A read timeout can come from a slow tombstone scan below the failure threshold, but
+        // also from a replica that is merely busy: a retry may succeed, so it stays temporary.
         DbError::Unavailable { .. }
         | DbError::Overloaded
         | DbError::IsBootstrapping
@@ -27,6 +35,55 @@ fn db_kind(db: &DbError) -> ErrorKind {
         // message names the reason (READ_TOO_MANY_TOMBSTONES, a mutation over
         // `max_mutation_size`), none of which a retry changes.
         _ => ErrorKind::Backend,
+    }
+}
+
+/// The server error behind an execution error, with the server's own text.
+fn db_error(e: &ExecutionError) -> Option<(&DbError, &str)> {
+    let attempt = match e {
+        ExecutionError::LastAttemptError(a) => a,
+        ExecutionError::PrepareError(PrepareError::AllAttemptsFailed { first_attempt }) => {
+            first_attempt
+        }
+        _ => return None,
+    };
+    match attempt {
+        RequestAttemptError::DbError(db, text) => Some((db, text.as_str())),
+        _ => None,
+    }
+}
+
+/// The message of a failure caused by a server limit, naming the limit, so that an operator
+/// sees which setting or which data (tombstones, a value's size) it is about.
+fn limit_message(db: &DbError, text: &str) -> Option<&'static str> {
+    let upper = text.to_ascii_uppercase();
+    match db {
+        DbError::ReadFailure { .. } if upper.contains("TOMBSTONE") => Some(
+            "a replica refused the read: it would pass more tombstones than the server's \
+             tombstone_failure_threshold (READ_TOO_MANY_TOMBSTONES); a retry fails the same way \
+             until compaction drops them",
+        ),
+        DbError::ReadFailure { .. } => {
+            Some("a replica failed the read (READ_FAILURE); a retry fails the same way")
+        }
+        DbError::WriteFailure { .. } if upper.contains("TOO LARGE") => Some(
+            "a replica refused the mutation: it is over the server's max_mutation_size (half a \
+             commitlog segment by default)",
+        ),
+        DbError::WriteFailure { .. } => {
+            Some("a replica failed the write (WRITE_FAILURE); a retry fails the same way")
+        }
+        DbError::Invalid if upper.contains("BATCH TOO LARGE") => {
+            Some("the server refused the batch: it is over the server's batch_size_fail_threshold")
+        }
+        DbError::Invalid if upper.contains("OVERSIZED") || upper.contains("TOO LARGE") => Some(
+            "the server refused a value over its size limits (max_mutation_size, \
+             native_transport_max_frame_size)",
+        ),
+        DbError::Invalid if upper.contains("GUARDRAIL") => {
+            Some("the server refused the statement: a guardrail threshold was exceeded")
+        }
+        _ => None,
     }
 }
 
@@ -62,7 +119,10 @@ fn execution_kind(e: &ExecutionError) -> ErrorKind {
 
 /// A failed statement execution.
 pub(crate) fn execution(e: ExecutionError) -> Error {
-    Error::new(execution_kind(&e), "statement failed").with_source(e)
+    let message = db_error(&e)
+        .and_then(|(db, text)| limit_message(db, text))
+        .unwrap_or("statement failed");
+    Error::new(execution_kind(&e), message).with_source(e)
 }
 
 /// A statement that could not be prepared at start-up.
@@ -152,9 +212,15 @@ mod tests {
         );
     }
 
-    #[test]
-    fn server_side_limits_are_never_temporary() {
-        let tombstones = ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+    /// A server error as the driver hands it over after its last attempt.
+    fn db(db: DbError, text: &str) -> ExecutionError {
+        ExecutionError::LastAttemptError(RequestAttemptError::DbError(db, text.into()))
+    }
+
+    /// What Cassandra 5 sends (protocol v4) when a replica hits `tombstone_failure_threshold`:
+    /// a READ_FAILURE with the failure reason only in the text.
+    fn tombstone_failure() -> ExecutionError {
+        db(
             DbError::ReadFailure {
                 consistency: Consistency::LocalQuorum,
                 received: 0,
@@ -162,10 +228,61 @@ mod tests {
                 numfailures: 1,
                 data_present: false,
             },
-            "Operation failed - received 0 responses and 1 failures: READ_TOO_MANY_TOMBSTONES"
-                .into(),
+            "Operation failed - received 0 responses and 1 failures: READ_TOO_MANY_TOMBSTONES \
+             from localhost/127.0.0.1:7000",
+        )
+    }
+
+    #[test]
+    fn a_tombstone_overwhelmed_read_is_permanent_and_names_the_threshold() {
+        let e = execution(tombstone_failure());
+        assert_eq!(e.kind(), ErrorKind::Backend, "{e}");
+        assert!(!e.is_temporary());
+        assert!(
+            !lwt_outcome_unknown(&e),
+            "a failed read is not an unknown LWT outcome"
+        );
+        assert!(e.message().contains("tombstone_failure_threshold"), "{e}");
+        // The same failure met while preparing is classified the same way.
+        let ExecutionError::LastAttemptError(attempt) = tombstone_failure() else {
+            unreachable!()
+        };
+        let e = execution(ExecutionError::PrepareError(
+            PrepareError::AllAttemptsFailed {
+                first_attempt: attempt,
+            },
         ));
-        let too_large = ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+        assert_eq!(e.kind(), ErrorKind::Backend, "{e}");
+        assert!(e.message().contains("tombstone_failure_threshold"), "{e}");
+    }
+
+    #[test]
+    fn a_read_timeout_stays_temporary() {
+        let e = execution(db(
+            DbError::ReadTimeout {
+                consistency: Consistency::LocalQuorum,
+                received: 0,
+                required: 1,
+                data_present: false,
+            },
+            "Operation timed out - received only 0 responses.",
+        ));
+        assert!(e.is_temporary(), "{e}");
+    }
+
+    #[test]
+    fn server_side_limits_are_never_temporary() {
+        let other_read_failure = db(
+            DbError::ReadFailure {
+                consistency: Consistency::LocalQuorum,
+                received: 0,
+                required: 1,
+                numfailures: 1,
+                data_present: false,
+            },
+            "Operation failed - received 0 responses and 1 failures: UNKNOWN from /127.0.0.1",
+        );
+        let too_large = db(
             DbError::WriteFailure {
                 consistency: Consistency::LocalQuorum,
                 received: 0,
@@ -173,16 +290,28 @@ mod tests {
                 numfailures: 1,
                 write_type: WriteType::Simple,
             },
-            "Mutation of 17MiB is too large for the maximum size of 16MiB".into(),
-        ));
-        let rejected = ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+            "Mutation of 17MiB is too large for the maximum size of 16MiB",
+        );
+        let rejected = db(
             DbError::Invalid,
-            "Rejected an oversized mutation (17000000/16777216)".into(),
-        ));
-        for e in [tombstones, too_large, rejected] {
+            "Rejected an oversized mutation (17000000/16777216)",
+        );
+        let batch = db(DbError::Invalid, "Batch too large");
+        let guardrail = db(
+            DbError::Invalid,
+            "Guardrail partition_size violated: partition is too big",
+        );
+        for (e, names) in [
+            (other_read_failure, "READ_FAILURE"),
+            (too_large, "max_mutation_size"),
+            (rejected, "max_mutation_size"),
+            (batch, "batch_size_fail_threshold"),
+            (guardrail, "guardrail"),
+        ] {
             let e = execution(e);
             assert_eq!(e.kind(), ErrorKind::Backend, "{e}");
             assert!(!e.is_temporary());
+            assert!(e.message().contains(names), "{e} should name {names}");
         }
     }
 
