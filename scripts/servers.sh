@@ -6,6 +6,8 @@
 #   scripts/servers.sh restart [postgres|cassandra|ferretdb ...]
 #   scripts/servers.sh status  [postgres|cassandra|ferretdb ...]
 #   scripts/servers.sh kill    [postgres|cassandra|ferretdb ...]
+#   scripts/servers.sh cluster start|stop|status|ring|kill N|start-node N
+#     (a 3-node Cassandra cluster on 127.0.0.2-4: see its section below)
 #
 # `kill` sends SIGKILL to the server (a crash, for fault tests: no shutdown,
 # no flush) and waits until the process is gone; `start` brings it back on
@@ -719,6 +721,280 @@ fdb_status() {
   return 1
 }
 
+# ---------------------------------------------------------------- cluster --
+#
+# A 3-node Cassandra cluster on 127.0.0.2-4, for the multi-node tests
+# (backends/scylla/tests/cluster.rs); separate from the single test node on
+# 127.0.0.1, which keeps its ports (the cluster binds other addresses, and its
+# JMX ports, which Cassandra binds on 127.0.0.1, differ). Same jars, Java,
+# yaml and JVM options templates as the single node; small heaps.
+#
+#   scripts/servers.sh cluster start|stop|status|ring
+#   scripts/servers.sh cluster kill N        SIGKILL node N (1-3), for fault tests
+#   scripts/servers.sh cluster start-node N  start node N again on its data
+#
+# `start` starts the nodes one after another, each once its CQL port answers
+# and the ring (nodetool status, from another live node) shows it UN, and
+# writes .servers/cluster/env (IMSTORE_SCYLLA_CLUSTER_NODES). Settings:
+#   IMSTORE_CLUSTER_CQL_PORT (default: the single node's CQL port, on the
+#   cluster's own addresses)  IMSTORE_CLUSTER_STORAGE_PORT (default: the
+#   single node's)  IMSTORE_CLUSTER_JMX_PORT=17201 (node N: +N-1)
+#   IMSTORE_CLUSTER_HEAP=768M  IMSTORE_START_TIMEOUT_CLUSTER=240 (per node)
+
+CLUSTER_DIR=$STATE/cluster
+CLUSTER_SIZE=3
+CLUSTER_CQL_PORT=${IMSTORE_CLUSTER_CQL_PORT:-$CQL_PORT}
+CLUSTER_STORAGE_PORT=${IMSTORE_CLUSTER_STORAGE_PORT:-$CASS_STORAGE_PORT}
+CLUSTER_JMX_BASE=${IMSTORE_CLUSTER_JMX_PORT:-17201}
+CLUSTER_HEAP=${IMSTORE_CLUSTER_HEAP:-768M}
+TIMEOUT_CLUSTER=${IMSTORE_START_TIMEOUT_CLUSTER:-240}
+# Evenly spaced Murmur3 tokens, one per node (num_tokens: 1): 2^63 * (2(N-1)/3 - 1).
+CLUSTER_TOKENS=(-9223372036854775808 -3074457345618258603 3074457345618258602)
+
+node_ip() { printf '127.0.0.%d' $(($1 + 1)); }
+node_dir() { printf '%s/node%d' "$CLUSTER_DIR" "$1"; }
+node_jmx() { printf '%d' $((CLUSTER_JMX_BASE + $1 - 1)); }
+
+# host_port_open HOST PORT: something accepts TCP connections on HOST:PORT.
+host_port_open() {
+  # shellcheck disable=SC2016 # $1 and $2 are expanded by the inner bash
+  timeout 3 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$1" "$2" 2>/dev/null
+}
+
+node_pid() {
+  local d
+  d=$(node_dir "$1")
+  pid_matching "$d/cassandra.pid" "-Dcassandra.config=file://$d/conf/cassandra.yaml"
+}
+
+node_up() {
+  node_pid "$1" >/dev/null && host_port_open "$(node_ip "$1")" "$CLUSTER_CQL_PORT"
+}
+
+# nodetool N ARGS...: Cassandra's nodetool (from the same jars) against node N's JMX.
+# It needs the module exports/opens of jvm17.options too.
+nodetool() {
+  local n=$1 opts=() words=() line
+  shift
+  while IFS= read -r line; do
+    [[ $line == --add-* ]] || continue
+    read -r -a words <<<"$line"
+    opts+=("${words[@]}")
+  done <"$HELPERS/cassandra/jvm17.options"
+  timeout 60 "$JAVA" -Xmx128M -XX:+UseSerialGC "${opts[@]}" -cp "$CASS_LIB/*" \
+    -Dlogback.configurationFile="$HELPERS/cassandra/logback-tools.xml" \
+    org.apache.cassandra.tools.NodeTool -h 127.0.0.1 -p "$(node_jmx "$n")" "$@" </dev/null 2>/dev/null
+}
+
+# node_in_ring N: another live node (or N itself when it is the only one) sees N as UN.
+node_in_ring() {
+  local n=$1 o viewer=$1
+  for o in $(seq 1 "$CLUSTER_SIZE"); do
+    if ((o != n)) && node_up "$o"; then viewer=$o; break; fi
+  done
+  nodetool "$viewer" status | grep -Eq "^UN +$(node_ip "$n")[: ]"
+}
+
+# node_launch N: start node N's JVM (returns at once).
+node_launch() {
+  local n=$1 d ip jmx
+  d=$(node_dir "$n")
+  ip=$(node_ip "$n")
+  jmx=$(node_jmx "$n")
+  mkdir -p "$d/logs" "$d/conf" "$d/data"
+  local p
+  for p in "$ip:$CLUSTER_CQL_PORT" "$ip:$CLUSTER_STORAGE_PORT" "127.0.0.1:$jmx"; do
+    local deadline=$((SECONDS + 15))
+    while host_port_open "${p%:*}" "${p##*:}"; do
+      if ((SECONDS >= deadline)); then
+        fail "node$n" "$p is already in use by another process: $(port_listeners "${p##*:}")"
+        return 1
+      fi
+      sleep 0.5
+    done
+  done
+
+  # The single node's template, re-addressed: this node's address, the seed
+  # node 1, its own token, the cluster's name. auto_bootstrap: false because
+  # the cluster is created empty (nothing to stream), and a node started
+  # again after a kill rejoins with its own data and token anyway.
+  local yaml
+  yaml=$(<"$HELPERS/cassandra/cassandra.yaml.in")
+  yaml=${yaml//@DATA@/$d/data}
+  yaml=${yaml//@STORAGE_PORT@/$CLUSTER_STORAGE_PORT}
+  yaml=${yaml//@CQL_PORT@/$CLUSTER_CQL_PORT}
+  yaml=${yaml//cluster_name: imstore-test/cluster_name: imstore-cluster}
+  yaml=${yaml//initial_token: 0/initial_token: ${CLUSTER_TOKENS[n - 1]}}
+  yaml=${yaml//listen_address: 127.0.0.1/listen_address: $ip}
+  yaml=${yaml//rpc_address: 127.0.0.1/rpc_address: $ip}
+  yaml=${yaml//\"127.0.0.1:/\"$(node_ip 1):}
+  printf '%s\n\n# Added by scripts/servers.sh cluster.\nauto_bootstrap: false\n' "$yaml" >"$d/conf/cassandra.yaml"
+  grep -q "listen_address: $ip" "$d/conf/cassandra.yaml" ||
+    { fail "node$n" "the yaml template no longer has the lines the cluster re-addresses"; return 1; }
+  cp "$HELPERS/cassandra/logback.xml" "$d/conf/logback.xml"
+
+  local opts=() words=() line jamm
+  while IFS= read -r line; do
+    [[ $line == -* ]] || continue
+    read -r -a words <<<"$line"
+    opts+=("${words[@]}")
+  done <"$HELPERS/cassandra/jvm17.options"
+  jamm=$(compgen -G "$CASS_LIB/jamm-*.jar" | head -n 1)
+
+  log "starting cluster node $n on $ip:$CLUSTER_CQL_PORT (logs in $d/logs)"
+  rm -f "$d/cassandra.pid"
+  (
+    cd "$d"
+    exec 9>&- 8>&- # don't hand the locks to the server
+    exec setsid "$JAVA" -Xms"$CLUSTER_HEAP" -Xmx"$CLUSTER_HEAP" "${opts[@]}" \
+      -XX:ErrorFile="$d/logs/hs_err_pid%p.log" \
+      -javaagent:"$jamm" \
+      -Dcassandra.config="file://$d/conf/cassandra.yaml" \
+      -Dcassandra-foreground=yes \
+      -Dcassandra.logdir="$d/logs" \
+      -Dlogback.configurationFile="$d/conf/logback.xml" \
+      -Dcassandra.skip_wait_for_gossip_to_settle=0 \
+      -Dcassandra.ring_delay_ms=0 \
+      -Dcassandra.jmx.local.port="$jmx" \
+      -Dcom.sun.management.jmxremote.rmi.port="$jmx" \
+      -cp "$CASS_LIB/*" org.apache.cassandra.service.CassandraDaemon \
+      </dev/null >>"$d/logs/console.log" 2>&1
+  ) &
+  echo "$!" >"$d/cassandra.pid"
+}
+
+# node_wait N: until node N answers CQL and is UN in the ring.
+node_wait() {
+  local n=$1 d deadline=$((SECONDS + TIMEOUT_CLUSTER))
+  d=$(node_dir "$n")
+  while ! node_up "$n" || ! node_in_ring "$n"; do
+    if ! node_pid "$n" >/dev/null; then
+      fail "node$n" "the JVM exited during startup" "$d/logs/console.log" "$d/logs/system.log"
+      return 1
+    fi
+    if ((SECONDS >= deadline)); then
+      fail "node$n" "not up and UN after ${TIMEOUT_CLUSTER}s" "$d/logs/system.log"
+      return 1
+    fi
+    sleep 1
+  done
+  log "cluster node $n up and UN (pid $(node_pid "$n"))"
+}
+
+# node_start N: start node N unless it is up, and wait for it.
+node_start() {
+  local n=$1 t0=$SECONDS
+  if node_up "$n"; then
+    log "cluster node $n already up (pid $(node_pid "$n"), $(node_ip "$n"):$CLUSTER_CQL_PORT)"
+    return 0
+  fi
+  if ! node_pid "$n" >/dev/null; then node_launch "$n" || return 1; fi
+  node_wait "$n" || return 1
+  log "cluster node $n ready in $((SECONDS - t0))s"
+}
+
+cluster_prepare() {
+  find_java17 || { apt_install openjdk-17-jre-headless && find_java17; } ||
+    die "no Java 17 found (set IMSTORE_JAVA_HOME)"
+  mkdir -p "$CLUSTER_DIR/logs"
+  CASS_LOGS=$CLUSTER_DIR/logs cass_fetch_lib || die "Maven could not fetch cassandra-all $CASS_VERSION ($CLUSTER_DIR/logs/maven.log)"
+}
+
+cluster_write_env() {
+  local nodes=() n
+  for n in $(seq 1 "$CLUSTER_SIZE"); do nodes+=("$(node_ip "$n"):$CLUSTER_CQL_PORT"); done
+  local IFS=,
+  printf '# Written by scripts/servers.sh cluster start. Source it: . .servers/cluster/env\nexport IMSTORE_SCYLLA_CLUSTER_NODES=%s\n' \
+    "${nodes[*]}" >"$CLUSTER_DIR/env.tmp.$$"
+  mv "$CLUSTER_DIR/env.tmp.$$" "$CLUSTER_DIR/env"
+}
+
+cluster_node_arg() {
+  [[ ${1:-} =~ ^[1-9]$ ]] && (($1 <= CLUSTER_SIZE)) || die "cluster node must be 1-$CLUSTER_SIZE, not '${1:-}'"
+}
+
+# The cluster's own lock (fd 8), so that it never waits behind the single
+# node's start or kill, nor they behind it.
+cluster_lock() {
+  mkdir -p "$CLUSTER_DIR"
+  exec 8>"$CLUSTER_DIR/.lock"
+  flock -w 900 8 || die "another servers.sh cluster is still running (lock $CLUSTER_DIR/.lock)"
+}
+
+do_cluster() {
+  local sub=${1:-} n t0=$SECONDS
+  case $sub in
+    start)
+      cluster_lock
+      cluster_prepare
+      # One after another: a node joins a ring whose earlier nodes are UN.
+      for n in $(seq 1 "$CLUSTER_SIZE"); do
+        node_start "$n" || break
+      done
+      cluster_write_env
+      if ((${#FAILED[@]})); then log "cluster FAILED to start: ${FAILED[*]}"; exit 1; fi
+      log "cluster ready in $((SECONDS - t0))s; environment in $CLUSTER_DIR/env"
+      ;;
+    start-node)
+      cluster_node_arg "${2:-}"
+      cluster_lock
+      cluster_prepare
+      node_start "$2" || exit 1
+      ;;
+    stop)
+      cluster_lock
+      # TERM to every node at once (each drains its memtables), then wait.
+      local pids=() pid
+      for n in $(seq 1 "$CLUSTER_SIZE"); do
+        if pid=$(node_pid "$n"); then
+          log "stopping cluster node $n (pid $pid)"
+          kill -TERM "$pid" 2>/dev/null || true
+          pids+=("$pid")
+        fi
+      done
+      for pid in "${pids[@]}"; do
+        if ! wait_gone "$pid" 90; then kill -KILL "$pid" 2>/dev/null || true; wait_gone "$pid" 10 || true; fi
+      done
+      for n in $(seq 1 "$CLUSTER_SIZE"); do rm -f "$(node_dir "$n")/cassandra.pid"; done
+      log "cluster stopped"
+      ;;
+    kill)
+      cluster_node_arg "${2:-}"
+      cluster_lock
+      kill_pid "cluster node $2" "$(node_pid "$2" || true)"
+      ;;
+    status)
+      local rc=0 pid
+      for n in $(seq 1 "$CLUSTER_SIZE"); do
+        if pid=$(node_pid "$n"); then
+          if host_port_open "$(node_ip "$n")" "$CLUSTER_CQL_PORT"; then
+            printf '%-10s up       pid %-8s %s:%-6s data %s\n' "node$n" "$pid" "$(node_ip "$n")" "$CLUSTER_CQL_PORT" "$(node_dir "$n")/data"
+          else
+            printf '%-10s starting pid %-8s %s:%-6s (CQL port not open yet)\n' "node$n" "$pid" "$(node_ip "$n")" "$CLUSTER_CQL_PORT"
+            rc=3
+          fi
+        else
+          printf '%-10s down\n' "node$n"
+          rc=3
+        fi
+      done
+      return "$rc"
+      ;;
+    ring)
+      # The ring as the first live node sees it.
+      cluster_prepare
+      for n in $(seq 1 "$CLUSTER_SIZE"); do
+        if node_up "$n"; then nodetool "$n" status; return; fi
+      done
+      die "no cluster node is up"
+      ;;
+    *)
+      echo "usage: $0 cluster start|stop|status|ring | cluster kill N | cluster start-node N" >&2
+      exit 2
+      ;;
+  esac
+}
+
 # ------------------------------------------------------------------- main --
 
 write_env() {
@@ -811,6 +1087,11 @@ do_status() {
 [[ $# -ge 1 ]] || usage
 cmd=$1
 shift
+# The 3-node cluster has its own subcommands (see its section above).
+if [[ $cmd == cluster ]]; then
+  do_cluster "$@"
+  exit
+fi
 SELECTED=("$@")
 [[ ${#SELECTED[@]} -gt 0 ]] || SELECTED=("${ALL_SERVERS[@]}")
 for s in "${SELECTED[@]}"; do
