@@ -187,7 +187,7 @@ impl ScyllaTls {
 }
 
 /// Everything the ScyllaDB/Cassandra backend needs; [`ScyllaConfig::new`] gives production
-/// defaults (RF 3, LOCAL_QUORUM, LOCAL_SERIAL, 10-day buckets, schema created at start-up).
+/// defaults (RF 3, LOCAL_QUORUM, SERIAL, 10-day buckets, schema created at start-up).
 #[derive(Clone, Debug)]
 pub struct ScyllaConfig {
     nodes: Vec<String>,
@@ -213,7 +213,10 @@ impl ScyllaConfig {
             tls: None,
             replication: Replication::Everywhere(3),
             consistency: Consistency::LocalQuorum,
-            serial_consistency: SerialConsistency::LocalSerial,
+            // SERIAL, not LOCAL_SERIAL: a Paxos round at LOCAL_SERIAL only reaches the local
+            // datacenter's replicas, so two datacenters could both win the same feed head or
+            // version of one conversation.
+            serial_consistency: SerialConsistency::Serial,
             bucket_width: DEFAULT_BUCKET_WIDTH,
             create_schema: true,
             request_timeout: Duration::from_secs(10),
@@ -257,7 +260,12 @@ impl ScyllaConfig {
     }
 
     /// The consistency of the Paxos phase of conditional writes and of the reads that settle a
-    /// conditional write whose outcome a timeout left unknown.
+    /// conditional write whose outcome a timeout left unknown. The default, `SERIAL`, keeps
+    /// every conversation linearizable across datacenters; `LOCAL_SERIAL` (one datacenter's
+    /// round trips instead of a cross-datacenter Paxos) is safe only for a single-datacenter
+    /// keyspace, or when each conversation is written by one datacenter only (per-DC
+    /// ownership): otherwise two datacenters can both apply a transition at the same feed
+    /// position or version.
     pub fn with_serial_consistency(mut self, serial: SerialConsistency) -> Self {
         self.serial_consistency = serial;
         self
@@ -323,7 +331,7 @@ impl ScyllaConfig {
         self.consistency
     }
 
-    /// The consistency of the Paxos phase.
+    /// The consistency of the Paxos phase (`SERIAL` unless set otherwise).
     pub fn serial_consistency(&self) -> SerialConsistency {
         self.serial_consistency
     }

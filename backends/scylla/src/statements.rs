@@ -20,6 +20,22 @@ enum Mode {
     /// A linearizable read (SERIAL / LOCAL_SERIAL), used to settle a conditional write whose
     /// outcome a timeout left unknown.
     SerialRead,
+    /// An idempotent plain write that a later conditional write's condition must see (the legal
+    /// hold the purge's commit checks): at SERIAL the Paxos read reaches a majority of ALL
+    /// replicas, which a LOCAL_QUORUM write in another datacenter need not intersect, so it is
+    /// written at QUORUM then.
+    Fence,
+}
+
+/// The consistency of a [`Mode::Fence`] write: a global QUORUM where the configured level is
+/// datacenter-local and Paxos runs at SERIAL, the configured level otherwise.
+fn fence_consistency(config: &ScyllaConfig) -> Consistency {
+    match (config.serial_consistency(), config.consistency()) {
+        (SerialConsistency::Serial, Consistency::LocalQuorum | Consistency::LocalOne) => {
+            Consistency::Quorum
+        }
+        (_, c) => c,
+    }
 }
 
 macro_rules! statements {
@@ -68,6 +84,10 @@ fn configure(p: &mut PreparedStatement, mode: Mode, config: &ScyllaConfig) {
         Mode::Conditional => {
             p.set_consistency(config.consistency());
             p.set_is_idempotent(false);
+        }
+        Mode::Fence => {
+            p.set_consistency(fence_consistency(config));
+            p.set_is_idempotent(true);
         }
         Mode::SerialRead => {
             p.set_consistency(match config.serial_consistency() {
@@ -118,7 +138,7 @@ statements! {
     // value read).
     purged_through_raise: Conditional => "UPDATE {ks}.conversation_state SET purged_through = ? WHERE conversation_id = ? IF purged_through = ?",
     state_delete: Conditional => "DELETE FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = '' IF purging = true",
-    hold_set: Idempotent => "UPDATE {ks}.conversation_state SET legal_hold = ? WHERE conversation_id = ?",
+    hold_set: Fence => "UPDATE {ks}.conversation_state SET legal_hold = ? WHERE conversation_id = ?",
     hold_get: Idempotent => "SELECT legal_hold FROM {ks}.conversation_state WHERE conversation_id = ? LIMIT 1",
 
     // --- conversation_state, kind 1: the feed; feed_head (static) is its last seq.
@@ -157,4 +177,22 @@ statements! {
     days_add: Idempotent => "INSERT INTO {ks}.purge_days (shard, day) VALUES (?, ?)",
     days_list: Idempotent => "SELECT day FROM {ks}.purge_days WHERE shard = ? AND day > ? AND day <= ? LIMIT ?",
     days_remove: Idempotent => "DELETE FROM {ks}.purge_days WHERE shard = ? AND day = ?",
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serial_is_the_default_and_widens_the_legal_hold_write() {
+        let config = ScyllaConfig::new(["127.0.0.1:9042"], "ks");
+        assert_eq!(config.serial_consistency(), SerialConsistency::Serial);
+        assert_eq!(fence_consistency(&config), Consistency::Quorum);
+        let local = config
+            .clone()
+            .with_serial_consistency(SerialConsistency::LocalSerial);
+        assert_eq!(fence_consistency(&local), Consistency::LocalQuorum);
+        let all = config.with_consistency(Consistency::All);
+        assert_eq!(fence_consistency(&all), Consistency::All);
+    }
 }
