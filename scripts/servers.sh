@@ -828,7 +828,11 @@ node_launch() {
   yaml=${yaml//listen_address: 127.0.0.1/listen_address: $ip}
   yaml=${yaml//rpc_address: 127.0.0.1/rpc_address: $ip}
   yaml=${yaml//\"127.0.0.1:/\"$(node_ip 1):}
-  printf '%s\n\n# Added by scripts/servers.sh cluster.\nauto_bootstrap: false\n' "$yaml" >"$d/conf/cassandra.yaml"
+  # phi_convict_threshold: 5 (the minimum; default 8) convicts a killed node
+  # after ~11 s of gossip silence instead of ~18 s: until then coordinators
+  # may still send it reads and wait for their timeout.
+  printf '%s\n\n# Added by scripts/servers.sh cluster.\nauto_bootstrap: false\nphi_convict_threshold: 5\n' \
+    "$yaml" >"$d/conf/cassandra.yaml"
   grep -q "listen_address: $ip" "$d/conf/cassandra.yaml" ||
     { fail "node$n" "the yaml template no longer has the lines the cluster re-addresses"; return 1; }
   cp "$HELPERS/cassandra/logback.xml" "$d/conf/logback.xml"
