@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use imstore_conformance::{StoreFactory, require_env, unique_namespace};
 use imstore_core::{ConversationId, MsgId, Result, Store, StoreSettings};
 use scylla::client::session::Session;
+use scylla::statement::{Consistency, SerialConsistency};
 use tokio::sync::OnceCell;
 
 use crate::config::{Credentials, Replication, ScyllaConfig, ScyllaTls};
@@ -95,6 +96,7 @@ impl ScyllaBackend {
 pub struct ScyllaFactory {
     nodes: String,
     replication: Replication,
+    consistency: Option<(Consistency, SerialConsistency)>,
     credentials: Option<Credentials>,
     tls: Option<ScyllaTls>,
     prefix: String,
@@ -110,6 +112,7 @@ impl ScyllaFactory {
         ScyllaFactory {
             nodes: nodes.to_string(),
             replication: Replication::Everywhere(1),
+            consistency: None,
             credentials: None,
             tls: None,
             prefix: "sc".to_string(),
@@ -141,6 +144,13 @@ impl ScyllaFactory {
     /// The replication of the keyspaces it creates.
     pub fn with_replication(mut self, replication: Replication) -> Self {
         self.replication = replication;
+        self
+    }
+
+    /// The consistency and serial consistency of its stores' statements (default: the backend's,
+    /// `ScyllaConfig::new`'s): the multi-node tests pin QUORUM and SERIAL.
+    pub fn with_consistency(mut self, consistency: Consistency, serial: SerialConsistency) -> Self {
+        self.consistency = Some((consistency, serial));
         self
     }
 
@@ -178,6 +188,11 @@ impl ScyllaFactory {
             .with_tls(self.tls.clone());
         if let Some(cred) = &self.credentials {
             c = c.with_credentials(cred.clone());
+        }
+        if let Some((consistency, serial)) = self.consistency {
+            c = c
+                .with_consistency(consistency)
+                .with_serial_consistency(serial);
         }
         c
     }
