@@ -830,9 +830,15 @@ node_launch() {
   yaml=${yaml//\"127.0.0.1:/\"$(node_ip 1):}
   # phi_convict_threshold: 5 (the minimum; default 8) convicts a killed node
   # after ~11 s of gossip silence instead of ~18 s: until then coordinators
-  # may still send it reads and wait for their timeout.
-  printf '%s\n\n# Added by scripts/servers.sh cluster.\nauto_bootstrap: false\nphi_convict_threshold: 5\n' \
-    "$yaml" >"$d/conf/cassandra.yaml"
+  # may still send it reads and wait for their timeout. Three JVMs share two
+  # busy cores, so a Paxos round between nodes can miss the 2 s default write
+  # timeout (WriteTimeout, write_type CAS, under the conformance cases'
+  # contended purges and re-keys): 5 s, still under the client's 10 s.
+  printf '%s\n\n# Added by scripts/servers.sh cluster.\n%s\n' "$yaml" \
+    "auto_bootstrap: false
+phi_convict_threshold: 5
+write_request_timeout: 5000ms
+cas_contention_timeout: 5000ms" >"$d/conf/cassandra.yaml"
   grep -q "listen_address: $ip" "$d/conf/cassandra.yaml" ||
     { fail "node$n" "the yaml template no longer has the lines the cluster re-addresses"; return 1; }
   cp "$HELPERS/cassandra/logback.xml" "$d/conf/logback.xml"
