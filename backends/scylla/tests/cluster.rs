@@ -229,8 +229,11 @@ fn assert_probes_continue(phase: &str, probes: &Probes) {
 async fn a_killed_node_neither_stops_quorum_operations_nor_loses_acknowledged_writes() {
     let Some(nodes) = cluster_nodes() else { return };
     let _turn = TURN.write().await;
-    // Dropped, not truncated, at the end: nothing else of this prefix reuses it.
-    let factory = factory(&nodes, "sclfault").with_reuse(false);
+    // Truncated at the end, as the cases' keyspaces are, never dropped: on Cassandra 5.0.9 a
+    // node that replayed its commit log after the SIGKILL failed the DROP KEYSPACE that
+    // followed ("Unknown CF" in its MigrationStage), and the schema disagreement that left
+    // failed the next cases' DDL.
+    let factory = factory(&nodes, "sclfault");
     let h = Harness::start(&factory, Setup::default()).await;
     let root = repo_root();
     let ids = MsgIdGenerator::new(900, h.settings.clock.clone()).expect("node id");
