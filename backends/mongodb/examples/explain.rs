@@ -72,6 +72,42 @@ fn access_path(v: &Bson, out: &mut Vec<String>) {
     }
 }
 
+/// One shape the backend sends: a `find` or an `aggregate`.
+enum Shape {
+    Find(Box<Query>),
+    Aggregate(Pipeline),
+}
+
+impl Shape {
+    /// The command to explain.
+    fn command(&self) -> Document {
+        match self {
+            Shape::Find(q) => q.find_command(),
+            Shape::Aggregate(p) => p.aggregate_command(),
+        }
+    }
+
+    /// Prints the shape as the README's plan table shows it.
+    fn print(&self) {
+        match self {
+            Shape::Find(q) => {
+                println!("  {}.find({})", q.collection, q.filter);
+                if let Some(s) = &q.sort {
+                    println!("    sort {s}");
+                }
+                if let Some(l) = q.limit {
+                    println!("    limit {l}");
+                }
+            }
+            Shape::Aggregate(p) => println!(
+                "  {}.aggregate({})",
+                p.collection,
+                Bson::from(p.stages.clone())
+            ),
+        }
+    }
+}
+
 fn flag(plan: &Document, key: &str) -> String {
     match plan.get(key) {
         Some(Bson::Boolean(b)) => b.to_string(),
@@ -460,35 +496,6 @@ async fn main() {
             queries::purging_in(&["big", "c0", "c1"]),
         ),
     ];
-    for (name, mongo, q) in shapes {
-        let plan = db
-            .run_command(doc! {"explain": q.find_command(), "verbosity": "queryPlanner"})
-            .await
-            .expect("explain");
-        let mut path = Vec::new();
-        access_path(&Bson::Document(plan.clone()), &mut path);
-        path.dedup();
-        println!("## {name}");
-        println!("  {}.find({})", q.collection, q.filter);
-        if let Some(s) = &q.sort {
-            println!("    sort {s}");
-        }
-        if let Some(l) = q.limit {
-            println!("    limit {l}");
-        }
-        println!(
-            "  pushdown: filter {} sort {} limit {}",
-            flag(&plan, "filterPushdown"),
-            flag(&plan, "sortPushdown"),
-            flag(&plan, "limitPushdown")
-        );
-        println!("  plan: {}", path.join(" <- "));
-        println!("  MongoDB would use: {mongo}");
-        if std::env::var("EXPLAIN_RAW").is_ok() {
-            println!("  raw: {plan}");
-        }
-        println!();
-    }
     let pipelines: Vec<(&str, &str, Pipeline)> = vec![
         (
             "device sync heads: highest event per conversation",
@@ -506,20 +513,32 @@ async fn main() {
             queries::highest_events_of(&events),
         ),
     ];
-    for (name, mongo, p) in pipelines {
+    let all = shapes
+        .into_iter()
+        .map(|(name, mongo, q)| (name, mongo, Shape::Find(Box::new(q))))
+        .chain(
+            pipelines
+                .into_iter()
+                .map(|(name, mongo, p)| (name, mongo, Shape::Aggregate(p))),
+        );
+    for (name, mongo, shape) in all {
         let plan = db
-            .run_command(doc! {"explain": p.aggregate_command(), "verbosity": "queryPlanner"})
+            .run_command(doc! {"explain": shape.command(), "verbosity": "queryPlanner"})
             .await
             .expect("explain");
         let mut path = Vec::new();
         access_path(&Bson::Document(plan.clone()), &mut path);
         path.dedup();
         println!("## {name}");
-        println!(
-            "  {}.aggregate({})",
-            p.collection,
-            Bson::from(p.stages.clone())
-        );
+        shape.print();
+        if let Shape::Find(_) = shape {
+            println!(
+                "  pushdown: filter {} sort {} limit {}",
+                flag(&plan, "filterPushdown"),
+                flag(&plan, "sortPushdown"),
+                flag(&plan, "limitPushdown")
+            );
+        }
         println!("  plan: {}", path.join(" <- "));
         println!("  MongoDB would use: {mongo}");
         if std::env::var("EXPLAIN_RAW").is_ok() {
