@@ -409,6 +409,19 @@ CASS_LOGS=$CASS_DIR/logs
 CASS_LIB=$CACHE/cassandra-$CASS_VERSION/lib
 JAVA=
 
+# jvm_options GLOB: the flags of jvm17.options on lines matching GLOB, into the
+# array JVM_OPTS ("--add-opens x=y" is one flag written as two words).
+jvm_options() {
+  JVM_OPTS=()
+  local words=() line
+  while IFS= read -r line; do
+    # shellcheck disable=SC2053 # $1 is a glob on purpose
+    [[ $line == $1 ]] || continue
+    read -r -a words <<<"$line"
+    JVM_OPTS+=("${words[@]}")
+  done <"$HELPERS/cassandra/jvm17.options"
+}
+
 cass_pid() { pid_matching "$CASS_PIDFILE" "-Dcassandra.config=file://$CASS_DIR/conf/cassandra.yaml"; }
 
 cass_up() {
@@ -488,13 +501,9 @@ cass_launch() {
   printf '%s\n' "$yaml" >"$CASS_DIR/conf/cassandra.yaml"
   cp "$HELPERS/cassandra/logback.xml" "$CASS_DIR/conf/logback.xml"
 
-  local opts=() words=() line jamm
-  while IFS= read -r line; do
-    [[ $line == -* ]] || continue
-    # "--add-opens x=y" is one flag written as two words.
-    read -r -a words <<<"$line"
-    opts+=("${words[@]}")
-  done <"$HELPERS/cassandra/jvm17.options"
+  local jamm opts
+  jvm_options '-*'
+  opts=("${JVM_OPTS[@]}")
   jamm=$(compgen -G "$CASS_LIB/jamm-*.jar" | head -n 1)
 
   log "starting cassandra $CASS_VERSION on 127.0.0.1:$CQL_PORT (logs in $CASS_LOGS)"
@@ -774,13 +783,10 @@ node_up() {
 # nodetool N ARGS...: Cassandra's nodetool (from the same jars) against node N's JMX.
 # It needs the module exports/opens of jvm17.options too.
 nodetool() {
-  local n=$1 opts=() words=() line
+  local n=$1 opts
   shift
-  while IFS= read -r line; do
-    [[ $line == --add-* ]] || continue
-    read -r -a words <<<"$line"
-    opts+=("${words[@]}")
-  done <"$HELPERS/cassandra/jvm17.options"
+  jvm_options '--add-*'
+  opts=("${JVM_OPTS[@]}")
   timeout 60 "$JAVA" -Xmx128M -XX:+UseSerialGC "${opts[@]}" -cp "$CASS_LIB/*" \
     -Dlogback.configurationFile="$HELPERS/cassandra/logback-tools.xml" \
     org.apache.cassandra.tools.NodeTool -h 127.0.0.1 -p "$(node_jmx "$n")" "$@" </dev/null 2>/dev/null
@@ -843,12 +849,9 @@ cas_contention_timeout: 5000ms" >"$d/conf/cassandra.yaml"
     { fail "node$n" "the yaml template no longer has the lines the cluster re-addresses"; return 1; }
   cp "$HELPERS/cassandra/logback.xml" "$d/conf/logback.xml"
 
-  local opts=() words=() line jamm
-  while IFS= read -r line; do
-    [[ $line == -* ]] || continue
-    read -r -a words <<<"$line"
-    opts+=("${words[@]}")
-  done <"$HELPERS/cassandra/jvm17.options"
+  local jamm opts
+  jvm_options '-*'
+  opts=("${JVM_OPTS[@]}")
   jamm=$(compgen -G "$CASS_LIB/jamm-*.jar" | head -n 1)
 
   log "starting cluster node $n on $ip:$CLUSTER_CQL_PORT (logs in $d/logs)"
