@@ -256,6 +256,22 @@ async fn account<S: MessageStore + ?Sized>(
     }
 }
 
+/// Asserts what a crash run owes: nothing lost, duplicated or inconsistent, and every request
+/// of the load acknowledged (its retries outlasted the fault), none abandoned.
+pub fn assert_clean_and_all_acknowledged(report: &FaultReport, load: &Load) {
+    assert!(report.clean(), "{report:#?}");
+    let all = load.writers * load.messages_per_writer;
+    assert_eq!(
+        (
+            report.acked_inserts,
+            report.acked_transitions,
+            report.abandoned
+        ),
+        (all, all, 0),
+        "every request is acknowledged once the fault is over: {report:#?}"
+    );
+}
+
 /// The server-kill test of a backend, whole: a fresh namespace from `factory`, `load` against it,
 /// `server` killed with SIGKILL through [`kill_and_restart`] once a third of the load is under
 /// way and started again after `down_for`; then it prints the figures (acknowledged inserts and
@@ -303,17 +319,7 @@ pub async fn assert_writes_survive_a_server_kill<F: StoreFactory>(
     {
         eprintln!("faults: {line}");
     }
-    assert!(report.clean(), "{report:#?}");
-    let all = load.writers * load.messages_per_writer;
-    assert_eq!(
-        (
-            report.acked_inserts,
-            report.acked_transitions,
-            report.abandoned
-        ),
-        (all, all, 0),
-        "every request is acknowledged once the server is back: {report:#?}"
-    );
+    assert_clean_and_all_acknowledged(&report, &load);
     assert!(
         !report.errors.is_empty(),
         "the crash was not seen by any writer: the test proved nothing"

@@ -25,7 +25,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use imstore_conformance::faults::{Load, servers_script, writes_survive_a_crash};
+use imstore_conformance::faults::{
+    Load, assert_clean_and_all_acknowledged, servers_script, writes_survive_a_crash,
+};
 use imstore_conformance::fixtures::user;
 use imstore_conformance::{Harness, Setup, StoreFactory};
 use imstore_core::{
@@ -268,16 +270,6 @@ async fn a_killed_node_neither_stops_quorum_operations_nor_loses_acknowledged_wr
         "node 3 down (node 2 back in the quorum)",
         &second.lock().unwrap(),
     );
-    assert!(report.clean(), "{report:#?}");
-    let all = load.writers * load.messages_per_writer;
-    assert_eq!(
-        (
-            report.acked_inserts,
-            report.acked_transitions,
-            report.abandoned
-        ),
-        (all, all, 0),
-        "every request is acknowledged: {report:#?}"
-    );
+    assert_clean_and_all_acknowledged(&report, &load);
     h.finish().await;
 }
