@@ -38,6 +38,7 @@ pub struct PgFactory {
     prefix: String,
     pool_size: u32,
     leftover_age: Duration,
+    acquire_timeout: Option<Duration>,
     admin: OnceCell<PgPool>,
 }
 
@@ -54,6 +55,7 @@ impl PgFactory {
             prefix: Self::DEFAULT_PREFIX.to_owned(),
             pool_size: 6,
             leftover_age: Duration::from_secs(3600),
+            acquire_timeout: None,
             admin: OnceCell::new(),
         }
     }
@@ -73,6 +75,14 @@ impl PgFactory {
     /// Pooled connections of every store this factory opens.
     pub fn with_pool_size(mut self, n: u32) -> Self {
         self.pool_size = n;
+        self
+    }
+
+    /// How long a store this factory opens waits for a pooled connection before `Unavailable`
+    /// (default: the backend's). The fault tests shorten it so that callers waiting through an
+    /// outage see it, instead of waiting it out silently.
+    pub fn with_acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = Some(timeout);
         self
     }
 
@@ -107,11 +117,16 @@ impl PgFactory {
             .await
     }
 
-    /// The configuration of a store over `schema`: the URL, the schema, the pool size.
+    /// The configuration of a store over `schema`: the URL, the schema, the pool size (and the
+    /// acquire timeout, when set).
     pub fn config(&self, schema: &str) -> PostgresConfig {
-        PostgresConfig::new(&self.url)
+        let config = PostgresConfig::new(&self.url)
             .with_schema(schema)
-            .with_max_connections(self.pool_size)
+            .with_max_connections(self.pool_size);
+        match self.acquire_timeout {
+            Some(t) => config.with_acquire_timeout(t),
+            None => config,
+        }
     }
 
     /// Creates schema `name` (which must be a valid schema name), tagged with its creation time

@@ -33,7 +33,12 @@ fn repo_root() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_writes_survive_a_server_crash() {
     let _turn = SERIAL.lock().await;
-    let factory = PgFactory::from_env().with_prefix("imspg_fault");
+    // Callers waiting for a connection through the 2 s outage time out after 500 ms and see
+    // `Unavailable` (then retry), so the run cannot pass without the crash reaching them; with
+    // the backend's 30 s they waited silently and as few as 0-3 calls saw an error.
+    let factory = PgFactory::from_env()
+        .with_prefix("imspg_fault")
+        .with_acquire_timeout(Duration::from_millis(500));
     // 16 writers x 30 messages, each sent then recalled: about 1,000 acknowledged writes,
     // a few seconds of load on either side of the crash, well under a minute in all.
     let mut load = Load::default();
