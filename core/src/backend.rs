@@ -266,7 +266,9 @@ pub trait Backend: Send + Sync + Debug + 'static {
     async fn transition(&self, decider: &Decider<'_>) -> Result<crate::TransitionOutcome>;
 
     /// Up to `limit` events with seq after `after`, and the feed's head. `after` is a bare
-    /// position (core has checked the cursor's conversation tag and taken it off).
+    /// position (core has checked the cursor's conversation tag and taken it off). When `after`
+    /// is below the low-water mark, core keeps only the events after the mark, so a backend may
+    /// read from the mark instead.
     async fn changes(
         &self,
         conversation: &ConversationId,

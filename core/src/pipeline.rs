@@ -394,21 +394,31 @@ impl<B: Backend> MessageStore for Store<B> {
                 let position = cursor_position(conversation, cursor)?;
                 let slice = self.backend.changes(conversation, position, limit).await?;
                 check_position(position, slice.head)?;
-                let next = match slice.events.last() {
+                // Below the mark, the device re-reads what it holds: the events at or below the
+                // mark add nothing to that, and the page goes on from the mark at least, so the
+                // next pull is not told to resync again (and a backend may read from the mark).
+                let mark = slice.purged_through;
+                let resync = position.0 < mark;
+                let events: Vec<_> = slice
+                    .events
+                    .into_iter()
+                    .filter(|e| !resync || e.seq > mark)
+                    .collect();
+                let next = match events.last() {
                     Some(e) => issued(conversation, e.seq)?,
+                    None if resync => issued(conversation, mark)?,
                     None => cursor,
                 };
-                let events = slice
-                    .events
+                let events = events
                     .into_iter()
                     .map(|e| view::event_for(e, viewer, policy))
                     .collect();
                 Ok(ChangePage {
                     events,
                     next,
-                    resync: if position.0 < slice.purged_through {
+                    resync: if resync {
                         Some(Resync {
-                            purged_through: issued(conversation, slice.purged_through)?,
+                            purged_through: issued(conversation, mark)?,
                         })
                     } else {
                         None

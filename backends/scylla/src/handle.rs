@@ -50,6 +50,8 @@ pub(crate) struct Inner {
     /// `(shard, day)` rows already written to `purge_days` by this process (a day row is never
     /// removed while new entries can still land in it, so remembering it is safe).
     pub(crate) known_days: Mutex<HashSet<(i32, i32)>>,
+    /// The keyspace was made with head rows: a partition without one has no state at all.
+    pub(crate) head_rows: bool,
 }
 
 impl std::fmt::Debug for ScyllaBackend {
@@ -73,6 +75,7 @@ impl ScyllaBackend {
         }
         let st = Statements::prepare(&session, &config).await?;
         let max_mutation = schema::max_mutation_bytes(&session, server.flavour).await;
+        let head_rows = schema::has_head_rows(&session, config.keyspace()).await?;
         Ok(ScyllaBackend {
             inner: Arc::new(Inner {
                 session,
@@ -81,6 +84,7 @@ impl ScyllaBackend {
                 server,
                 max_mutation,
                 known_days: Mutex::new(HashSet::new()),
+                head_rows,
             }),
         })
     }

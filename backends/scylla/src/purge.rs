@@ -40,7 +40,7 @@ pub(crate) async fn set_legal_hold(
     held: bool,
 ) -> Result<()> {
     b.session()
-        .execute_unpaged(&b.st().hold_set, (held, conversation.as_str()))
+        .execute_unpaged(&b.st().hold_set, (conversation.as_str(), held))
         .await
         .map_err(error::execution)?;
     Ok(())
@@ -199,7 +199,10 @@ impl<'a, 'j> Run<'a, 'j> {
             _ => Vec::new(),
         };
         let mut commit = b.conditional_batch();
-        let mut values: Vec<BoxedRow> = Vec::with_capacity(seqs.len() + 2);
+        let mut values: Vec<BoxedRow> = Vec::with_capacity(seqs.len() + 4);
+        // The head row, so that the statics this commit raises are read by name.
+        commit.append_statement(b.st().head_mark.clone());
+        values.push(Box::new((conv.as_str().to_string(),)));
         commit.append_statement(b.st().purge_commit.clone());
         values.push(Box::new((
             key.clone().map_or(MaybeUnset::Unset, MaybeUnset::Set),

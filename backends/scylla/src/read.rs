@@ -423,17 +423,34 @@ pub(crate) async fn page(
     Ok(out)
 }
 
-/// The feed head (the last seq handed out) and the purge's low-water mark, if any.
+/// The feed head (the last seq handed out) and the purge's low-water mark, if any: read from
+/// the head row by name. On a keyspace made before head rows, a partition without one is read
+/// from its first row (a scan past its tombstones) until a batch writes the head row.
 pub(crate) async fn head(
     b: &ScyllaBackend,
     conversation: &ConversationId,
     serial: bool,
 ) -> Result<(Option<i64>, Option<i64>)> {
-    let st = if serial {
-        &b.st().head_get_serial
+    let st = b.st();
+    let (by_name, scan) = if serial {
+        (&st.head_get_serial, &st.head_scan_serial)
     } else {
-        &b.st().head_get
+        (&st.head_get, &st.head_scan)
     };
+    if let Some(found) = head_by(b, by_name, conversation).await? {
+        return Ok(found);
+    }
+    if b.inner().head_rows {
+        return Ok((None, None));
+    }
+    Ok(head_by(b, scan, conversation).await?.unwrap_or_default())
+}
+
+async fn head_by(
+    b: &ScyllaBackend,
+    st: &PreparedStatement,
+    conversation: &ConversationId,
+) -> Result<Option<(Option<i64>, Option<i64>)>> {
     let res = b
         .session()
         .execute_unpaged(st, (conversation.as_str(),))
@@ -442,9 +459,9 @@ pub(crate) async fn head(
         .into_rows_result()
         .map_err(|e| error::decode("feed head", e))?;
     Ok(res
-        .maybe_first_row::<(Option<i64>, Option<i64>)>()
+        .maybe_first_row::<(Option<i64>, Option<i64>, Option<i64>)>()
         .map_err(|e| error::decode("feed head", e))?
-        .unwrap_or_default())
+        .map(|(head, mark, _)| (head, mark)))
 }
 
 /// The request record of `req`'s id, and the token of the call that wrote it.
@@ -490,20 +507,37 @@ pub(crate) async fn state(
         .transpose()
 }
 
-/// Whether `conversation` is under legal hold.
+/// Whether `conversation` is under legal hold: the head row's static, read by name (on a
+/// keyspace made before head rows, from the first row when there is no head row; see [`head`]).
 pub(crate) async fn legal_hold(b: &ScyllaBackend, conversation: &ConversationId) -> Result<bool> {
+    let st = b.st();
+    if let Some(held) = hold_by(b, &st.hold_get, conversation).await? {
+        return Ok(held);
+    }
+    if b.inner().head_rows {
+        return Ok(false);
+    }
+    Ok(hold_by(b, &st.hold_scan, conversation)
+        .await?
+        .unwrap_or(false))
+}
+
+async fn hold_by(
+    b: &ScyllaBackend,
+    st: &PreparedStatement,
+    conversation: &ConversationId,
+) -> Result<Option<bool>> {
     let res = b
         .session()
-        .execute_unpaged(&b.st().hold_get, (conversation.as_str(),))
+        .execute_unpaged(st, (conversation.as_str(),))
         .await
         .map_err(error::execution)?
         .into_rows_result()
         .map_err(|e| error::decode("legal hold", e))?;
     Ok(res
-        .maybe_first_row::<(Option<bool>,)>()
+        .maybe_first_row::<(Option<bool>, Option<i64>)>()
         .map_err(|e| error::decode("legal hold", e))?
-        .and_then(|(h,)| h)
-        .unwrap_or(false))
+        .map(|(h, _)| h.unwrap_or(false)))
 }
 
 /// True when a message read as absent after `fenced` may in fact be a message being purged:

@@ -76,6 +76,30 @@ const ADDED_STATE_COLUMNS: [(&str, &str); 4] = [
     ("purged_through", "bigint static"),
 ];
 
+/// The comment of a `conversation_state` table made with head rows (kind -1, k 0: written by
+/// every batch on the partition, read by name for the feed head and the legal hold). A table
+/// made before has another comment, and its partitions may have state but no head row.
+pub const HEAD_ROWS: &str = "imstore conversation state, head rows";
+
+/// Whether the keyspace's `conversation_state` was made with head rows (see [`HEAD_ROWS`]).
+pub async fn has_head_rows(session: &Session, keyspace: &str) -> Result<bool> {
+    validate_keyspace(keyspace)?;
+    let rows = session
+        .query_unpaged(
+            "SELECT comment FROM system_schema.tables WHERE keyspace_name = ? AND table_name = 'conversation_state'",
+            (keyspace,),
+        )
+        .await
+        .map_err(error::execution)?
+        .into_rows_result()
+        .map_err(|e| error::decode("system_schema.tables", e))?;
+    Ok(rows
+        .maybe_first_row::<(Option<String>,)>()
+        .map_err(|e| error::decode("system_schema.tables", e))?
+        .and_then(|(c,)| c)
+        .is_some_and(|c| c == HEAD_ROWS))
+}
+
 /// The DDL of the seven tables, in creation order, for `keyspace` on `flavour`.
 pub fn table_ddl(keyspace: &str, flavour: Flavour) -> Vec<String> {
     // ScyllaDB: drop tombstones only after repair has propagated them, so a deleted message or
@@ -143,7 +167,7 @@ pub fn table_ddl(keyspace: &str, flavour: Flavour) -> Vec<String> {
                 call_token bigint,
                 release_key text,
                 PRIMARY KEY ((conversation_id), kind, k, request_id)
-            ) WITH compaction = {{'class': 'LeveledCompactionStrategy'}}{gc}"
+            ) WITH compaction = {{'class': 'LeveledCompactionStrategy'}} AND comment = '{HEAD_ROWS}'{gc}"
         ),
         // Messages (request_id '') and request records that become purgeable after the
         // retention, by the day they do and then by the exact time.

@@ -138,19 +138,36 @@ statements! {
     // value read).
     purged_through_raise: Conditional => "UPDATE {ks}.conversation_state SET purged_through = ? WHERE conversation_id = ? IF purged_through = ?",
     state_delete: Conditional => "DELETE FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = '' IF purging = true",
-    hold_set: Fence => "UPDATE {ks}.conversation_state SET legal_hold = ? WHERE conversation_id = ?",
-    hold_get: Idempotent => "SELECT legal_hold FROM {ks}.conversation_state WHERE conversation_id = ? LIMIT 1",
+    // The hold is written with the head row, so reading it never scans the partition. Every read
+    // of statics also selects `k`: Cassandra refuses a static-only selection that names a row,
+    // and on a partition with no rows but statics, a scan returns k null.
+    hold_set: Fence => "INSERT INTO {ks}.conversation_state (conversation_id, kind, k, request_id, legal_hold) VALUES (?, -1, 0, '', ?)",
+    hold_get: Idempotent => "SELECT legal_hold, k FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = -1 AND k = 0 AND request_id = ''",
+    // A keyspace made before head rows: the first row of the partition carries the statics, and
+    // reaching it passes every tombstone in front of it.
+    hold_scan: Idempotent => "SELECT legal_hold, k FROM {ks}.conversation_state WHERE conversation_id = ? LIMIT 1",
 
+    // --- conversation_state, kind -1: the head row (k = 0), never deleted, written by every
+    // batch on the partition and by the legal hold. The statics come with it, read by name:
+    // the read never passes the tombstones of purged lifecycles, events and request records.
+    head_mark: Idempotent => "INSERT INTO {ks}.conversation_state (conversation_id, kind, k, request_id) VALUES (?, -1, 0, '')",
     // --- conversation_state, kind 1: the feed; feed_head (static) is its last seq.
-    head_get: Idempotent => "SELECT feed_head, purged_through FROM {ks}.conversation_state WHERE conversation_id = ? LIMIT 1",
-    // The heads of many conversations in one request: the static row (or the first row, which
-    // carries it) of each partition asked, read by the coordinator concurrently.
-    heads_in: Idempotent => "SELECT conversation_id, feed_head, purged_through FROM {ks}.conversation_state WHERE conversation_id IN ? PER PARTITION LIMIT 1",
-    head_get_serial: SerialRead => "SELECT feed_head, purged_through FROM {ks}.conversation_state WHERE conversation_id = ? LIMIT 1",
+    head_get: Idempotent => "SELECT feed_head, purged_through, k FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = -1 AND k = 0 AND request_id = ''",
+    head_get_serial: SerialRead => "SELECT feed_head, purged_through, k FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = -1 AND k = 0 AND request_id = ''",
+    // The heads of many conversations in one request: the head row of each partition asked,
+    // read by the coordinator concurrently.
+    heads_in: Idempotent => "SELECT conversation_id, feed_head, purged_through, k FROM {ks}.conversation_state WHERE conversation_id IN ? AND kind = -1 AND k = 0 AND request_id = ''",
+    // The same three reads on a keyspace made before head rows (see `hold_scan`).
+    head_scan: Idempotent => "SELECT feed_head, purged_through, k FROM {ks}.conversation_state WHERE conversation_id = ? LIMIT 1",
+    head_scan_serial: SerialRead => "SELECT feed_head, purged_through, k FROM {ks}.conversation_state WHERE conversation_id = ? LIMIT 1",
+    heads_scan_in: Idempotent => "SELECT conversation_id, feed_head, purged_through, k FROM {ks}.conversation_state WHERE conversation_id IN ? PER PARTITION LIMIT 1",
     head_claim: Conditional => "UPDATE {ks}.conversation_state SET feed_head = ? WHERE conversation_id = ? IF feed_head = ?",
     event_put: Conditional => "INSERT INTO {ks}.conversation_state (conversation_id, kind, k, request_id, msg_id, status, version, at_ms, actor) VALUES (?, 1, ?, '', ?, ?, ?, ?, ?)",
     event_delete: Conditional => "DELETE FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 1 AND k = ? AND request_id = ''",
-    events_after: Idempotent => "SELECT k, msg_id, status, version, at_ms, actor, feed_head, purged_through FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 1 AND k > ? LIMIT ?",
+    // Seqs are dense (each batch claims head + 1), so the window (after, after + limit] holds at
+    // most `limit` rows, live or purged: the read passes at most that many tombstones, and none
+    // from a cursor at or above the low-water mark (every purged seq is at or below it).
+    events_after: Idempotent => "SELECT k, msg_id, status, version, at_ms, actor, feed_head, purged_through FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 1 AND k > ? AND k <= ? LIMIT ?",
 
     // --- conversation_state, kind 2: request records.
     request_get: Idempotent => "SELECT action, msg_id, actor, status, version, changed, at_ms, refusal, call_token FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 2 AND k = 0 AND request_id = ?",

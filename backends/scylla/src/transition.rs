@@ -235,11 +235,18 @@ fn plan(
     let conv = req.conversation_id.as_str().to_string();
     let st = b.st();
     let mut batch = b.conditional_batch();
-    let mut values: Vec<BoxedRow> = Vec::with_capacity(5);
+    let mut values: Vec<BoxedRow> = Vec::with_capacity(6);
     let live_version = match &read.fenced.state {
         Some(StateRow::Live { changed, .. }) => Some(changed.version),
         _ => None,
     };
+    if matches!(decision, Decision::Answer(_)) {
+        return Ok(None);
+    }
+    // Every batch writes the head row (an idempotent overwrite of one row marker), so a partition
+    // with state always has it and the head and hold are read by name.
+    batch.append_statement(st.head_mark.clone());
+    values.push(Box::new((conv.clone(),)));
     match decision {
         Decision::Answer(_) => return Ok(None),
         Decision::Record { record, .. } => {

@@ -108,6 +108,7 @@ macro_rules! __with_cases {
             changed_conversations_names_exactly_the_changed_ones,
             a_cursor_from_another_conversation_is_refused,
             a_device_offline_across_a_purge_is_told_to_resync,
+            a_resync_moves_the_cursor_to_the_mark,
             purge_removes_only_expired_recalled_and_deleted_messages,
             purge_removes_the_events_of_purged_messages,
             purge_skips_conversations_under_legal_hold,

@@ -506,6 +506,82 @@ async fn refused_in_a_pull_and_in_the_batch<F: StoreFactory>(
     }
 }
 
+/// A resync ends: a device below the mark whose missed live events lie below it too gets a page
+/// of events after the mark only, with `next` at least the mark, at every page size; pulling
+/// from that `next` is not told to resync again (a `next` left at the last live event below the
+/// mark would resync forever).
+pub async fn a_resync_moves_the_cursor_to_the_mark<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    let kept = sent(&h, c.text("kept")).await;
+    let gone = sent(&h, c.text("gone")).await;
+    // Seqs 1 and 2: kept is recalled and restored (it stays); seq 3: gone is deleted.
+    for (action, id) in [
+        (Action::Recall, kept),
+        (Action::Restore, kept),
+        (Action::Delete, gone),
+    ] {
+        h.store
+            .transition(c.request(action, &c.alice, id))
+            .await
+            .unwrap();
+    }
+    h.clock.advance(h.settings.policy.retention() + DAY);
+    assert_eq!(
+        h.store
+            .purge_all(PurgeOptions::default())
+            .await
+            .unwrap()
+            .messages,
+        1
+    );
+    let mark = FeedCursor::at(&c.conv, 3).unwrap();
+    for limit in [1, 2, 10] {
+        let page = h
+            .store
+            .changes_since(&c.conv, &c.bob, FeedCursor::START, limit)
+            .await
+            .unwrap();
+        assert_eq!(
+            page.resync.map(|r| r.purged_through),
+            Some(mark),
+            "limit {limit}"
+        );
+        assert!(page.events.is_empty(), "limit {limit}: {:?}", page.events);
+        assert_eq!(page.next, mark, "limit {limit}");
+        let after = h
+            .store
+            .changes_since(&c.conv, &c.bob, page.next, limit)
+            .await
+            .unwrap();
+        assert!(after.resync.is_none(), "limit {limit}");
+        assert!(after.events.is_empty(), "limit {limit}");
+    }
+    // A change after the purge is the first event after the mark.
+    h.store
+        .transition(c.request(Action::Delete, &c.alice, kept))
+        .await
+        .unwrap();
+    let page = h
+        .store
+        .changes_since(&c.conv, &c.bob, FeedCursor::at(&c.conv, 1).unwrap(), 10)
+        .await
+        .unwrap();
+    assert!(page.resync.is_some());
+    assert_eq!(
+        page.events
+            .iter()
+            .map(|e| (e.seq, e.msg_id, e.status))
+            .collect::<Vec<_>>(),
+        vec![(4, kept, Status::Deleted)]
+    );
+    assert_eq!(page.next, FeedCursor::at(&c.conv, 4).unwrap());
+    assert_eq!(
+        kind(h.store.get(&c.conv, gone, &c.bob).await),
+        ErrorKind::NotFound
+    );
+    h.finish().await;
+}
+
 /// A device offline while the purge removed events it had not pulled is told to resync (in the
 /// pull and in the batch call); re-reading its messages shows what the purge removed. A device
 /// whose cursor is past every removed event is not bothered.
