@@ -1,11 +1,23 @@
 //! The purge's due-day indexes and how they are read.
 //!
-//! * `purge_queue` (days in `purge_days` shard 0): a transition queues its request record, and
-//!   the message when it becomes Recalled/Deleted, at `now + retention`, BEFORE its batch (a
+//! * `retention_queue` (days in `purge_days` shard 2): a transition queues its request record,
+//!   and the message when it becomes Recalled/Deleted, at `now + retention`, BEFORE its batch (a
 //!   crash leaves at worst a stale entry, which the purge re-checks and drops).
-//! * `history_queue` (shard 1): the insert queues every message by the day it was accepted;
+//! * `history_index` (shard 3): the insert queues every message by the day it was accepted;
 //!   with a history limit the purge reads the days up to the history cutoff (the insert cannot
 //!   know the policy; the purge job does).
+//!
+//! Both are partitioned by day AND by one of [`QUEUE_SHARDS`] shards of the conversation id, so
+//! no partition is written by every transition or insert of the service (a day's entries spread
+//! over 32 partitions). The purge reads a shard-day from its progress mark (`purge_progress`:
+//! every entry due before it is done), never from the start of the day, so the entries it
+//! removed before are not read again; a shard-day whose mark passed the day's end is dropped
+//! as a partition. Entries of a held conversation are parked (`held_entries`) instead of kept
+//! in place, so a hold does not pin the mark: the parked backlog is read again only once the
+//! hold is lifted.
+//!
+//! `purge_queue` and `history_queue` (shards 0 and 1) are the unsharded tables of keyspaces
+//! made before: nothing writes them any more, and the purge drains what they still hold.
 
 use std::ops::ControlFlow;
 
@@ -18,10 +30,58 @@ use crate::error;
 use crate::handle::ScyllaBackend;
 use crate::read::day_of;
 
-/// `purge_days` shard of `purge_queue` days.
+/// `purge_days` shard of the legacy `purge_queue` days.
 pub(crate) const RETENTION_SHARD: i32 = 0;
-/// `purge_days` shard of `history_queue` days.
+/// `purge_days` shard of the legacy `history_queue` days.
 pub(crate) const HISTORY_SHARD: i32 = 1;
+/// Shards of a day of `retention_queue` and of `history_index`. Fixed: the purge reads shards
+/// `0..QUEUE_SHARDS` of every day, so changing it would strand entries.
+pub(crate) const QUEUE_SHARDS: i32 = 32;
+/// How far behind the purge's clock a shard-day's progress mark stays: an entry is written
+/// with a due of its writer's clock (plus the retention, for the retention queue), and a writer
+/// whose clock is behind by up to the policy's skew, or whose call is in flight, must still land
+/// after the mark. The entries of the last `MARK_LAG` are read again by the next call.
+pub(crate) const MARK_LAG_MS: i64 = 15 * 60 * 1000;
+
+/// One of the two sharded queues.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Queue {
+    /// `retention_queue`: due = recall or deletion (or request) + retention.
+    Retention,
+    /// `history_index`: due = the time the message was accepted.
+    History,
+}
+
+impl Queue {
+    /// The `purge_days` shard of its days, and its key in `purge_progress`/`held_entries`.
+    pub(crate) fn code(self) -> i32 {
+        match self {
+            Queue::Retention => 2,
+            Queue::History => 3,
+        }
+    }
+
+    pub(crate) fn from_code(code: i32) -> Option<Queue> {
+        match code {
+            2 => Some(Queue::Retention),
+            3 => Some(Queue::History),
+            _ => None,
+        }
+    }
+}
+
+/// The queue shard of a conversation: FNV-1a of its id, so every process agrees.
+pub(crate) fn shard_of(conversation: &ConversationId) -> i32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in conversation.as_str().bytes() {
+        h ^= u64::from(byte);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    i32::try_from(h % QUEUE_SHARDS as u64).unwrap_or(0)
+}
+
+/// One queue entry: due (or accepted-at), conversation, message, request id ('' for none).
+pub(crate) type Entry = (i64, String, i64, String);
 /// Queue rows fetched per page.
 const QUEUE_PAGE: i32 = 256;
 /// Day rows fetched per round trip.
@@ -58,12 +118,13 @@ pub(crate) async fn enqueue_retention(
     due: Timestamp,
 ) -> Result<()> {
     let day = day_of(due);
-    note_day(b, RETENTION_SHARD, day).await?;
+    note_day(b, Queue::Retention.code(), day).await?;
     b.session()
         .execute_unpaged(
-            &b.st().queue_add,
+            &b.st().rq_add,
             (
                 day,
+                shard_of(conversation),
                 due.as_millis(),
                 conversation.as_str(),
                 msg_id.as_i64(),
@@ -83,12 +144,13 @@ pub(crate) async fn enqueue_history(
     created_at: Timestamp,
 ) -> Result<()> {
     let day = day_of(created_at);
-    note_day(b, HISTORY_SHARD, day).await?;
+    note_day(b, Queue::History.code(), day).await?;
     b.session()
         .execute_unpaged(
-            &b.st().history_add,
+            &b.st().hq_add,
             (
                 day,
+                shard_of(conversation),
                 created_at.as_millis(),
                 conversation.as_str(),
                 msg_id.as_i64(),
@@ -141,11 +203,70 @@ pub(crate) async fn is_empty(
     Ok(res.rows_num() == 0)
 }
 
-/// Pages of `st` over one day's partition, as raw rows decoded by `T`.
+/// Pages of `st` over one day's partition of a legacy queue, as raw rows decoded by `T`.
 pub(crate) async fn page_of<T>(
     b: &ScyllaBackend,
     st: &PreparedStatement,
     values: (i32, i64),
+    paging: PagingState,
+) -> Result<(Vec<T>, Option<PagingState>)>
+where
+    T: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+{
+    page_with(b, st, values, paging).await
+}
+
+/// The progress marks of `queue`'s shards on `day` (absent: nothing done yet).
+pub(crate) async fn progress(
+    b: &ScyllaBackend,
+    queue: Queue,
+    day: i32,
+) -> Result<std::collections::HashMap<i32, i64>> {
+    let res = b
+        .session()
+        .execute_unpaged(&b.st().progress_get, (queue.code(), day))
+        .await
+        .map_err(error::execution)?
+        .into_rows_result()
+        .map_err(|e| error::decode("purge progress", e))?;
+    res.rows::<(i32, Option<i64>)>()
+        .map_err(|e| error::decode("purge progress", e))?
+        .map(|r| {
+            r.map(|(shard, through)| (shard, through.unwrap_or(i64::MIN)))
+                .map_err(|e| error::decode("purge progress", e))
+        })
+        .collect()
+}
+
+/// A page of the entries of one shard-day of `queue` due in `[from, upto]`.
+pub(crate) async fn shard_page(
+    b: &ScyllaBackend,
+    queue: Queue,
+    (day, shard): (i32, i32),
+    (from, upto): (i64, i64),
+    paging: PagingState,
+) -> Result<(Vec<Entry>, Option<PagingState>)> {
+    let values = (day, shard, from, upto);
+    match queue {
+        Queue::Retention => page_with::<Entry>(b, &b.st().rq_scan, values, paging).await,
+        Queue::History => {
+            let (rows, next) =
+                page_with::<(i64, String, i64)>(b, &b.st().hq_scan, values, paging).await?;
+            Ok((
+                rows.into_iter()
+                    .map(|(at, c, m)| (at, c, m, String::new()))
+                    .collect(),
+                next,
+            ))
+        }
+    }
+}
+
+/// One page of `st` with `values`, decoded by `T`.
+pub(crate) async fn page_with<T>(
+    b: &ScyllaBackend,
+    st: &PreparedStatement,
+    values: impl SerializeRow,
     paging: PagingState,
 ) -> Result<(Vec<T>, Option<PagingState>)>
 where
@@ -170,4 +291,26 @@ where
         ControlFlow::Break(()) => None,
     };
     Ok((rows, next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shards spread a service's conversations evenly: 32,000 ids, 1,000 a shard expected,
+    /// each shard within 15% of it; and a conversation always lands in the same shard.
+    #[test]
+    fn conversations_spread_over_every_shard() {
+        let mut counts = [0u32; QUEUE_SHARDS as usize];
+        for i in 0..32_000 {
+            let conv = ConversationId::new(format!("group-{i}")).unwrap();
+            let shard = shard_of(&conv);
+            assert_eq!(shard, shard_of(&conv));
+            counts[usize::try_from(shard).unwrap()] += 1;
+        }
+        assert!(
+            counts.iter().all(|&n| (850..=1150).contains(&n)),
+            "{counts:?}"
+        );
+    }
 }

@@ -26,7 +26,8 @@ use scylla::value::MaybeUnset;
 use crate::error;
 use crate::handle::ScyllaBackend;
 use crate::index::{
-    HISTORY_SHARD, RETENTION_SHARD, days, enqueue_retention, is_empty, page_of, retention_due,
+    self, HISTORY_SHARD, MARK_LAG_MS, QUEUE_SHARDS, Queue, RETENTION_SHARD, days,
+    enqueue_retention, is_empty, page_of, page_with, retention_due,
 };
 use crate::read::{self, day_of, sentinel_key};
 use crate::rows::BoxedRow;
@@ -257,7 +258,306 @@ impl<'a, 'j> Run<'a, 'j> {
         Ok(Some(Verdict::Done))
     }
 
-    async fn retention_queue(&mut self) -> Result<()> {
+    /// What becomes of one entry of `queue` whose conversation is not held: `true` keeps it
+    /// where it is (a lost race; read again by the next call). Not purgeable yet: queued again at
+    /// its new due (never before the next call's reach), and this entry goes.
+    async fn settle(
+        &mut self,
+        queue: Queue,
+        conv: &ConversationId,
+        id: MsgId,
+        request_id: &str,
+    ) -> Result<bool> {
+        let b = self.b;
+        match queue {
+            Queue::Retention => {
+                if !request_id.is_empty() {
+                    let cutoff = self.job.retention_cutoff().as_millis();
+                    b.session()
+                        .execute_unpaged(
+                            &b.st().request_expire,
+                            (conv.as_str(), request_id, cutoff),
+                        )
+                        .await
+                        .map_err(error::execution)?;
+                }
+                Ok(match self.message(conv, id).await? {
+                    Verdict::Done | Verdict::NotYet(None) => false,
+                    Verdict::NotYet(Some(d)) => {
+                        let soonest = self
+                            .job
+                            .now()
+                            .saturating_add(std::time::Duration::from_millis(1));
+                        enqueue_retention(b, conv, id, "", d.max(soonest)).await?;
+                        false
+                    }
+                    Verdict::Busy => true,
+                })
+            }
+            Queue::History => Ok(matches!(self.message(conv, id).await?, Verdict::Busy)),
+        }
+    }
+
+    /// Parks an entry of a held conversation: it leaves the queue (so it does not pin the
+    /// shard-day's mark) and is read again once the hold is lifted ([`Run::parked`]).
+    async fn park(
+        &self,
+        queue: Queue,
+        conv: &ConversationId,
+        (due, msg_id, request_id): (i64, i64, &str),
+    ) -> Result<()> {
+        let b = self.b;
+        b.session()
+            .execute_unpaged(
+                &b.st().held_park,
+                (conv.as_str(), queue.code(), due, msg_id, request_id),
+            )
+            .await
+            .map_err(error::execution)?;
+        b.session()
+            .execute_unpaged(&b.st().held_note, (conv.as_str(),))
+            .await
+            .map_err(error::execution)?;
+        Ok(())
+    }
+
+    /// One entry of a sharded queue: `true` keeps it in place.
+    async fn entry(&mut self, queue: Queue, entry: &index::Entry) -> Result<bool> {
+        let (due, conv, msg_id, request_id) = entry;
+        let (conv, id) = ids(conv.clone(), *msg_id)?;
+        if !self.held(&conv).await? {
+            let keep = self.settle(queue, &conv, id, request_id).await?;
+            if !(keep && self.held(&conv).await?) {
+                return Ok(keep);
+            }
+            // A hold placed meanwhile: parked like the rest of the conversation's backlog.
+        } else {
+            // A purge that committed before the hold is finished all the same; the record of a
+            // held conversation is kept until the hold is lifted.
+            let finished = self.finish_committed(&conv, id).await?;
+            if finished && request_id.is_empty() {
+                return Ok(false);
+            }
+        }
+        self.park(queue, &conv, (*due, *msg_id, request_id)).await?;
+        Ok(false)
+    }
+
+    /// The parked entries of conversations whose hold was lifted, settled as the queues' are;
+    /// a conversation still held costs one read of its hold.
+    async fn parked(&mut self) -> Result<()> {
+        let b = self.b;
+        let mut paging = Some(PagingState::start());
+        let mut convs = Vec::new();
+        while let Some(p) = paging.take() {
+            let (rows, next) = page_with::<(String,)>(b, &b.st().held_list, (), p).await?;
+            convs.extend(rows.into_iter().map(|(c,)| c));
+            paging = next;
+        }
+        for conv in convs {
+            let conv =
+                ConversationId::new(conv).map_err(|_| error::corrupt("held conversation"))?;
+            if self.held(&conv).await? {
+                continue;
+            }
+            let started = now_micros();
+            let mut kept = false;
+            let mut paging = Some(PagingState::start());
+            while let Some(p) = paging.take() {
+                let (rows, next) = page_with::<(i32, i64, i64, String)>(
+                    b,
+                    &b.st().held_entries_of,
+                    (conv.as_str(),),
+                    p,
+                )
+                .await?;
+                paging = next;
+                for (code, due, msg_id, request_id) in rows {
+                    let queue =
+                        Queue::from_code(code).ok_or_else(|| error::corrupt("parked entry"))?;
+                    let id = MsgId::from_i64(msg_id).map_err(|_| error::corrupt("parked entry"))?;
+                    if self.settle(queue, &conv, id, &request_id).await? {
+                        kept = true;
+                    } else {
+                        b.session()
+                            .execute_unpaged(
+                                &b.st().held_entry_remove,
+                                (conv.as_str(), code, due, msg_id, request_id.as_str()),
+                            )
+                            .await
+                            .map_err(error::execution)?;
+                    }
+                    if self.full() {
+                        return Ok(());
+                    }
+                }
+            }
+            if !kept {
+                // At the time the backlog was first read: a conversation parked since (a hold
+                // placed and an entry parked meanwhile) is noted later and stays noted.
+                b.session()
+                    .execute_unpaged(&b.st().held_forget, (started, conv.as_str()))
+                    .await
+                    .map_err(error::execution)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One sharded queue, day by day and shard by shard, each shard-day read from its mark.
+    async fn sharded(&mut self, queue: Queue) -> Result<()> {
+        let b = self.b;
+        let now = self.job.now().as_millis();
+        let upto = match queue {
+            Queue::Retention => now,
+            Queue::History => match self.job.history_cutoff() {
+                Some(c) => c.as_millis(),
+                None => return self.drop_history_days().await,
+            },
+        };
+        let safe = now.saturating_sub(MARK_LAG_MS);
+        let last = day_of(Timestamp::from_millis(upto));
+        let mut after = i32::MIN;
+        loop {
+            let list = days(b, queue.code(), after, last).await?;
+            if list.is_empty() {
+                return Ok(());
+            }
+            for day in list {
+                after = day;
+                let marks = index::progress(b, queue, day).await?;
+                let day_end = (i64::from(day) + 1).saturating_mul(DAY_MS);
+                let mut done = true;
+                for shard in 0..QUEUE_SHARDS {
+                    let from = marks.get(&shard).copied().unwrap_or(i64::MIN);
+                    if from >= day_end {
+                        continue;
+                    }
+                    let through = self
+                        .shard_day(queue, (day, shard), from, upto, safe)
+                        .await?;
+                    if through > from {
+                        b.session()
+                            .execute_unpaged(
+                                &b.st().progress_set,
+                                (queue.code(), day, shard, through),
+                            )
+                            .await
+                            .map_err(error::execution)?;
+                    }
+                    done &= through >= day_end;
+                    if self.full() {
+                        return Ok(());
+                    }
+                }
+                if done && day_end <= safe {
+                    self.drop_day(queue, day).await?;
+                }
+            }
+        }
+    }
+
+    /// Settles the entries of one shard-day due in `[from, upto]`; returns its new mark: the
+    /// first entry kept in place, or where a full batch stopped, or the end of what was read,
+    /// never later than `safe` (an entry can still land there).
+    async fn shard_day(
+        &mut self,
+        queue: Queue,
+        key: (i32, i32),
+        from: i64,
+        upto: i64,
+        safe: i64,
+    ) -> Result<i64> {
+        let b = self.b;
+        let mut through = upto.saturating_add(1).min(safe);
+        let mut paging = Some(PagingState::start());
+        while let Some(p) = paging.take() {
+            let (entries, next) = index::shard_page(b, queue, key, (from, upto), p).await?;
+            paging = next;
+            for entry in entries {
+                if self.entry(queue, &entry).await? {
+                    through = through.min(entry.0);
+                } else {
+                    let (day, shard) = key;
+                    let (due, conv, msg_id, request_id) = &entry;
+                    match queue {
+                        Queue::Retention => {
+                            b.session()
+                                .execute_unpaged(
+                                    &b.st().rq_remove,
+                                    (
+                                        day,
+                                        shard,
+                                        *due,
+                                        conv.as_str(),
+                                        *msg_id,
+                                        request_id.as_str(),
+                                    ),
+                                )
+                                .await
+                        }
+                        Queue::History => {
+                            b.session()
+                                .execute_unpaged(
+                                    &b.st().hq_remove,
+                                    (day, shard, *due, conv.as_str(), *msg_id),
+                                )
+                                .await
+                        }
+                    }
+                    .map_err(error::execution)?;
+                }
+                if self.full() {
+                    return Ok(through.min(entry.0).max(from));
+                }
+            }
+        }
+        Ok(through.max(from))
+    }
+
+    /// A day every shard of which is done: its partitions, marks and day row go.
+    async fn drop_day(&self, queue: Queue, day: i32) -> Result<()> {
+        let b = self.b;
+        let drop = match queue {
+            Queue::Retention => &b.st().rq_drop,
+            Queue::History => &b.st().hq_drop,
+        };
+        for shard in 0..QUEUE_SHARDS {
+            b.session()
+                .execute_unpaged(drop, (day, shard))
+                .await
+                .map_err(error::execution)?;
+        }
+        b.session()
+            .execute_unpaged(&b.st().progress_drop, (queue.code(), day))
+            .await
+            .map_err(error::execution)?;
+        b.session()
+            .execute_unpaged(&b.st().days_remove, (queue.code(), day))
+            .await
+            .map_err(error::execution)?;
+        Ok(())
+    }
+
+    /// No history limit: history days older than the retention can never become due under any
+    /// valid policy (a history limit is never shorter than the retention), so they go whole.
+    async fn drop_history_days(&self) -> Result<()> {
+        let last = day_of(self.job.retention_cutoff()).saturating_sub(1);
+        let mut after = i32::MIN;
+        loop {
+            let list = days(self.b, Queue::History.code(), after, last).await?;
+            if list.is_empty() {
+                return Ok(());
+            }
+            for day in list {
+                after = day;
+                self.drop_day(Queue::History, day).await?;
+            }
+        }
+    }
+
+    /// The legacy unsharded retention queue of keyspaces made before the sharded one.
+    async fn legacy_retention_queue(&mut self) -> Result<()> {
         let b = self.b;
         let now = self.job.now();
         let today = day_of(now);
@@ -332,7 +632,8 @@ impl<'a, 'j> Run<'a, 'j> {
         }
     }
 
-    async fn history_queue(&mut self) -> Result<()> {
+    /// The legacy unsharded history index of keyspaces made before the sharded one.
+    async fn legacy_history_queue(&mut self) -> Result<()> {
         let b = self.b;
         let Some(cutoff) = self.job.history_cutoff() else {
             // No history limit: days older than the retention can never become due under any
@@ -434,6 +735,9 @@ impl<'a, 'j> Run<'a, 'j> {
     }
 }
 
+/// Milliseconds in a day (the queues' day partitions).
+const DAY_MS: i64 = 86_400_000;
+
 /// The wall clock in microseconds, the unit of CQL write timestamps.
 fn now_micros() -> i64 {
     std::time::SystemTime::now()
@@ -450,9 +754,18 @@ pub(crate) async fn purge(b: &ScyllaBackend, job: &PurgeJob<'_>) -> Result<Purge
         holds: HashMap::new(),
         touched: HashSet::new(),
     };
-    run.retention_queue().await?;
+    run.parked().await?;
     if !run.full() {
-        run.history_queue().await?;
+        run.sharded(Queue::Retention).await?;
+    }
+    if !run.full() {
+        run.legacy_retention_queue().await?;
+    }
+    if !run.full() {
+        run.sharded(Queue::History).await?;
+    }
+    if !run.full() {
+        run.legacy_history_queue().await?;
     }
     for (conv, bucket) in std::mem::take(&mut run.touched) {
         run.drop_bucket_if_empty(&conv, bucket).await?;

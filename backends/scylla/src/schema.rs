@@ -1,4 +1,4 @@
-//! The keyspace and its seven tables, created idempotently at start-up, the migrations of keyspaces
+//! The keyspace and its twelve tables, created idempotently at start-up, the migrations of keyspaces
 //! made by older versions, server detection, and the node's size limits.
 //!
 //! Only CQL that both Apache Cassandra (4/5) and ScyllaDB accept is sent to both; the
@@ -100,7 +100,7 @@ pub async fn has_head_rows(session: &Session, keyspace: &str) -> Result<bool> {
         .is_some_and(|c| c == HEAD_ROWS))
 }
 
-/// The DDL of the seven tables, in creation order, for `keyspace` on `flavour`.
+/// The DDL of the twelve tables, in creation order, for `keyspace` on `flavour`.
 pub fn table_ddl(keyspace: &str, flavour: Flavour) -> Vec<String> {
     // ScyllaDB: drop tombstones only after repair has propagated them, so a deleted message or
     // event cannot come back from a replica that missed the delete.
@@ -181,7 +181,60 @@ pub fn table_ddl(keyspace: &str, flavour: Flavour) -> Vec<String> {
                 PRIMARY KEY ((day), due, conversation_id, msg_id, request_id)
             ) WITH comment = 'imstore purge index'{gc}"
         ),
-        // The days that have purge_queue (shard 0) or history_queue (shard 1) entries.
+        // The sharded retention queue: entries by due day and conversation shard, then time.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {keyspace}.retention_queue (
+                day int,
+                shard int,
+                due bigint,
+                conversation_id text,
+                msg_id bigint,
+                request_id text,
+                PRIMARY KEY ((day, shard), due, conversation_id, msg_id, request_id)
+            ) WITH comment = 'imstore retention queue'{gc}"
+        ),
+        // The sharded history-limit index: messages by accepted day and shard, then time.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {keyspace}.history_index (
+                day int,
+                shard int,
+                created_at bigint,
+                conversation_id text,
+                msg_id bigint,
+                PRIMARY KEY ((day, shard), created_at, conversation_id, msg_id)
+            ) WITH comment = 'imstore history-limit index'{gc}"
+        ),
+        // Per queue, day and shard: every entry due before `through` is done.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {keyspace}.purge_progress (
+                queue int,
+                day int,
+                shard int,
+                through bigint,
+                PRIMARY KEY ((queue, day), shard)
+            ) WITH comment = 'imstore purge progress'{gc}"
+        ),
+        // Queue entries of held conversations, parked until the hold is lifted.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {keyspace}.held_entries (
+                conversation_id text,
+                queue int,
+                due bigint,
+                msg_id bigint,
+                request_id text,
+                PRIMARY KEY ((conversation_id), queue, due, msg_id, request_id)
+            ) WITH comment = 'imstore parked purge entries'{gc}"
+        ),
+        // The conversations with parked entries (few: held conversations with a backlog).
+        format!(
+            "CREATE TABLE IF NOT EXISTS {keyspace}.held_conversations (
+                part int,
+                conversation_id text,
+                PRIMARY KEY ((part), conversation_id)
+            ) WITH comment = 'imstore held conversations with parked entries'{gc}"
+        ),
+        // The days that have purge_queue (shard 0), history_queue (shard 1), retention_queue
+        // (shard 2) or history_index (shard 3) entries.
         format!(
             "CREATE TABLE IF NOT EXISTS {keyspace}.purge_days (
                 shard int,

@@ -181,12 +181,32 @@ statements! {
     ref_remove: Idempotent => "DELETE FROM {ks}.attachment_refs WHERE attachment_key = ? AND conversation_id = ? AND msg_id = ?",
     ref_any: Idempotent => "SELECT msg_id FROM {ks}.attachment_refs WHERE attachment_key = ? LIMIT 1",
 
-    // --- retention index (shard 0 of purge_days) and history index (shard 1).
-    queue_add: Idempotent => "INSERT INTO {ks}.purge_queue (day, due, conversation_id, msg_id, request_id) VALUES (?, ?, ?, ?, ?)",
+    // --- the sharded queues (days in purge_days shards 2 and 3), read from progress marks.
+    rq_add: Idempotent => "INSERT INTO {ks}.retention_queue (day, shard, due, conversation_id, msg_id, request_id) VALUES (?, ?, ?, ?, ?, ?)",
+    rq_remove: Idempotent => "DELETE FROM {ks}.retention_queue WHERE day = ? AND shard = ? AND due = ? AND conversation_id = ? AND msg_id = ? AND request_id = ?",
+    rq_scan: Idempotent => "SELECT due, conversation_id, msg_id, request_id FROM {ks}.retention_queue WHERE day = ? AND shard = ? AND due >= ? AND due <= ?",
+    rq_drop: Idempotent => "DELETE FROM {ks}.retention_queue WHERE day = ? AND shard = ?",
+    hq_add: Idempotent => "INSERT INTO {ks}.history_index (day, shard, created_at, conversation_id, msg_id) VALUES (?, ?, ?, ?, ?)",
+    hq_remove: Idempotent => "DELETE FROM {ks}.history_index WHERE day = ? AND shard = ? AND created_at = ? AND conversation_id = ? AND msg_id = ?",
+    hq_scan: Idempotent => "SELECT created_at, conversation_id, msg_id FROM {ks}.history_index WHERE day = ? AND shard = ? AND created_at >= ? AND created_at <= ?",
+    hq_drop: Idempotent => "DELETE FROM {ks}.history_index WHERE day = ? AND shard = ?",
+    progress_get: Idempotent => "SELECT shard, through FROM {ks}.purge_progress WHERE queue = ? AND day = ?",
+    progress_set: Idempotent => "INSERT INTO {ks}.purge_progress (queue, day, shard, through) VALUES (?, ?, ?, ?)",
+    progress_drop: Idempotent => "DELETE FROM {ks}.purge_progress WHERE queue = ? AND day = ?",
+    // --- the parked entries of held conversations, read again once the hold is lifted.
+    held_park: Idempotent => "INSERT INTO {ks}.held_entries (conversation_id, queue, due, msg_id, request_id) VALUES (?, ?, ?, ?, ?)",
+    held_note: Idempotent => "INSERT INTO {ks}.held_conversations (part, conversation_id) VALUES (0, ?)",
+    held_list: Idempotent => "SELECT conversation_id FROM {ks}.held_conversations WHERE part = 0",
+    held_entries_of: Idempotent => "SELECT queue, due, msg_id, request_id FROM {ks}.held_entries WHERE conversation_id = ?",
+    held_entry_remove: Idempotent => "DELETE FROM {ks}.held_entries WHERE conversation_id = ? AND queue = ? AND due = ? AND msg_id = ? AND request_id = ?",
+    // At the time the purge started reading the backlog, so an entry parked since survives.
+    held_forget: Idempotent => "DELETE FROM {ks}.held_conversations USING TIMESTAMP ? WHERE part = 0 AND conversation_id = ?",
+
+    // --- legacy unsharded retention index (shard 0 of purge_days) and history index (shard 1),
+    // drained by the purge, written by nothing.
     queue_remove: Idempotent => "DELETE FROM {ks}.purge_queue WHERE day = ? AND due = ? AND conversation_id = ? AND msg_id = ? AND request_id = ?",
     queue_due: Idempotent => "SELECT due, conversation_id, msg_id, request_id FROM {ks}.purge_queue WHERE day = ? AND due <= ?",
     queue_any: Idempotent => "SELECT due FROM {ks}.purge_queue WHERE day = ? LIMIT 1",
-    history_add: Idempotent => "INSERT INTO {ks}.history_queue (day, created_at, conversation_id, msg_id) VALUES (?, ?, ?, ?)",
     history_remove: Idempotent => "DELETE FROM {ks}.history_queue WHERE day = ? AND created_at = ? AND conversation_id = ? AND msg_id = ?",
     history_due: Idempotent => "SELECT created_at, conversation_id, msg_id FROM {ks}.history_queue WHERE day = ? AND created_at <= ?",
     history_any: Idempotent => "SELECT created_at FROM {ks}.history_queue WHERE day = ? LIMIT 1",

@@ -319,7 +319,12 @@ impl StoreFactory for ScyllaFactory {
         // without its server), then the pipeline, whose refusal of the settings is returned.
         let backend = ScyllaBackend::with_session(self.session().await, self.config(namespace))
             .await
-            .unwrap_or_else(|e| panic!("open a backend over {namespace}: {e}: {:?}", std::error::Error::source(&e)));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "open a backend over {namespace}: {e}: {:?}",
+                    std::error::Error::source(&e)
+                )
+            });
         let store = Store::with_backend(backend, settings)?;
         self.stores
             .lock()

@@ -69,7 +69,11 @@ enum Rows<'a> {
 
 /// Deletes one row per `k` of `ks` (a row tombstone is the same whether it covers a row that
 /// existed), in single-partition unlogged batches; returns the time it took.
-async fn bury(h: &Harness<'_, ScyllaFactory>, rows: Rows<'_>, ks: std::ops::Range<i64>) -> Duration {
+async fn bury(
+    h: &Harness<'_, ScyllaFactory>,
+    rows: Rows<'_>,
+    ks: std::ops::Range<i64>,
+) -> Duration {
     let started = Instant::now();
     let session = h.store.inner().session();
     let ns = h.namespace();
@@ -207,7 +211,8 @@ async fn transitions_pulls_and_the_purge_pass_no_purged_tombstones() {
     assert!(!changed[0].resync);
 
     // The purge reads the hold by name, and removes both recalled messages.
-    h.clock.advance(h.settings.policy.retention() + Duration::from_secs(86_400));
+    h.clock
+        .advance(h.settings.policy.retention() + Duration::from_secs(86_400));
     let report = h
         .store
         .purge_all(PurgeOptions::default())
