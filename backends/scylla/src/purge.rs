@@ -21,6 +21,7 @@ use std::collections::{HashMap, HashSet};
 use imstore_core::backend::{Fields, PurgeJob};
 use imstore_core::{ConversationId, MsgId, PurgeReport, Result, Retry, Timestamp};
 use scylla::response::PagingState;
+use scylla::statement::prepared::PreparedStatement;
 use scylla::value::MaybeUnset;
 
 use crate::error;
@@ -64,6 +65,54 @@ struct Run<'a, 'j> {
     report: PurgeReport,
     holds: HashMap<ConversationId, bool>,
     touched: HashSet<(ConversationId, i32)>,
+    /// The tokens of this call's purge commits: a marker carrying one is this call's own.
+    mine: HashSet<i64>,
+    /// A conditional write of this call timed out: the next read is SERIAL, which completes
+    /// any accepted proposal, so what it shows is the outcome.
+    serial: bool,
+}
+
+/// How long a purge marker belongs to the call that committed it: another purger leaves a
+/// marker younger than this to its owner (so one caller finishes and counts each message, and
+/// two do not race its conditional deletes), and finishes an older one, whose owner died.
+const MARKER_OWNED_MS: i64 = 60_000;
+
+/// Runs `st` (a conditional write) until the server answers; a timeout, whose outcome is
+/// unknown, is settled by `settle` (a SERIAL read): `Some(applied)` when it tells, `None` to
+/// write again.
+async fn conditional<V, F, Fut>(
+    b: &ScyllaBackend,
+    st: &PreparedStatement,
+    values: V,
+    mut settle: F,
+) -> Result<bool>
+where
+    V: scylla::serialize::row::SerializeRow + Clone,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<bool>>>,
+{
+    let retry = Retry::default();
+    let mut attempt = 1;
+    loop {
+        match b
+            .session()
+            .execute_unpaged(st, values.clone())
+            .await
+            .map_err(error::execution)
+        {
+            Ok(res) => return Ok(rows::lwt(res)?.applied),
+            Err(e) if !e.is_temporary() || attempt >= retry.max_attempts => return Err(e),
+            // A SERIAL read is a Paxos round too, and times out the same way: write again.
+            Err(_) => match settle().await {
+                Ok(Some(applied)) => return Ok(applied),
+                Ok(None) => {}
+                Err(e) if e.is_temporary() => {}
+                Err(e) => return Err(e),
+            },
+        }
+        tokio::time::sleep(retry.delay(attempt)).await;
+        attempt += 1;
+    }
 }
 
 fn ids(conv: String, msg_id: i64) -> Result<(ConversationId, MsgId)> {
@@ -87,22 +136,29 @@ impl<'a, 'j> Run<'a, 'j> {
         Ok(h)
     }
 
-    /// Steps (2) and (3) of a committed purge (see the module docs).
+    /// Steps (2) and (3) of a committed purge (see the module docs). `owned`: this call made
+    /// the commit, and is the only one finishing it (see [`MARKER_OWNED_MS`]), so a delete whose
+    /// outcome a timeout hid and that a SERIAL read shows done is its own.
     async fn finish(
         &mut self,
         conv: &ConversationId,
         msg_id: MsgId,
         row_present: bool,
         release_key: Option<String>,
+        owned: bool,
     ) -> Result<()> {
         let (b, bucket) = (self.b, self.b.bucket_of(msg_id));
         if row_present {
-            let res = b
-                .session()
-                .execute_unpaged(&b.st().msg_delete, (conv.as_str(), bucket, msg_id.as_i64()))
-                .await
-                .map_err(error::execution)?;
-            if rows::lwt(res)?.applied {
+            let key = (conv.as_str().to_string(), bucket, msg_id.as_i64());
+            let deleted = conditional(b, &b.st().msg_delete, key, || async {
+                let row = read::message(b, conv, msg_id, Fields::NoContent, true).await?;
+                Ok(match row {
+                    Some(_) => None,
+                    None => Some(owned),
+                })
+            })
+            .await?;
+            if deleted {
                 self.report.messages += 1;
                 self.touched.insert((conv.clone(), bucket));
             }
@@ -118,12 +174,20 @@ impl<'a, 'j> Run<'a, 'j> {
                 .await
                 .map_err(error::execution)?;
         }
-        let res = b
-            .session()
-            .execute_unpaged(&b.st().state_delete, (conv.as_str(), msg_id.as_i64()))
-            .await
-            .map_err(error::execution)?;
-        if let (true, Some(key)) = (rows::lwt(res)?.applied, release_key) {
+        let unmarked = conditional(
+            b,
+            &b.st().state_delete,
+            (conv.as_str().to_string(), msg_id.as_i64()),
+            || async {
+                let fenced = read::fenced(b, conv, msg_id, true).await?;
+                Ok(match fenced.state {
+                    Some(StateRow::Purged { .. }) => None,
+                    _ => Some(owned),
+                })
+            },
+        )
+        .await?;
+        if let (true, Some(key)) = (unmarked, release_key) {
             // Released only when no stored message references the file any more (a copy
             // forwarded into another conversation keeps it live).
             if is_empty(b, &b.st().ref_any, (key.as_str(),)).await? {
@@ -136,11 +200,11 @@ impl<'a, 'j> Run<'a, 'j> {
     /// Finishes a purge a dead purger committed in a held conversation; true when it did.
     async fn finish_committed(&mut self, conv: &ConversationId, msg_id: MsgId) -> Result<bool> {
         let state = read::state(self.b, conv, msg_id).await?;
-        let Some(StateRow::Purged { release_key }) = state else {
+        let Some(StateRow::Purged { release_key, .. }) = state else {
             return Ok(false);
         };
         let row = read::message(self.b, conv, msg_id, Fields::NoContent, false).await?;
-        self.finish(conv, msg_id, row.is_some(), release_key)
+        self.finish(conv, msg_id, row.is_some(), release_key, false)
             .await?;
         Ok(true)
     }
@@ -170,12 +234,33 @@ impl<'a, 'j> Run<'a, 'j> {
         msg_id: MsgId,
     ) -> Result<Option<Verdict>> {
         let b = self.b;
-        let (row, fenced) = futures::try_join!(
-            read::message(b, conv, msg_id, Fields::NoContent, false),
-            read::fenced(b, conv, msg_id, false)
-        )?;
-        if let Some(StateRow::Purged { release_key }) = fenced.state {
-            self.finish(conv, msg_id, row.is_some(), release_key)
+        let serial = std::mem::take(&mut self.serial);
+        let read = futures::try_join!(
+            read::message(b, conv, msg_id, Fields::NoContent, serial),
+            read::fenced(b, conv, msg_id, serial)
+        );
+        let (row, fenced) = match read {
+            Ok(read) => read,
+            // A SERIAL read timed out (a Paxos round, contended like the writes): read again.
+            Err(e) if serial && e.is_temporary() => {
+                self.serial = true;
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(StateRow::Purged {
+            release_key,
+            marked,
+        }) = fenced.state
+        {
+            let (at, token) = marked.unwrap_or_default();
+            let owned = token.is_some_and(|t| self.mine.contains(&t));
+            let now = self.job.now().as_millis();
+            if !owned && at.is_some_and(|at| now.saturating_sub(at) < MARKER_OWNED_MS) {
+                // Another call's commit, being finished by it.
+                return Ok(Some(Verdict::Busy));
+            }
+            self.finish(conv, msg_id, row.is_some(), release_key, owned)
                 .await?;
             return Ok(Some(Verdict::Done));
         }
@@ -204,9 +289,13 @@ impl<'a, 'j> Run<'a, 'j> {
         // The head row, so that the statics this commit raises are read by name.
         commit.append_statement(b.st().head_mark.clone());
         values.push(Box::new((conv.as_str().to_string(),)));
+        let token = rand::random::<i64>();
+        self.mine.insert(token);
         commit.append_statement(b.st().purge_commit.clone());
         values.push(Box::new((
             key.clone().map_or(MaybeUnset::Unset, MaybeUnset::Set),
+            self.job.now().as_millis(),
+            token,
             conv.as_str().to_string(),
             msg_id.as_i64(),
             state
@@ -250,11 +339,18 @@ impl<'a, 'j> Run<'a, 'j> {
                 fenced.purged_through,
             )));
         }
-        if !crate::transition::run_batch(b, &commit, values).await? {
-            return Ok(None);
+        match crate::transition::run_batch(b, &commit, values).await {
+            Ok(true) => {}
+            Ok(false) => return Ok(None),
+            // Unknown: the next attempt reads at SERIAL and finds this call's marker, or none.
+            Err(e) if e.is_temporary() => {
+                self.serial = true;
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
         }
         self.report.events += seqs.len() as u64;
-        self.finish(conv, msg_id, true, key).await?;
+        self.finish(conv, msg_id, true, key, true).await?;
         Ok(Some(Verdict::Done))
     }
 
@@ -273,13 +369,14 @@ impl<'a, 'j> Run<'a, 'j> {
             Queue::Retention => {
                 if !request_id.is_empty() {
                     let cutoff = self.job.retention_cutoff().as_millis();
-                    b.session()
-                        .execute_unpaged(
-                            &b.st().request_expire,
-                            (conv.as_str(), request_id, cutoff),
-                        )
-                        .await
-                        .map_err(error::execution)?;
+                    // Writing it again settles a timeout: the record is gone either way.
+                    conditional(
+                        b,
+                        &b.st().request_expire,
+                        (conv.as_str().to_string(), request_id.to_string(), cutoff),
+                        || async { Ok(None) },
+                    )
+                    .await?;
                 }
                 Ok(match self.message(conv, id).await? {
                     Verdict::Done | Verdict::NotYet(None) => false,
@@ -753,6 +850,8 @@ pub(crate) async fn purge(b: &ScyllaBackend, job: &PurgeJob<'_>) -> Result<Purge
         report: PurgeReport::default(),
         holds: HashMap::new(),
         touched: HashSet::new(),
+        mine: HashSet::new(),
+        serial: false,
     };
     run.parked().await?;
     if !run.full() {

@@ -143,6 +143,7 @@ type FencedCols = (
     Option<String>,
     Option<i64>,
     Option<i64>,
+    Option<i64>,
 );
 
 /// The lifecycle rows of `ids` (all in `bucket`) and the bucket's sentinel, in one query.
@@ -176,13 +177,20 @@ async fn fenced_chunk(
         .rows::<FencedCols>()
         .map_err(|e| error::decode("lifecycle rows", e))?
     {
-        let (k, a, b2, c, d, e, f, g, h, i, j, at, through) =
+        let (k, a, b2, c, d, e, f, g, h, i, j, at, through, token) =
             row.map_err(|e| error::decode("lifecycle rows", e))?;
         purged_through = purged_through.max(through);
         if k == sentinel {
             epoch = at;
         } else {
-            states.insert(k, rows::state((a, b2, c, d, e, f, g, h, i, j))?);
+            let state = match rows::state((a, b2, c, d, e, f, g, h, i, j))? {
+                StateRow::Purged { release_key, .. } => StateRow::Purged {
+                    release_key,
+                    marked: Some((at, token)),
+                },
+                live => live,
+            };
+            states.insert(k, state);
         }
     }
     Ok((states, epoch, purged_through))

@@ -8,7 +8,7 @@
 //! (the conversation last, so an id holding `:` still parses).
 
 use imstore_core::backend::{ContentScan, StoredContent};
-use imstore_core::{ConversationId, Error, MsgId, Result};
+use imstore_core::{ConversationId, Error, MsgId, Result, Retry};
 
 use crate::error;
 use crate::handle::ScyllaBackend;
@@ -126,19 +126,44 @@ pub(crate) async fn replace_content(
     expected: &[u8],
     replacement: &[u8],
 ) -> Result<bool> {
-    let res = b
-        .session()
-        .execute_unpaged(
-            &b.st().msg_replace_content,
-            (
-                replacement,
-                conversation.as_str(),
-                b.bucket_of(msg_id),
-                msg_id.as_i64(),
-                expected,
-            ),
-        )
-        .await
-        .map_err(error::execution)?;
-    Ok(rows::lwt(res)?.applied)
+    let key = (conversation.as_str(), b.bucket_of(msg_id), msg_id.as_i64());
+    let retry = Retry::default();
+    let mut attempt = 1;
+    loop {
+        let res = b
+            .session()
+            .execute_unpaged(
+                &b.st().msg_replace_content,
+                (replacement, key.0, key.1, key.2, expected),
+            )
+            .await
+            .map_err(error::execution);
+        match res {
+            Ok(res) => return Ok(rows::lwt(res)?.applied),
+            Err(e) if !e.is_temporary() || attempt >= retry.max_attempts => return Err(e),
+            Err(_) => {}
+        }
+        // A Paxos timeout (contention, a slow replica) leaves the outcome unknown: a SERIAL read
+        // completes any accepted proposal, and the bytes say which write won (the replacement is
+        // this call's own: fresh nonce).
+        let res = b
+            .session()
+            .execute_unpaged(&b.st().msg_content_serial, key)
+            .await
+            .map_err(error::execution)?
+            .into_rows_result()
+            .map_err(|e| error::decode("message content", e))?;
+        let stored = res
+            .maybe_first_row::<(Option<Vec<u8>>,)>()
+            .map_err(|e| error::decode("message content", e))?
+            .and_then(|(c,)| c);
+        match stored.as_deref() {
+            Some(now) if now == replacement => return Ok(true),
+            Some(now) if now == expected => {
+                tokio::time::sleep(retry.delay(attempt)).await;
+                attempt += 1;
+            }
+            _ => return Ok(false),
+        }
+    }
 }

@@ -99,8 +99,13 @@ pub(crate) enum StateRow {
         event_seqs: Vec<i64>,
     },
     /// The purge committed: the message is gone for every reader, whatever is left of its rows;
-    /// `release_key` is the attachment the purge releases.
-    Purged { release_key: Option<String> },
+    /// `release_key` is the attachment the purge releases; `marked` the time and token of the
+    /// purge call that committed (read by the purge's own reads only; `None` elsewhere, and on
+    /// markers written before markers carried them).
+    Purged {
+        release_key: Option<String>,
+        marked: Option<(Option<i64>, Option<i64>)>,
+    },
 }
 
 impl StateRow {
@@ -199,7 +204,10 @@ pub(crate) fn state(cols: StateCols) -> Result<StateRow> {
         key,
     ) = cols;
     if purging == Some(true) {
-        return Ok(StateRow::Purged { release_key: key });
+        return Ok(StateRow::Purged {
+            release_key: key,
+            marked: None,
+        });
     }
     Ok(StateRow::Live {
         changed: Changed {

@@ -114,6 +114,8 @@ statements! {
     // The re-key job's scan, in token order, and its compare-and-set on the stored bytes.
     msg_scan: Idempotent => "SELECT token(conversation_id, bucket), conversation_id, bucket, msg_id, content FROM {ks}.messages WHERE token(conversation_id, bucket) > ? LIMIT ?",
     msg_scan_rest: Idempotent => "SELECT token(conversation_id, bucket), conversation_id, bucket, msg_id, content FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id < ? LIMIT ?",
+    // The stored bytes at SERIAL: settles a re-key write whose outcome a timeout left unknown.
+    msg_content_serial: SerialRead => "SELECT content FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id = ?",
     msg_replace_content: Conditional => "UPDATE {ks}.messages SET content = ? WHERE conversation_id = ? AND bucket = ? AND msg_id = ? IF content = ?",
     msg_any: Idempotent => "SELECT msg_id FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? LIMIT 1",
 
@@ -127,11 +129,13 @@ statements! {
     // --- conversation_state, kind 0: lifecycles (k = msg_id) and bucket sentinels (k < 0).
     state_get: Idempotent => "SELECT status, version, recalled_at, recalled_by, restored_at, deleted_at, deleted_by, event_seqs, purging, release_key FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = ''",
     // Lifecycles with their buckets' sentinels, in ONE single-partition read (one snapshot).
-    state_fenced: Idempotent => "SELECT k, status, version, recalled_at, recalled_by, restored_at, deleted_at, deleted_by, event_seqs, purging, release_key, at_ms, purged_through FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k IN ? AND request_id = ''",
-    state_fenced_serial: SerialRead => "SELECT k, status, version, recalled_at, recalled_by, restored_at, deleted_at, deleted_by, event_seqs, purging, release_key, at_ms, purged_through FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k IN ? AND request_id = ''",
+    state_fenced: Idempotent => "SELECT k, status, version, recalled_at, recalled_by, restored_at, deleted_at, deleted_by, event_seqs, purging, release_key, at_ms, purged_through, call_token FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k IN ? AND request_id = ''",
+    state_fenced_serial: SerialRead => "SELECT k, status, version, recalled_at, recalled_by, restored_at, deleted_at, deleted_by, event_seqs, purging, release_key, at_ms, purged_through, call_token FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k IN ? AND request_id = ''",
     state_write: Conditional => "UPDATE {ks}.conversation_state SET status = ?, version = ?, recalled_at = ?, recalled_by = ?, restored_at = ?, deleted_at = ?, deleted_by = ?, event_seqs = event_seqs + ? WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = '' IF version = ? AND purging = null",
     // The purge's commit: the lifecycle becomes a marker, refused under legal hold.
-    purge_commit: Conditional => "UPDATE {ks}.conversation_state SET purging = true, release_key = ? WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = '' IF version = ? AND purging = null AND legal_hold != true",
+    // The marker carries the committing call's time and token (at_ms, call_token: unused on
+    // lifecycle rows otherwise), so a timed-out commit is recognised as this call's own.
+    purge_commit: Conditional => "UPDATE {ks}.conversation_state SET purging = true, release_key = ?, at_ms = ?, call_token = ? WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = '' IF version = ? AND purging = null AND legal_hold != true",
     sentinel_set: Idempotent => "UPDATE {ks}.conversation_state SET at_ms = ? WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = ''",
     sentinel_fence: Conditional => "UPDATE {ks}.conversation_state SET at_ms = ? WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = '' IF at_ms = ?",
     // Raises the feed's low-water mark, in the purge's commit (only ever upwards: expects the
