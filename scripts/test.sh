@@ -23,6 +23,7 @@ export PATH
 export RUSTUP_AUTO_INSTALL=0
 
 servers=(postgres cassandra ferretdb)
+cluster_started=0
 started=()
 for s in "${servers[@]}"; do
   if ! bash scripts/servers.sh status "$s" >/dev/null 2>&1; then started+=("$s"); fi
@@ -31,6 +32,10 @@ done
 # shellcheck disable=SC2317 # invoked by the EXIT trap
 cleanup() {
   local rc=$?
+  if ((cluster_started)); then
+    echo "[test.sh] stopping the 3-node cluster this run started" >&2
+    bash scripts/servers.sh cluster stop </dev/null || true
+  fi
   if ((${#started[@]})); then
     echo "[test.sh] stopping the servers this run started: ${started[*]}" >&2
     bash scripts/servers.sh stop "${started[@]}" </dev/null || true
@@ -58,6 +63,25 @@ step cargo fmt --all --check
 step cargo test --workspace --all-features
 # The smoke tests again, uncaptured, so the log shows each server's own version string.
 step cargo test --all-features -p imstore-postgres -p imstore-mongodb -p imstore-scylla --test smoke -- --nocapture
+# Every conformance case and the node-kill fault test on a 3-node Cassandra cluster at RF 3
+# (127.0.0.2-4), started here and stopped after. Skipped only outside CI with IMSTORE_CLUSTER=0.
+if [[ ${CI:-} == true || ${IMSTORE_CLUSTER:-1} != 0 ]]; then
+  if ! bash scripts/servers.sh cluster status >/dev/null 2>&1; then cluster_started=1; fi
+  echo "[test.sh] bash scripts/servers.sh cluster start" >&2
+  if bash scripts/servers.sh cluster start </dev/null; then
+    # shellcheck source=/dev/null
+    source .servers/cluster/env
+    step cargo test --all-features -p imstore-scylla --test cluster
+  elif ((status == 0)); then
+    status=1
+  fi
+  if ((cluster_started)); then
+    bash scripts/servers.sh cluster stop </dev/null || true
+    cluster_started=0
+  fi
+else
+  echo "[test.sh] IMSTORE_CLUSTER=0: the 3-node cluster suite is not run" >&2
+fi
 step cargo clippy --workspace --all-targets --all-features -- -D warnings
 step cargo bench --workspace --all-features --no-run
 # The content decoder under libFuzzer for a bounded time (nightly, cargo-fuzz).

@@ -32,7 +32,7 @@ use crate::schema::{self, Flavour};
 
 /// Emptied keyspaces ready for another case, per (nodes, prefix, replication), for the whole
 /// process: every test builds its own factory, and they share what earlier cases left.
-static POOL: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+static POOL: Mutex<Vec<(String, String, std::time::Instant)>> = Mutex::new(Vec::new());
 
 impl ScyllaBackend {
     /// The content bytes of a message exactly as stored (after the codec); `None` if absent.
@@ -101,6 +101,7 @@ pub struct ScyllaFactory {
     tls: Option<ScyllaTls>,
     prefix: String,
     reuse: bool,
+    quiet: std::time::Duration,
     session: OnceCell<(Arc<Session>, Flavour)>,
     stores: Mutex<HashMap<String, ScyllaStore>>,
 }
@@ -117,6 +118,7 @@ impl ScyllaFactory {
             tls: None,
             prefix: "sc".to_string(),
             reuse: true,
+            quiet: std::time::Duration::ZERO,
             session: OnceCell::new(),
             stores: Mutex::new(HashMap::new()),
         }
@@ -175,6 +177,16 @@ impl ScyllaFactory {
     /// Whether a finished case's keyspace is emptied and reused (default) or dropped.
     pub fn with_reuse(mut self, reuse: bool) -> Self {
         self.reuse = reuse;
+        self
+    }
+
+    /// How long a finished case's keyspace rests before it is emptied and reused (default
+    /// none). On a cluster, a write that timed out at its coordinator may still reach a replica
+    /// later, until the replica drops it as older than the server's write timeout; a `TRUNCATE`
+    /// before that is no fence (it leaves no tombstone), and the late write would appear in the
+    /// next case's keyspace. Set it above the servers' `write_request_timeout`.
+    pub fn with_reuse_quiet(mut self, quiet: std::time::Duration) -> Self {
+        self.quiet = quiet;
         self
     }
 
@@ -276,7 +288,7 @@ impl ScyllaFactory {
         }
         POOL.lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|(_, k)| !dropped.contains(k));
+            .retain(|(_, k, _)| !dropped.contains(k));
         Ok(dropped)
     }
 
@@ -302,9 +314,18 @@ impl StoreFactory for ScyllaFactory {
     async fn create_namespace(&self) -> String {
         if self.reuse {
             let key = self.pool_key();
-            let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(i) = pool.iter().position(|(k, _)| *k == key) {
-                return pool.swap_remove(i).1;
+            let rested = {
+                let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
+                pool.iter()
+                    .position(|(k, _, at)| *k == key && at.elapsed() >= self.quiet)
+                    .map(|i| pool.swap_remove(i).1)
+            };
+            if let Some(name) = rested {
+                let (session, flavour) = self.connection().await;
+                schema::truncate_keyspace(session, &name, *flavour)
+                    .await
+                    .unwrap_or_else(|e| panic!("truncate keyspace {name}: {e}"));
+                return name;
             }
         }
         let name = self.fresh_name();
@@ -368,15 +389,15 @@ impl StoreFactory for ScyllaFactory {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(namespace);
-        let (session, flavour) = self.connection().await;
         if self.reuse {
-            schema::truncate_keyspace(session, namespace, *flavour)
-                .await
-                .unwrap_or_else(|e| panic!("truncate keyspace {namespace}: {e}"));
-            POOL.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((self.pool_key(), namespace.to_string()));
+            // Emptied when it is taken again, after its rest (see `with_reuse_quiet`).
+            POOL.lock().unwrap_or_else(|p| p.into_inner()).push((
+                self.pool_key(),
+                namespace.to_string(),
+                std::time::Instant::now(),
+            ));
         } else {
+            let (session, _) = self.connection().await;
             schema::drop_keyspace(session, namespace)
                 .await
                 .unwrap_or_else(|e| panic!("drop keyspace {namespace}: {e}"));

@@ -54,6 +54,9 @@ fn factory(nodes: &str, prefix: &str) -> ScyllaFactory {
     ScyllaFactory::new(nodes)
         .with_replication(Replication::Everywhere(3))
         .with_consistency(Consistency::Quorum, SerialConsistency::Serial)
+        // The cluster's write timeout is 5 s (servers.sh cluster): a late replica write is
+        // dropped by then, so a keyspace emptied after 6 s is empty for the next case.
+        .with_reuse_quiet(std::time::Duration::from_secs(6))
         .with_prefix(prefix)
 }
 
