@@ -570,11 +570,14 @@ pub async fn a_resync_moves_the_cursor_to_the_mark<F: StoreFactory>(f: &F) {
     assert_eq!(
         page.events
             .iter()
-            .map(|e| (e.seq, e.msg_id, e.status))
+            .map(|e| (e.msg_id, e.status))
             .collect::<Vec<_>>(),
-        vec![(4, kept, Status::Deleted)]
+        vec![(kept, Status::Deleted)]
     );
-    assert_eq!(page.next, FeedCursor::at(&c.conv, 4).unwrap());
+    // Positions only increase (a backend may spend some on its own records): after the mark.
+    let seq = page.events[0].seq;
+    assert!(seq > 3, "seq {seq}");
+    assert_eq!(page.next, FeedCursor::at(&c.conv, seq).unwrap());
     assert_eq!(
         kind(h.store.get(&c.conv, gone, &c.bob).await),
         ErrorKind::NotFound
