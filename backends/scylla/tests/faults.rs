@@ -82,7 +82,8 @@ async fn queued_for_purge(store: &ScyllaStore, keyspace: &str, found: &Found) ->
         .inner()
         .session()
         .query_unpaged(
-            format!("SELECT msg_id, request_id FROM {keyspace}.purge_queue"),
+            // The sharded retention queue (the unsharded `purge_queue` is no longer written).
+            format!("SELECT msg_id, request_id FROM {keyspace}.retention_queue"),
             (),
         )
         .await
