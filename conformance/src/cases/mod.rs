@@ -81,6 +81,8 @@ macro_rules! __with_cases {
             repeated_restore_and_delete_are_applied_once,
             recall_from_two_devices_changes_the_message_once,
             concurrent_recalls_make_exactly_one_transition,
+            concurrent_sends_into_one_conversation_store_each_message_once,
+            a_storm_of_changes_in_one_conversation_applies_each_once,
             concurrent_retries_of_one_request_apply_it_once,
             concurrent_reuse_of_a_request_id_applies_one_request,
             recall_racing_restore_ends_consistent,

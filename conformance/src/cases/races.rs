@@ -147,6 +147,128 @@ pub async fn concurrent_recalls_make_exactly_one_transition<F: StoreFactory>(f: 
     h.finish().await;
 }
 
+/// 40 concurrent sends into ONE conversation, each sent twice at once and a third of them
+/// also with other content under the same id: every id is stored once, identical copies answer
+/// inserted-or-already-there, exactly one of two differing copies wins and the other is a
+/// conflict, and the stored content is the winner's.
+pub async fn concurrent_sends_into_one_conversation_store_each_message_once<F: StoreFactory>(
+    f: &F,
+) {
+    let (h, c) = start(f).await;
+    let msgs: Vec<NewMessage> = (0..40).map(|i| c.text(&format!("m{i}"))).collect();
+    let mut calls = Vec::new();
+    for (i, m) in msgs.iter().enumerate() {
+        calls.push((i, m.clone()));
+        calls.push((i, m.clone()));
+        if i % 3 == 0 {
+            let mut other = m.clone();
+            other.content = format!("other {i}").into_bytes();
+            calls.push((i, other));
+        }
+    }
+    let results =
+        futures::future::join_all(calls.iter().map(|(_, m)| h.store.insert(m.clone()))).await;
+    let mut winner: Vec<Option<Vec<u8>>> = vec![None; msgs.len()];
+    for ((i, m), r) in calls.iter().zip(&results) {
+        match r {
+            Ok(InsertOutcome::Inserted) => {
+                assert!(winner[*i].is_none(), "message {i} stored twice");
+                winner[*i] = Some(m.content.clone());
+            }
+            Ok(InsertOutcome::AlreadyExists) => {}
+            Err(e) => assert_eq!(e.kind(), ErrorKind::Conflict, "message {i}: {e}"),
+        }
+    }
+    for (i, m) in msgs.iter().enumerate() {
+        let won = winner[i]
+            .clone()
+            .expect("one copy of every message is stored");
+        let copies: Vec<_> = calls
+            .iter()
+            .zip(&results)
+            .filter(|((j, _), _)| *j == i)
+            .collect();
+        for ((_, sent_m), r) in &copies {
+            // Identical to the winner: never a conflict; differing: always one.
+            assert_eq!(
+                r.is_err(),
+                sent_m.content != won,
+                "message {i}: a copy with {} content got {r:?}",
+                if sent_m.content == won {
+                    "the stored"
+                } else {
+                    "other"
+                }
+            );
+        }
+        let v = h.store.get(&c.conv, m.msg_id, &c.bob).await.unwrap();
+        assert_eq!(v.body.unwrap().content, won, "message {i} holds its winner");
+    }
+    let (ids, _) = page_all(&h, &c, ListOptions::newest(15)).await;
+    assert_eq!(
+        ids.len(),
+        msgs.len(),
+        "the page walk lists every message once"
+    );
+    h.finish().await;
+}
+
+/// A storm of changes in ONE conversation: 30 messages each recalled at once by a request, a
+/// retry of that request and a second device's recall. Each message changes once, every call
+/// succeeds, and the feed holds exactly one event per message at distinct, increasing
+/// positions, agreeing with what `get` shows.
+pub async fn a_storm_of_changes_in_one_conversation_applies_each_once<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    let msgs: Vec<NewMessage> = (0..30).map(|i| c.text(&format!("m{i}"))).collect();
+    h.store.insert_batch(msgs.clone()).await.unwrap();
+    let mut reqs = Vec::new();
+    for m in &msgs {
+        let r = c.request(Action::Recall, &c.alice, m.msg_id);
+        reqs.push(r.clone());
+        reqs.push(r);
+        reqs.push(c.request(Action::Recall, &c.alice, m.msg_id));
+    }
+    let outs: Vec<TransitionOutcome> = race(&h, reqs)
+        .await
+        .into_iter()
+        .map(|r| r.expect("every recall of the storm succeeds"))
+        .collect();
+    assert!(
+        outs.iter()
+            .all(|o| (o.status, o.version) == (Status::Recalled, 2))
+    );
+    for (i, o) in outs.chunks(3).enumerate() {
+        // The request and its retry are one request: one answer. It or the other device's
+        // request made the change, not both.
+        assert_eq!(
+            o[0].changed, o[1].changed,
+            "message {i}: a retry answered otherwise"
+        );
+        assert!(
+            o[0].changed != o[2].changed,
+            "message {i}: changed {} times",
+            u8::from(o[0].changed) + u8::from(o[2].changed)
+        );
+    }
+    let events = all_events(&h, &c.conv).await;
+    assert_eq!(events.len(), msgs.len(), "one event per message");
+    assert!(
+        events.windows(2).all(|w| w[0].seq < w[1].seq),
+        "distinct, increasing positions"
+    );
+    let mut seen: Vec<MsgId> = events.iter().map(|e| e.msg_id).collect();
+    seen.sort();
+    let mut want: Vec<MsgId> = msgs.iter().map(|m| m.msg_id).collect();
+    want.sort();
+    assert_eq!(seen, want, "every message's event, none twice");
+    for e in &events {
+        assert_eq!((e.status, e.version), (Status::Recalled, 2));
+        let v = h.store.get(&c.conv, e.msg_id, &c.bob).await.unwrap();
+        assert_eq!((v.status, v.version), (e.status, e.version));
+    }
+    h.finish().await;
+}
+
 pub(crate) async fn race<F: StoreFactory>(
     h: &Harness<'_, F>,
     reqs: Vec<TransitionRequest>,
