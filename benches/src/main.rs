@@ -44,13 +44,14 @@ struct Args {
     /// variable: IMSTORE_POSTGRES_URL, IMSTORE_MONGODB_URL, IMSTORE_SCYLLA_NODES).
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     backends: Option<Vec<String>>,
-    /// Which paths: `standard` (imstore vs raw driver, recall writes), `device_sync`, or both.
+    /// Which paths: `standard` (imstore vs raw driver, recall writes), `device_sync`,
+    /// `contention` (hot group, recall storm); any of them.
     #[arg(
         long,
         value_delimiter = ',',
         value_enum,
         value_name = "LIST",
-        default_value = "standard,device_sync"
+        default_value = "standard,device_sync,contention"
     )]
     paths: Vec<PathGroup>,
     /// Where results go.
@@ -93,6 +94,8 @@ enum PathGroup {
     /// A device learning and pulling many conversations' changes.
     #[value(name = "device_sync", alias = "device-sync")]
     DeviceSync,
+    /// One busy conversation against the same load spread: hot group, recall storm.
+    Contention,
 }
 
 /// The data sizes of `backend` in this mode.
@@ -180,6 +183,7 @@ async fn main() -> ExitCode {
     let paths = Paths {
         standard: args.paths.contains(&PathGroup::Standard),
         device_sync: args.paths.contains(&PathGroup::DeviceSync),
+        contention: args.paths.contains(&PathGroup::Contention),
     };
     // Which backends, and are their servers configured? Refuse loudly before doing anything.
     let selected = match select_backends(args.backends.clone()) {
@@ -209,10 +213,20 @@ async fn main() -> ExitCode {
 
     let mode = if args.quick { "quick" } else { "full" };
     // A run of some paths only is named after them, so it is never mistaken for a whole run.
-    let stem_mode = match (paths.standard, paths.device_sync) {
-        (true, true) => mode.to_owned(),
-        (true, false) => format!("{mode}-standard"),
-        _ => format!("{mode}-device-sync"),
+    let stem_mode = if paths == Paths::ALL {
+        mode.to_owned()
+    } else {
+        let mut parts = vec![mode];
+        for (on, name) in [
+            (paths.standard, "standard"),
+            (paths.device_sync, "device-sync"),
+            (paths.contention, "contention"),
+        ] {
+            if on {
+                parts.push(name);
+            }
+        }
+        parts.join("-")
     };
     let timing = Timing {
         rounds: args.rounds.unwrap_or(if args.quick { 2 } else { 6 }),
@@ -295,7 +309,7 @@ async fn main() -> ExitCode {
     let header = json!({
         "tool": "imstore-bench",
         "mode": mode,
-        "paths": {"standard": paths.standard, "device_sync": paths.device_sync},
+        "paths": {"standard": paths.standard, "device_sync": paths.device_sync, "contention": paths.contention},
         "date": date,
         "git_commit": report::git_commit(),
         "machine": report::machine(),

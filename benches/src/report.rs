@@ -12,6 +12,19 @@ use crate::suite::{BackendReport, PathResult};
 pub const OVERHEAD_GOAL: f64 = 0.95;
 /// The goal: the latest page at the big history no slower than this multiple of the small one.
 pub const PAGE_GROWTH_GOAL: f64 = 1.5;
+/// The goal: 64 senders into one conversation at this fraction of the same load spread.
+pub const HOT_GROUP_GOAL: f64 = 0.8;
+/// The goal: 32 recalls at once in one conversation at this fraction of the same storm spread.
+pub const RECALL_STORM_GOAL: f64 = 0.5;
+
+/// The contention goals, by path: the busy side at this fraction of the spread side.
+fn contention_goal(path: &str) -> Option<f64> {
+    match path {
+        "hot_group" => Some(HOT_GROUP_GOAL),
+        "recall_storm" => Some(RECALL_STORM_GOAL),
+        _ => None,
+    }
+}
 
 /// Machine facts for the JSON header.
 pub fn machine() -> Value {
@@ -136,6 +149,12 @@ pub fn goals(r: &BackendReport) -> Value {
         "page_growth": page,
         "recall_same_writes": r.recall_writes["same_writes"],
         "device_sync": r.device_sync.as_ref().map(|d| d["goal"].clone()),
+        "contention": r.contention.iter().filter_map(|p| contention_goal(&p.path).map(|g| json!({
+            "path": p.path,
+            "busy_over_spread": (p.ratio() * 1000.0).round() / 1000.0,
+            "goal": g,
+            "met": p.ratio() >= g,
+        }))).collect::<Vec<_>>(),
     })
 }
 
@@ -166,6 +185,7 @@ pub fn to_json(header: Value, reports: &[BackendReport], failures: &[(String, St
                 "paths": r.paths.iter().map(PathResult::to_json).collect::<Vec<_>>(),
                 "recall_writes": r.recall_writes,
                 "device_sync": r.device_sync,
+                "contention": r.contention.iter().map(PathResult::to_json).collect::<Vec<_>>(),
                 "goals": goals(r),
             })
         })
@@ -214,6 +234,9 @@ pub fn table(header: &Value, reports: &[BackendReport], failures: &[(String, Str
         if let Some(d) = &r.device_sync {
             device_sync_lines(&mut s, d);
         }
+        if !r.contention.is_empty() {
+            contention_lines(&mut s, r);
+        }
         if !r.paths.is_empty() {
             standard_lines(&mut s, r);
         } else {
@@ -232,6 +255,35 @@ pub fn table(header: &Value, reports: &[BackendReport], failures: &[(String, Str
         let _ = writeln!(s, "\n!! {b} FAILED: {e}");
     }
     s
+}
+
+/// The contention pairs of one backend: the busy side (one conversation) and the spread side.
+fn contention_lines(s: &mut String, r: &BackendReport) {
+    let _ = writeln!(
+        s,
+        "{:<18} {:>4} | {:>11} {:>8} {:>8} | {:>11} {:>8} {:>8} | {:>6}  goal",
+        "contention", "conc", "busy/s", "p50", "p99", "spread/s", "p50", "p99", "ratio"
+    );
+    for p in &r.contention {
+        let goal = match contention_goal(&p.path) {
+            Some(g) if p.ratio() >= g => format!("≥ {g}: met"),
+            Some(g) => format!("≥ {g}: missed"),
+            None => "(the raw driver's own figure)".to_owned(),
+        };
+        let _ = writeln!(
+            s,
+            "{:<18} {:>4} | {:>11.0} {:>8} {:>8} | {:>11.0} {:>8} {:>8} | {:>6.3}  {goal}",
+            p.path,
+            p.concurrency,
+            p.imstore.throughput(),
+            p.imstore.quantile_us(0.5),
+            p.imstore.quantile_us(0.99),
+            p.baseline.throughput(),
+            p.baseline.quantile_us(0.5),
+            p.baseline.quantile_us(0.99),
+            p.ratio(),
+        );
+    }
 }
 
 /// The standard pairs' rows and the goal lines of one backend.

@@ -87,6 +87,8 @@ pub struct BackendReport {
     pub recall_writes: Value,
     /// The device-sync path's record (see [`crate::sync`]), when it ran.
     pub device_sync: Option<Value>,
+    /// The contention pairs (busy side ÷ spread side, not imstore ÷ raw), when they ran.
+    pub contention: Vec<PathResult>,
 }
 
 /// Which groups of paths a run measures.
@@ -96,6 +98,8 @@ pub struct Paths {
     pub standard: bool,
     /// Learning and syncing many conversations: one call against one call per conversation.
     pub device_sync: bool,
+    /// One busy conversation against the same load spread: the hot group and the recall storm.
+    pub contention: bool,
 }
 
 impl Paths {
@@ -103,6 +107,7 @@ impl Paths {
     pub const ALL: Paths = Paths {
         standard: true,
         device_sync: true,
+        contention: true,
     };
 }
 
@@ -338,8 +343,9 @@ pub fn recall_request(
     }
 }
 
-/// Runs the selected paths on `target` (the device-sync path first: the standard paths end by
-/// closing the shared connections to count writes); the caller drops the namespace afterwards.
+/// Runs the selected paths on `target` (the device-sync and contention paths first: the standard
+/// paths end by closing the shared connections to count writes); the caller drops the namespace
+/// afterwards.
 pub async fn run(
     target: Arc<dyn Target>,
     scale: Scale,
@@ -362,6 +368,13 @@ pub async fn run(
         device_sync = Some(crate::sync::run(&target, &scale, timing, quiet).await?);
         sync_seconds = Some(t.elapsed().as_secs_f64());
     }
+    // Before the standard paths, which end by closing the shared connections.
+    let mut contention = None;
+    if paths.contention {
+        let t = Instant::now();
+        let pairs = run_contention(target.clone(), &scale, timing, quiet).await?;
+        contention = Some((pairs, t.elapsed().as_secs_f64()));
+    }
     let mut report = if paths.standard {
         run_standard(target.clone(), scale.clone(), timing, quiet).await?
     } else {
@@ -375,8 +388,13 @@ pub async fn run(
             paths: Vec::new(),
             recall_writes: Value::Null,
             device_sync: None,
+            contention: Vec::new(),
         }
     };
+    if let Some((pairs, s)) = contention {
+        report.contention = pairs;
+        report.phases.insert(0, ("contention", s));
+    }
     if let Some(s) = sync_seconds {
         report.phases.insert(0, ("device_sync", s));
     }
@@ -781,7 +799,189 @@ async fn run_standard(
         paths: out,
         recall_writes,
         device_sync: None,
+        contention: Vec::new(),
     })
+}
+
+/// The contention paths: one busy conversation against the same load spread over many, both
+/// sides imstore (`hot_group`, `recall_storm`) or both the raw driver (`hot_group_raw`,
+/// `recall_storm_raw`); the ratio is busy ÷ spread.
+async fn run_contention(
+    target: Arc<dyn Target>,
+    scale: &Scale,
+    timing: Timing,
+    quiet: bool,
+) -> R<Vec<PathResult>> {
+    const SENDERS: usize = 64;
+    const RECALLERS: usize = 32;
+    let ctx = Ctx {
+        raw: target.raw(),
+        target: target.clone(),
+        ids: MsgIdGenerator::new(9, Arc::new(SystemClock))?,
+        content: Arc::new(chat_text(scale.content_len, 2)),
+        scale: scale.clone(),
+        timing,
+        quiet,
+    };
+    let store = target.open(settings(ContentCodec::plain())).await?.store;
+    let mut out = Vec::new();
+
+    // ---- Hot group: 64 senders into one conversation, against 64 conversations ----
+    let sender = |store: Arc<dyn MessageStore>, prefix: &'static str, spread: u64| {
+        let (ids, content) = (ctx.ids.clone(), ctx.content.clone());
+        op(move |i| {
+            let store = store.clone();
+            let m = NewMessage::text(
+                ids.next_id().expect("the clock is within the msg_id range"),
+                conv(&format!("{prefix}-{}", i % spread)),
+                user(if i % 2 == 0 { "alice" } else { "bob" }),
+                content.as_slice(),
+            );
+            async move {
+                store.insert(m).await?;
+                Ok(())
+            }
+        })
+    };
+    ctx.pair(
+        "hot_group",
+        "off",
+        SENDERS,
+        format!(
+            "imstore sends: {SENDERS} senders into 1 conversation ÷ the same into {SENDERS} conversations"
+        ),
+        writer(sender(store.clone(), "hot-one", 1), 1, scale),
+        writer(sender(store.clone(), "hot-spread", SENDERS as u64), 1, scale),
+        &mut out,
+    )
+    .await?;
+    let raw_sender = |prefix: &'static str, spread: u64| {
+        let (raw, ids, content) = (ctx.raw.clone(), ctx.ids.clone(), ctx.content.clone());
+        op(move |i| {
+            let raw = raw.clone();
+            let m = NewMessage::text(
+                ids.next_id().expect("the clock is within the msg_id range"),
+                conv(&format!("{prefix}-{}", i % spread)),
+                user("alice"),
+                content.as_slice(),
+            );
+            async move { raw.send(&m).await }
+        })
+    };
+    ctx.pair(
+        "hot_group_raw",
+        "off",
+        SENDERS,
+        format!(
+            "raw driver's plain insert: {SENDERS} senders into 1 conversation ÷ the same into {SENDERS} conversations"
+        ),
+        writer(raw_sender("raw-hot-one", 1), 1, scale),
+        writer(raw_sender("raw-hot-spread", SENDERS as u64), 1, scale),
+        &mut out,
+    )
+    .await?;
+
+    // ---- Recall storm: 32 recalls at once in one conversation, against 32 conversations ----
+    // Separate pools per side (a message is recalled once); the loads alternate alice and bob,
+    // so message j of a conversation is recalled by its own sender, j even by alice.
+    let alice = vec!["alice".to_owned(), "bob".to_owned()];
+    let per_round =
+        |pool: u64| (pool.saturating_sub(timing.warmup_ops) / timing.rounds as u64).max(1);
+    let pool = scale.recall_pool;
+    let per_conv = pool / RECALLERS as u64 + 1;
+    let mut pools = Vec::new();
+    for prefix in ["storm", "raw-storm"] {
+        let one = ctx
+            .load(&store, &format!("{prefix}-one"), pool, &alice)
+            .await?;
+        let mut spread = Vec::new();
+        for k in 0..RECALLERS {
+            spread.push(
+                ctx.load(&store, &format!("{prefix}-spread-{k}"), per_conv, &alice)
+                    .await?,
+            );
+        }
+        pools.push(Arc::new(StormPool {
+            prefix,
+            one,
+            spread,
+        }));
+    }
+    let imstore_recall = |pool: Arc<StormPool>, spread: bool| {
+        let store = store.clone();
+        op(move |i| {
+            let store = store.clone();
+            let target = pool.pick(i, spread);
+            async move {
+                let (c, id, by) = target.ok_or("recall storm pool exhausted")?;
+                let o = store
+                    .transition(recall_request(&conv(&c), id, &user(by), i, "storm"))
+                    .await?;
+                if !o.changed {
+                    return Err("a storm recall did not change the message".into());
+                }
+                Ok(())
+            }
+        })
+    };
+    ctx.pair(
+        "recall_storm",
+        "off",
+        RECALLERS,
+        format!(
+            "imstore recalls: {RECALLERS} at once in 1 conversation ÷ the same over {RECALLERS} conversations"
+        ),
+        Runner::capped(imstore_recall(pools[0].clone(), false), per_round(pool)),
+        Runner::capped(imstore_recall(pools[0].clone(), true), per_round(pool)),
+        &mut out,
+    )
+    .await?;
+    let raw_recall = |pool: Arc<StormPool>, spread: bool| {
+        let raw = ctx.raw.clone();
+        op(move |i| {
+            let raw = raw.clone();
+            let target = pool.pick(i, spread);
+            async move {
+                let (c, id, by) = target.ok_or("recall storm pool exhausted")?;
+                raw.recall(&c, id.as_i64(), by, crate::now_ms()).await
+            }
+        })
+    };
+    ctx.pair(
+        "recall_storm_raw",
+        "off",
+        RECALLERS,
+        format!(
+            "raw driver's recall statement: {RECALLERS} at once in 1 conversation ÷ the same over {RECALLERS} conversations"
+        ),
+        Runner::capped(raw_recall(pools[1].clone(), false), per_round(pool)),
+        Runner::capped(raw_recall(pools[1].clone(), true), per_round(pool)),
+        &mut out,
+    )
+    .await?;
+    Ok(out)
+}
+
+/// The messages a recall storm takes, in one conversation and spread over several.
+struct StormPool {
+    prefix: &'static str,
+    one: Vec<MsgId>,
+    spread: Vec<Vec<MsgId>>,
+}
+
+impl StormPool {
+    /// Op `i`'s message: conversation, id, and its sender (the load alternates alice and bob).
+    fn pick(&self, i: u64, spread: bool) -> Option<(String, MsgId, &'static str)> {
+        let (c, j, ids) = if spread {
+            let k = (i % self.spread.len() as u64) as usize;
+            let j = (i / self.spread.len() as u64) as usize;
+            (format!("{}-spread-{k}", self.prefix), j, &self.spread[k])
+        } else {
+            (format!("{}-one", self.prefix), i as usize, &self.one)
+        };
+        let id = *ids.get(j)?;
+        Some((c, id, if j % 2 == 0 { "alice" } else { "bob" }))
+    }
 }
 
 /// Shared by the mixed workload's sides: the next recallable message and the recalled ones.

@@ -135,6 +135,7 @@ fn quick_run_writes_table_json_and_chart_for_every_backend() {
             assert_eq!(rw["same_writes"], true);
         }
         device_sync_is_measured(name, &b["device_sync"]);
+        contention_is_measured(name, b, &table);
     }
     // The chart has an axis, the goal line and a legend naming each of its colours.
     assert!(chart.contains("goal 0.95") && chart.contains("stroke-dasharray"));
@@ -153,6 +154,32 @@ fn quick_run_writes_table_json_and_chart_for_every_backend() {
 
 /// The device-sync record: both sides timed, one call against one per conversation, the calls
 /// and (on a server) the round trips counted, the one call's fewer than the single calls'.
+/// The contention pairs: both sides measured at their concurrency, and a goal judged for the
+/// imstore ones.
+fn contention_is_measured(name: &str, b: &Value, table: &str) {
+    let pairs = b["contention"].as_array().expect("contention pairs");
+    for (path, conc) in [
+        ("hot_group", 64),
+        ("hot_group_raw", 64),
+        ("recall_storm", 32),
+        ("recall_storm_raw", 32),
+    ] {
+        let p = pairs
+            .iter()
+            .find(|p| p["path"] == path)
+            .unwrap_or_else(|| panic!("{name}: no {path}"));
+        assert_eq!(p["concurrency"], conc, "{name} {path}");
+        side_is_measured(&p["imstore"], &format!("{name} {path} busy side"));
+        side_is_measured(&p["baseline"], &format!("{name} {path} spread side"));
+        assert!(table.contains(path), "table lacks {name} {path}");
+    }
+    let goals = b["goals"]["contention"]
+        .as_array()
+        .expect("contention goals");
+    let judged: Vec<_> = goals.iter().map(|g| g["path"].as_str()).collect();
+    assert_eq!(judged, [Some("hot_group"), Some("recall_storm")], "{name}");
+}
+
 fn device_sync_is_measured(name: &str, d: &Value) {
     let n = d["conversations"].as_u64().expect("conversations");
     let k = d["changed"].as_u64().expect("changed");
