@@ -52,6 +52,10 @@ pub(crate) struct Inner {
     pub(crate) known_days: Mutex<HashSet<(i32, i32)>>,
     /// The keyspace was made with head rows: a partition without one has no state at all.
     pub(crate) head_rows: bool,
+    /// Single inserts waiting for their partition's next conditional batch.
+    pub(crate) lanes: insert::Lanes,
+    /// Changes waiting for their conversation's next combined batch.
+    pub(crate) transition_lanes: transition::Lanes,
 }
 
 impl std::fmt::Debug for ScyllaBackend {
@@ -85,6 +89,8 @@ impl ScyllaBackend {
                 max_mutation,
                 known_days: Mutex::new(HashSet::new()),
                 head_rows,
+                lanes: insert::Lanes::default(),
+                transition_lanes: transition::Lanes::default(),
             }),
         })
     }

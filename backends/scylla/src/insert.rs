@@ -6,17 +6,24 @@
 //! bucket index row AGAIN, so that a purge which unlisted the bucket as empty while the insert
 //! was on its way cannot hide the message from `list` (see `purge::drop_bucket_if_empty`).
 //!
+//! Sends into one partition from one process share Paxos rounds: a single insert joins its
+//! partition's lane (see [`Lanes`]), whose one task writes whatever is waiting as one conditional
+//! batch, so 64 senders into one group make a few rounds instead of 64 that contend for one
+//! partition's Paxos state.
+//!
 //! Not applied: the server's returned row (or a SERIAL re-read when it returned none) is the
 //! stored message, for the core to tell a retry from a conflict. Each insert call writes a random
 //! `insert_token`; after a timeout, a stored row carrying the call's own token is its own write.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use imstore_core::backend::{EncodedMessage, Fields, Inserted};
 use imstore_core::{
-    ConversationId, Error, Lifecycle, NewMessage, Result, Retry, StoredMessage, Timestamp,
+    ConversationId, Error, ErrorKind, Lifecycle, NewMessage, Result, Retry, StoredMessage,
+    Timestamp,
 };
 use scylla::value::MaybeUnset;
 
@@ -35,6 +42,123 @@ const MAX_BATCH_ROWS: usize = 50;
 const MAX_BATCH_BYTES: usize = 32 * 1024;
 /// Index writes and partition inserts in flight per batch call.
 const IN_FLIGHT: usize = 16;
+
+/// The single inserts waiting for their partition's next conditional batch, by partition
+/// (conversation, bucket). A partition is in the map while its lane task runs.
+#[derive(Default)]
+pub(crate) struct Lanes(Mutex<HashMap<(String, i32), VecDeque<Waiting>>>);
+
+/// One single insert in a lane: the message, when it was accepted, its call's token, and where
+/// its answer goes.
+pub(crate) struct Waiting {
+    message: NewMessage,
+    created_at: Timestamp,
+    token: i64,
+    answer: futures::channel::oneshot::Sender<Result<Inserted>>,
+}
+
+impl Lanes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), VecDeque<Waiting>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next batch of `key`'s lane (at most a batch's rows and bytes), or `None` after
+    /// closing the lane when nothing waits.
+    fn next(&self, key: &(String, i32)) -> Option<Vec<Waiting>> {
+        let mut lanes = self.lock();
+        let queue = lanes.get_mut(key)?;
+        if queue.is_empty() {
+            lanes.remove(key);
+            return None;
+        }
+        // Two inserts of one id in one batch would both pass `IF NOT EXISTS` and merge: a
+        // repeat waits for the next batch, where it finds the first stored.
+        let mut batch: Vec<Waiting> = Vec::new();
+        let mut later = VecDeque::new();
+        let mut ids = HashSet::new();
+        let mut bytes = 0;
+        while let Some(w) = queue.pop_front() {
+            let len = w.message.content.len();
+            let full = !batch.is_empty()
+                && (batch.len() >= MAX_BATCH_ROWS || bytes + len > MAX_BATCH_BYTES);
+            if full {
+                later.push_back(w);
+                later.extend(queue.drain(..));
+                break;
+            }
+            if ids.insert(w.message.msg_id) {
+                bytes += len;
+                batch.push(w);
+            } else {
+                later.push_back(w);
+            }
+        }
+        *queue = later;
+        Some(batch)
+    }
+}
+
+/// Writes `m` through its partition's lane: joins the waiting inserts, and starts the lane's
+/// task when none runs. The task is spawned, so a caller that stops waiting strands nobody.
+async fn through_lane(
+    b: &ScyllaBackend,
+    m: &NewMessage,
+    created_at: Timestamp,
+    token: i64,
+) -> Result<Inserted> {
+    let key = (m.conversation_id.as_str().to_owned(), b.bucket_of(m.msg_id));
+    let (tx, rx) = futures::channel::oneshot::channel();
+    let start = {
+        let mut lanes = b.inner().lanes.lock();
+        let waiting = Waiting {
+            message: m.clone(),
+            created_at,
+            token,
+            answer: tx,
+        };
+        match lanes.get_mut(&key) {
+            Some(queue) => {
+                queue.push_back(waiting);
+                false
+            }
+            None => {
+                lanes.insert(key.clone(), VecDeque::from([waiting]));
+                true
+            }
+        }
+    };
+    if start {
+        let b = b.clone();
+        tokio::spawn(async move {
+            while let Some(batch) = b.inner().lanes.next(&key) {
+                let rows: Vec<(&NewMessage, Timestamp, i64)> = batch
+                    .iter()
+                    .map(|w| (&w.message, w.created_at, w.token))
+                    .collect();
+                let results = insert_chunk(&b, &rows, Singles::OneByOne).await;
+                for (w, r) in batch.into_iter().zip(results) {
+                    // A caller that stopped waiting has nobody to tell.
+                    let _ = w.answer.send(r);
+                }
+            }
+        });
+    }
+    rx.await.map_err(|_| {
+        Error::new(
+            ErrorKind::Unavailable,
+            "the insert's partition lane ended before answering",
+        )
+    })?
+}
+
+/// How a chunk whose batch did not apply retries its messages one by one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Singles {
+    /// All at once (a batch call's own chunk: nobody else in this process is on the partition).
+    Together,
+    /// In turn (a lane: its partition is busy, and concurrent rounds there would contend).
+    OneByOne,
+}
 
 /// Records that `m` references its attachment, BEFORE the message exists: the purge releases
 /// a key only when no reference is left.
@@ -186,7 +310,7 @@ pub(crate) async fn insert(
         enqueue_history(b, &m.conversation_id, m.msg_id, created_at),
         add_ref(b, m),
     )?;
-    let inserted = insert_one(b, m, created_at, rand::random()).await?;
+    let inserted = through_lane(b, m, created_at, rand::random()).await?;
     if inserted == Inserted::New {
         add_bucket(b, &m.conversation_id, bucket).await?;
     } else {
@@ -199,18 +323,16 @@ pub(crate) async fn insert(
 /// new, the common case), then one by one when any exists or the outcome is unknown.
 async fn insert_chunk(
     b: &ScyllaBackend,
-    chunk: &[&NewMessage],
-    created_at: Timestamp,
+    chunk: &[(&NewMessage, Timestamp, i64)],
+    singles: Singles,
 ) -> Vec<Result<Inserted>> {
-    let tokens: Vec<i64> = chunk.iter().map(|_| rand::random()).collect();
     if chunk.len() > 1 {
         let mut batch = b.conditional_batch();
         let values: Result<Vec<BoxedRow>> = chunk
             .iter()
-            .zip(&tokens)
-            .map(|(m, t)| {
+            .map(|(m, at, t)| {
                 batch.append_statement(b.st().msg_insert.clone());
-                insert_values(b, m, created_at, *t)
+                insert_values(b, m, *at, *t)
             })
             .collect();
         if let Ok(values) = values {
@@ -227,11 +349,19 @@ async fn insert_chunk(
             }
         }
     }
-    let singles = chunk
-        .iter()
-        .zip(&tokens)
-        .map(|(m, t)| insert_one(b, m, created_at, *t));
-    futures::future::join_all(singles).await
+    match singles {
+        Singles::Together => {
+            futures::future::join_all(chunk.iter().map(|(m, at, t)| insert_one(b, m, *at, *t)))
+                .await
+        }
+        Singles::OneByOne => {
+            let mut out = Vec::with_capacity(chunk.len());
+            for (m, at, t) in chunk {
+                out.push(insert_one(b, m, *at, *t).await);
+            }
+            out
+        }
+    }
 }
 
 /// The results of one partition chunk, by position in the batch.
@@ -307,8 +437,11 @@ pub(crate) async fn insert_batch(
     for idx in chunks.into_values().flatten() {
         runs.push(
             async move {
-                let ms: Vec<&NewMessage> = idx.iter().map(|&i| messages[i].message()).collect();
-                let results = insert_chunk(b, &ms, created_at).await;
+                let rows: Vec<(&NewMessage, Timestamp, i64)> = idx
+                    .iter()
+                    .map(|&i| (messages[i].message(), created_at, rand::random()))
+                    .collect();
+                let results = insert_chunk(b, &rows, Singles::Together).await;
                 idx.into_iter().zip(results).collect::<Vec<_>>()
             }
             .boxed(),
