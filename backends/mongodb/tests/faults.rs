@@ -42,7 +42,13 @@ fn repo_root() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_writes_survive_a_server_crash() {
     let _turn = SERIAL.lock().await;
-    let factory = MongoFactory::from_env().with_prefix("mgfault");
+    // A short operation timeout, so that callers waiting through the outage see `Unavailable`
+    // and retry: with the suite's 120 s, FerretDB (which waits for its PostgreSQL) held every
+    // call through the 4 s outage, no writer saw an error, and the guard that the crash reached
+    // a caller failed the run (the PostgreSQL backend's test shortens its acquire timeout alike).
+    let factory = MongoFactory::from_env()
+        .with_prefix("mgfault")
+        .with_config(|c| c.with_operation_timeout(Duration::from_secs(3)));
     let mut load = Load::default();
     load.messages_per_writer = 10;
     load.retry_for = Duration::from_secs(120);
