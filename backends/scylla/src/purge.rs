@@ -15,8 +15,16 @@
 //! (4) drop the queue entry. A purger that dies after (1) leaves the marker and the entry; the
 //! next purge finishes (2)–(4), even under a legal hold placed since (the message was purged
 //! before the hold: readers have seen it gone since (1)).
+//!
+//! A call settles up to [`SHARDS_IN_FLIGHT`] shard-days of a day at the same time, each in a
+//! run of its own: their conversations are disjoint, and they share the call's batch through a
+//! [`Budget`] each entry reserves from, so the call still removes at most `batch_size`.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use futures::StreamExt;
 
 use imstore_core::backend::{Fields, PurgeJob};
 use imstore_core::{ConversationId, MsgId, PurgeReport, Result, Retry, Timestamp};
@@ -34,18 +42,41 @@ use crate::read::{self, day_of, sentinel_key};
 use crate::rows::BoxedRow;
 use crate::rows::{self, StateRow};
 
-/// Places or lifts the hold: a plain QUORUM write of the static cell every purge commit reads
-/// through Paxos, so no commit that starts after this returned can remove a held message.
+/// Places or lifts the hold, as a Paxos round on the conversation's state partition (with its
+/// head row, so the hold is read by name): `IF legal_hold != <new>`.
+///
+/// A plain write is not enough. A purge commit is a Paxos round that reads the hold, then
+/// proposes and commits: one that read the hold just before a plain write landed would commit
+/// after the write was acknowledged and remove a message of a conversation already held. A
+/// round of our own first completes any proposal already accepted on the partition (so such a
+/// commit lands BEFORE the hold is acknowledged, and the caller's next read sees it), and its
+/// higher ballot makes any proposal not yet accepted fail and read again, finding the hold.
+/// That holds even when the round does not apply because the hold is already so.
 pub(crate) async fn set_legal_hold(
     b: &ScyllaBackend,
     conversation: &ConversationId,
     held: bool,
 ) -> Result<()> {
-    b.session()
-        .execute_unpaged(&b.st().hold_set, (conversation.as_str(), held))
+    let st = b.st();
+    let conv = conversation.as_str();
+    Retry::default()
+        .run(|_| async move {
+            let mut batch = b.conditional_batch();
+            batch.append_statement(st.head_mark.clone());
+            batch.append_statement(st.hold_put.clone());
+            let values: Vec<BoxedRow> = vec![
+                Box::new((conv.to_owned(),)),
+                Box::new((held, conv.to_owned(), held)),
+            ];
+            match crate::transition::run_batch(b, &batch, values).await {
+                // Not applied: the hold was already so; the round fenced the partition anyway.
+                Ok(_) => Ok(Some(())),
+                // Unknown outcome: setting it again is harmless.
+                Err(e) if error::lwt_outcome_unknown(&e) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
         .await
-        .map_err(error::execution)?;
-    Ok(())
 }
 
 /// What became of one message the purge looked at.
@@ -58,10 +89,53 @@ enum Verdict {
     Busy,
 }
 
-/// One purge call.
+/// Shard-days of one day a purge call settles at the same time. Their conversations are
+/// disjoint (a conversation has one shard), so they never contend for a partition.
+const SHARDS_IN_FLIGHT: usize = 8;
+
+/// The messages the shard-days settled at the same time may still remove: each entry reserves
+/// one before it is settled and gives it back when it removed nothing, so the call never
+/// removes more than its batch.
+struct Budget {
+    limit: u64,
+    reserved: AtomicU64,
+    counted: AtomicU64,
+    /// An entry found the budget taken by others in flight: the call is not done.
+    refused: AtomicBool,
+}
+
+impl Budget {
+    fn reserve(&self) -> bool {
+        if self.reserved.fetch_add(1, Ordering::SeqCst) < self.limit {
+            return true;
+        }
+        self.reserved.fetch_sub(1, Ordering::SeqCst);
+        self.refused.store(true, Ordering::SeqCst);
+        false
+    }
+
+    fn settle(&self, removed: u64) {
+        if removed == 0 {
+            self.reserved.fetch_sub(1, Ordering::SeqCst);
+        } else {
+            self.counted.fetch_add(removed, Ordering::SeqCst);
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.counted.load(Ordering::SeqCst) >= self.limit || self.refused.load(Ordering::SeqCst)
+    }
+}
+
+/// One purge call, or one shard-day of it (with the call's [`Budget`]).
 struct Run<'a, 'j> {
     b: &'a ScyllaBackend,
     job: &'a PurgeJob<'j>,
+    /// Set in a shard-day's run: the batch shared with the other shard-days in flight.
+    budget: Option<Arc<Budget>>,
+    /// A shard-day stopped because the others in flight held the rest of the batch: more may
+    /// be eligible although fewer than a batch were removed.
+    cut_short: bool,
     report: PurgeReport,
     holds: HashMap<ConversationId, bool>,
     touched: HashSet<(ConversationId, i32)>,
@@ -124,7 +198,40 @@ fn ids(conv: String, msg_id: i64) -> Result<(ConversationId, MsgId)> {
 
 impl<'a, 'j> Run<'a, 'j> {
     fn full(&self) -> bool {
-        self.report.messages >= u64::from(self.job.batch_size())
+        match &self.budget {
+            Some(budget) => budget.full(),
+            None => self.report.messages >= u64::from(self.job.batch_size()),
+        }
+    }
+
+    /// A run of its own for one shard-day, sharing `budget`.
+    fn shard_run(&self, budget: &Arc<Budget>) -> Run<'a, 'j> {
+        Run {
+            b: self.b,
+            job: self.job,
+            budget: Some(budget.clone()),
+            cut_short: false,
+            report: PurgeReport::default(),
+            holds: self.holds.clone(),
+            touched: HashSet::new(),
+            // The call's own commits so far: a marker of one of them is still this call's.
+            mine: self.mine.clone(),
+            serial: false,
+        }
+    }
+
+    /// Takes in what a shard-day's run did.
+    fn absorb(&mut self, other: Run<'_, '_>) {
+        self.report.messages += other.report.messages;
+        self.report.events += other.report.events;
+        self.report
+            .released_attachments
+            .extend(other.report.released_attachments);
+        self.touched.extend(other.touched);
+        self.mine.extend(other.mine);
+        for (conv, held) in other.holds {
+            self.holds.insert(conv, held);
+        }
     }
 
     async fn held(&mut self, conv: &ConversationId) -> Result<bool> {
@@ -524,28 +631,60 @@ impl<'a, 'j> Run<'a, 'j> {
                 after = day;
                 let marks = index::progress(b, queue, day).await?;
                 let day_end = (i64::from(day) + 1).saturating_mul(DAY_MS);
+                let open: Vec<(i32, i64)> = (0..QUEUE_SHARDS)
+                    .map(|shard| (shard, marks.get(&shard).copied().unwrap_or(i64::MIN)))
+                    .filter(|(_, from)| *from < day_end)
+                    .collect();
+                let budget = Arc::new(Budget {
+                    limit: u64::from(self.job.batch_size()).saturating_sub(self.report.messages),
+                    reserved: AtomicU64::new(0),
+                    counted: AtomicU64::new(0),
+                    refused: AtomicBool::new(false),
+                });
+                let this = &*self;
+                let runs: Vec<Result<(i64, Run<'a, 'j>)>> = futures::stream::iter(open)
+                    .map(|(shard, from)| {
+                        let mut run = this.shard_run(&budget);
+                        async move {
+                            if run.full() {
+                                return Ok((from, run));
+                            }
+                            let through =
+                                run.shard_day(queue, (day, shard), from, upto, safe).await?;
+                            if through > from {
+                                b.session()
+                                    .execute_unpaged(
+                                        &b.st().progress_set,
+                                        (queue.code(), day, shard, through),
+                                    )
+                                    .await
+                                    .map_err(error::execution)?;
+                            }
+                            Ok((through, run))
+                        }
+                    })
+                    .buffer_unordered(SHARDS_IN_FLIGHT)
+                    .collect()
+                    .await;
                 let mut done = true;
-                for shard in 0..QUEUE_SHARDS {
-                    let from = marks.get(&shard).copied().unwrap_or(i64::MIN);
-                    if from >= day_end {
-                        continue;
+                let mut failed = None;
+                for r in runs {
+                    match r {
+                        Ok((through, run)) => {
+                            done &= through >= day_end;
+                            self.absorb(run);
+                        }
+                        Err(e) => {
+                            failed.get_or_insert(e);
+                        }
                     }
-                    let through = self
-                        .shard_day(queue, (day, shard), from, upto, safe)
-                        .await?;
-                    if through > from {
-                        b.session()
-                            .execute_unpaged(
-                                &b.st().progress_set,
-                                (queue.code(), day, shard, through),
-                            )
-                            .await
-                            .map_err(error::execution)?;
-                    }
-                    done &= through >= day_end;
-                    if self.full() {
-                        return Ok(());
-                    }
+                }
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+                if budget.full() {
+                    self.cut_short |= budget.refused.load(Ordering::SeqCst);
+                    return Ok(());
                 }
                 if done && day_end <= safe {
                     self.drop_day(queue, day).await?;
@@ -572,9 +711,28 @@ impl<'a, 'j> Run<'a, 'j> {
             let (entries, next) = index::shard_page(b, queue, key, (from, upto), p).await?;
             paging = next;
             for entry in entries {
-                if self.entry(queue, &entry).await? {
+                if let Some(budget) = self.budget.clone() {
+                    if !budget.reserve() {
+                        return Ok(through.min(entry.0).max(from));
+                    }
+                    let before = self.report.messages;
+                    let kept = self.entry(queue, &entry).await;
+                    budget.settle(self.report.messages - before);
+                    if kept? {
+                        through = through.min(entry.0);
+                        if self.full() {
+                            return Ok(through.max(from));
+                        }
+                        continue;
+                    }
+                } else if self.entry(queue, &entry).await? {
                     through = through.min(entry.0);
-                } else {
+                    if self.full() {
+                        return Ok(through.min(entry.0).max(from));
+                    }
+                    continue;
+                }
+                {
                     let (day, shard) = key;
                     let (due, conv, msg_id, request_id) = &entry;
                     match queue {
@@ -847,6 +1005,8 @@ pub(crate) async fn purge(b: &ScyllaBackend, job: &PurgeJob<'_>) -> Result<Purge
     let mut run = Run {
         b,
         job,
+        budget: None,
+        cut_short: false,
         report: PurgeReport::default(),
         holds: HashMap::new(),
         touched: HashSet::new(),
@@ -857,18 +1017,18 @@ pub(crate) async fn purge(b: &ScyllaBackend, job: &PurgeJob<'_>) -> Result<Purge
     if !run.full() {
         run.sharded(Queue::Retention).await?;
     }
-    if !run.full() {
+    if !(run.full() || run.cut_short) {
         run.legacy_retention_queue().await?;
     }
-    if !run.full() {
+    if !(run.full() || run.cut_short) {
         run.sharded(Queue::History).await?;
     }
-    if !run.full() {
+    if !(run.full() || run.cut_short) {
         run.legacy_history_queue().await?;
     }
     for (conv, bucket) in std::mem::take(&mut run.touched) {
         run.drop_bucket_if_empty(&conv, bucket).await?;
     }
-    run.report.more = run.full();
+    run.report.more = run.full() || run.cut_short;
     Ok(run.report)
 }

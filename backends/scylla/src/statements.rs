@@ -20,22 +20,6 @@ enum Mode {
     /// A linearizable read (SERIAL / LOCAL_SERIAL), used to settle a conditional write whose
     /// outcome a timeout left unknown.
     SerialRead,
-    /// An idempotent plain write that a later conditional write's condition must see (the legal
-    /// hold the purge's commit checks): at SERIAL the Paxos read reaches a majority of ALL
-    /// replicas, which a LOCAL_QUORUM write in another datacenter need not intersect, so it is
-    /// written at QUORUM then.
-    Fence,
-}
-
-/// The consistency of a [`Mode::Fence`] write: a global QUORUM where the configured level is
-/// datacenter-local and Paxos runs at SERIAL, the configured level otherwise.
-fn fence_consistency(config: &ScyllaConfig) -> Consistency {
-    match (config.serial_consistency(), config.consistency()) {
-        (SerialConsistency::Serial, Consistency::LocalQuorum | Consistency::LocalOne) => {
-            Consistency::Quorum
-        }
-        (_, c) => c,
-    }
 }
 
 macro_rules! statements {
@@ -84,10 +68,6 @@ fn configure(p: &mut PreparedStatement, mode: Mode, config: &ScyllaConfig) {
         Mode::Conditional => {
             p.set_consistency(config.consistency());
             p.set_is_idempotent(false);
-        }
-        Mode::Fence => {
-            p.set_consistency(fence_consistency(config));
-            p.set_is_idempotent(true);
         }
         Mode::SerialRead => {
             p.set_consistency(match config.serial_consistency() {
@@ -145,7 +125,8 @@ statements! {
     // The hold is written with the head row, so reading it never scans the partition. Every read
     // of statics also selects `k`: Cassandra refuses a static-only selection that names a row,
     // and on a partition with no rows but statics, a scan returns k null.
-    hold_set: Fence => "INSERT INTO {ks}.conversation_state (conversation_id, kind, k, request_id, legal_hold) VALUES (?, -1, 0, '', ?)",
+    // Through Paxos, with the head row in the same batch: see `purge::set_legal_hold`.
+    hold_put: Conditional => "UPDATE {ks}.conversation_state SET legal_hold = ? WHERE conversation_id = ? IF legal_hold != ?",
     hold_get: Idempotent => "SELECT legal_hold, k FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = -1 AND k = 0 AND request_id = ''",
     // A keyspace made before head rows: the first row of the partition carries the statics, and
     // reaching it passes every tombstone in front of it.
@@ -225,15 +206,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn serial_is_the_default_and_widens_the_legal_hold_write() {
+    fn serial_is_the_default() {
         let config = ScyllaConfig::new(["127.0.0.1:9042"], "ks");
         assert_eq!(config.serial_consistency(), SerialConsistency::Serial);
-        assert_eq!(fence_consistency(&config), Consistency::Quorum);
-        let local = config
-            .clone()
-            .with_serial_consistency(SerialConsistency::LocalSerial);
-        assert_eq!(fence_consistency(&local), Consistency::LocalQuorum);
-        let all = config.with_consistency(Consistency::All);
-        assert_eq!(fence_consistency(&all), Consistency::All);
     }
 }
