@@ -5,6 +5,7 @@
 
 pub mod backends;
 pub mod harness;
+pub mod purge;
 pub mod report;
 pub mod suite;
 pub mod sync;

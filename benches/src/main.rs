@@ -45,13 +45,13 @@ struct Args {
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     backends: Option<Vec<String>>,
     /// Which paths: `standard` (imstore vs raw driver, recall writes), `device_sync`,
-    /// `contention` (hot group, recall storm); any of them.
+    /// `contention` (hot group, recall storm), `purge` (a backlog's removal); any of them.
     #[arg(
         long,
         value_delimiter = ',',
         value_enum,
         value_name = "LIST",
-        default_value = "standard,device_sync,contention"
+        default_value = "standard,device_sync,contention,purge"
     )]
     paths: Vec<PathGroup>,
     /// Where results go.
@@ -96,6 +96,8 @@ enum PathGroup {
     DeviceSync,
     /// One busy conversation against the same load spread: hot group, recall storm.
     Contention,
+    /// The purge removing a backlog of expired messages, with sends and pages beside it.
+    Purge,
 }
 
 /// The data sizes of `backend` in this mode.
@@ -115,6 +117,7 @@ fn scale(backend: &str, quick: bool, big: Option<u64>) -> Scale {
         mixed_concurrency: 16,
         feed_page: 50,
         write_cap: None,
+        purge_backlog: if quick { 2_000 } else { 100_000 },
     };
     if quick {
         s.big = 100_000;
@@ -140,6 +143,7 @@ fn scale(backend: &str, quick: bool, big: Option<u64>) -> Scale {
             s.feed_page = if quick { 20 } else { 50 };
             s.counted_recalls = if quick { 5 } else { 10 };
             s.mixed_concurrency = 2;
+            s.purge_backlog = if quick { 100 } else { 1_000 };
             // Each changes_since scans the feed's collections: 500 of them one after another
             // would take minutes per operation.
             s.sync_conversations = if quick { 50 } else { 100 };
@@ -184,6 +188,7 @@ async fn main() -> ExitCode {
         standard: args.paths.contains(&PathGroup::Standard),
         device_sync: args.paths.contains(&PathGroup::DeviceSync),
         contention: args.paths.contains(&PathGroup::Contention),
+        purge: args.paths.contains(&PathGroup::Purge),
     };
     // Which backends, and are their servers configured? Refuse loudly before doing anything.
     let selected = match select_backends(args.backends.clone()) {
@@ -221,6 +226,7 @@ async fn main() -> ExitCode {
             (paths.standard, "standard"),
             (paths.device_sync, "device-sync"),
             (paths.contention, "contention"),
+            (paths.purge, "purge"),
         ] {
             if on {
                 parts.push(name);
@@ -309,7 +315,7 @@ async fn main() -> ExitCode {
     let header = json!({
         "tool": "imstore-bench",
         "mode": mode,
-        "paths": {"standard": paths.standard, "device_sync": paths.device_sync, "contention": paths.contention},
+        "paths": {"standard": paths.standard, "device_sync": paths.device_sync, "contention": paths.contention, "purge": paths.purge},
         "date": date,
         "git_commit": report::git_commit(),
         "machine": report::machine(),

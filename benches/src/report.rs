@@ -186,6 +186,7 @@ pub fn to_json(header: Value, reports: &[BackendReport], failures: &[(String, St
                 "recall_writes": r.recall_writes,
                 "device_sync": r.device_sync,
                 "contention": r.contention.iter().map(PathResult::to_json).collect::<Vec<_>>(),
+                "purge": r.purge,
                 "goals": goals(r),
             })
         })
@@ -236,6 +237,33 @@ pub fn table(header: &Value, reports: &[BackendReport], failures: &[(String, Str
         }
         if !r.contention.is_empty() {
             contention_lines(&mut s, r);
+        }
+        if let Some(p) = &r.purge {
+            let side = |v: &Value| {
+                format!(
+                    "{} ops/s, p50 {} µs, p99 {} µs",
+                    v["ops_per_s"], v["p50_us"], v["p99_us"]
+                )
+            };
+            let _ = writeln!(
+                s,
+                "purge: backlog {} in {} conversations: {} removed in {} s = {} msg/s ({} calls of {}, p99 {} µs{}) · sends+pages alone {} · beside the purge {}",
+                p["backlog_messages"],
+                p["conversations"],
+                p["removed"],
+                p["purge_seconds"],
+                p["removed_per_s"],
+                p["calls"],
+                p["batch_size"],
+                p["call_p99_us"],
+                if p["drained"] == true {
+                    ", backlog drained"
+                } else {
+                    ""
+                },
+                side(&p["sends_and_pages_alone"]),
+                side(&p["sends_and_pages_beside_the_purge"]),
+            );
         }
         if !r.paths.is_empty() {
             standard_lines(&mut s, r);

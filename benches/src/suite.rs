@@ -89,6 +89,8 @@ pub struct BackendReport {
     pub device_sync: Option<Value>,
     /// The contention pairs (busy side ÷ spread side, not imstore ÷ raw), when they ran.
     pub contention: Vec<PathResult>,
+    /// The purge path's record (see [`crate::purge`]), when it ran.
+    pub purge: Option<Value>,
 }
 
 /// Which groups of paths a run measures.
@@ -100,6 +102,8 @@ pub struct Paths {
     pub device_sync: bool,
     /// One busy conversation against the same load spread: the hot group and the recall storm.
     pub contention: bool,
+    /// The purge removing a backlog, with sends and pages beside it (see [`crate::purge`]).
+    pub purge: bool,
 }
 
 impl Paths {
@@ -108,6 +112,7 @@ impl Paths {
         standard: true,
         device_sync: true,
         contention: true,
+        purge: true,
     };
 }
 
@@ -369,6 +374,12 @@ pub async fn run(
         sync_seconds = Some(t.elapsed().as_secs_f64());
     }
     // Before the standard paths, which end by closing the shared connections.
+    let mut purge = None;
+    if paths.purge {
+        let t = Instant::now();
+        let record = crate::purge::run(&target, &scale, timing, quiet).await?;
+        purge = Some((record, t.elapsed().as_secs_f64()));
+    }
     let mut contention = None;
     if paths.contention {
         let t = Instant::now();
@@ -389,8 +400,13 @@ pub async fn run(
             recall_writes: Value::Null,
             device_sync: None,
             contention: Vec::new(),
+            purge: None,
         }
     };
+    if let Some((record, s)) = purge {
+        report.purge = Some(record);
+        report.phases.insert(0, ("purge", s));
+    }
     if let Some((pairs, s)) = contention {
         report.contention = pairs;
         report.phases.insert(0, ("contention", s));
@@ -800,6 +816,7 @@ async fn run_standard(
         recall_writes,
         device_sync: None,
         contention: Vec::new(),
+        purge: None,
     })
 }
 

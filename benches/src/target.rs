@@ -103,6 +103,8 @@ pub struct Scale {
     /// At most this many messages written per side and round by the write paths (the memory
     /// backend: at ~300k sends/s a full run would otherwise hold tens of millions of messages).
     pub write_cap: Option<u64>,
+    /// Recalled messages past their retention the purge path starts with.
+    pub purge_backlog: u64,
 }
 
 /// One backend under test, over a namespace of its own.

@@ -136,6 +136,7 @@ fn quick_run_writes_table_json_and_chart_for_every_backend() {
         }
         device_sync_is_measured(name, &b["device_sync"]);
         contention_is_measured(name, b, &table);
+        purge_is_measured(name, &b["purge"]);
     }
     // The chart has an axis, the goal line and a legend naming each of its colours.
     assert!(chart.contains("goal 0.95") && chart.contains("stroke-dasharray"));
@@ -178,6 +179,36 @@ fn contention_is_measured(name: &str, b: &Value, table: &str) {
         .expect("contention goals");
     let judged: Vec<_> = goals.iter().map(|g| g["path"].as_str()).collect();
     assert_eq!(judged, [Some("hot_group"), Some("recall_storm")], "{name}");
+}
+
+/// The purge path: a backlog loaded, some of it removed at a rate, the load measured alone and
+/// beside the purge.
+fn purge_is_measured(name: &str, p: &Value) {
+    let backlog = p["backlog_messages"].as_u64().expect("backlog");
+    let removed = p["removed"].as_u64().expect("removed");
+    assert!(
+        removed > 0 && removed <= backlog,
+        "{name}: removed {removed} of {backlog}"
+    );
+    assert!(
+        p["removed_per_s"].as_f64().expect("rate") > 0.0,
+        "{name}: no purge rate"
+    );
+    assert!(
+        p["calls"].as_u64().expect("calls") >= 1,
+        "{name}: no purge call"
+    );
+    for side in ["sends_and_pages_alone", "sends_and_pages_beside_the_purge"] {
+        let s = &p[side];
+        assert!(
+            s["ops"].as_u64().expect("ops") >= 1,
+            "{name} {side}: no operation"
+        );
+        assert!(
+            s["p50_us"].as_u64() <= s["p99_us"].as_u64(),
+            "{name} {side}: p50 above p99"
+        );
+    }
 }
 
 fn device_sync_is_measured(name: &str, d: &Value) {
