@@ -36,6 +36,7 @@
 #   IMSTORE_CQL_PORT=19042  IMSTORE_CASSANDRA_STORAGE_PORT=17000
 #   IMSTORE_CASSANDRA_JMX_PORT=17199  IMSTORE_CASSANDRA_HEAP=1G
 #   IMSTORE_CASSANDRA_VERSION=5.0.9
+#   IMSTORE_CASSANDRA_PAXOS=v1 (paxos_variant of the nodes: v1, Cassandra's default, or v2)
 #   IMSTORE_MONGO_PORT=37017  IMSTORE_FERRETDB_DEBUG_PORT=37018
 #   IMSTORE_FERRETDB_VERSION=v1.24.2
 #   IMSTORE_FERRETDB_HANDLER=postgresql (FerretDB's storage: a database `ferretdb`
@@ -64,6 +65,7 @@ CASS_STORAGE_PORT=${IMSTORE_CASSANDRA_STORAGE_PORT:-17000}
 CASS_JMX_PORT=${IMSTORE_CASSANDRA_JMX_PORT:-17199}
 CASS_HEAP=${IMSTORE_CASSANDRA_HEAP:-1G}
 CASS_VERSION=${IMSTORE_CASSANDRA_VERSION:-5.0.9}
+CASS_PAXOS=${IMSTORE_CASSANDRA_PAXOS:-v1}
 
 MONGO_PORT=${IMSTORE_MONGO_PORT:-37017}
 FDB_DEBUG_PORT=${IMSTORE_FERRETDB_DEBUG_PORT:-37018}
@@ -498,6 +500,7 @@ cass_launch() {
   yaml=${yaml//@DATA@/$CASS_DIR/data}
   yaml=${yaml//@STORAGE_PORT@/$CASS_STORAGE_PORT}
   yaml=${yaml//@CQL_PORT@/$CQL_PORT}
+  yaml=${yaml//@PAXOS@/$CASS_PAXOS}
   printf '%s\n' "$yaml" >"$CASS_DIR/conf/cassandra.yaml"
   cp "$HELPERS/cassandra/logback.xml" "$CASS_DIR/conf/logback.xml"
 
@@ -829,6 +832,7 @@ node_launch() {
   yaml=${yaml//@DATA@/$d/data}
   yaml=${yaml//@STORAGE_PORT@/$CLUSTER_STORAGE_PORT}
   yaml=${yaml//@CQL_PORT@/$CLUSTER_CQL_PORT}
+  yaml=${yaml//@PAXOS@/$CASS_PAXOS}
   yaml=${yaml//cluster_name: imstore-test/cluster_name: imstore-cluster}
   yaml=${yaml//initial_token: 0/initial_token: ${CLUSTER_TOKENS[n - 1]}}
   yaml=${yaml//listen_address: 127.0.0.1/listen_address: $ip}

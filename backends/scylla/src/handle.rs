@@ -56,6 +56,8 @@ pub(crate) struct Inner {
     pub(crate) lanes: insert::Lanes,
     /// Changes waiting for their conversation's next combined batch.
     pub(crate) transition_lanes: transition::Lanes,
+    /// The first bucket of recently paged conversations: the guess a page reads beside the index.
+    pub(crate) first_buckets: read::FirstBuckets,
 }
 
 impl std::fmt::Debug for ScyllaBackend {
@@ -91,6 +93,7 @@ impl ScyllaBackend {
                 head_rows,
                 lanes: insert::Lanes::default(),
                 transition_lanes: transition::Lanes::default(),
+                first_buckets: read::FirstBuckets::default(),
             }),
         })
     }

@@ -376,9 +376,46 @@ async fn bucket_page(
     Ok(out)
 }
 
+/// The first bucket a conversation's pages without a cursor started from, per direction, as
+/// this process last saw it: a guess, always checked against the bucket index read beside it.
+#[derive(Default)]
+pub(crate) struct FirstBuckets(std::sync::Mutex<HashMap<(String, bool), i32>>);
+
+/// Conversations whose first bucket a process remembers; past it the guesses start over.
+const FIRST_BUCKETS_KEPT: usize = 65_536;
+
+impl FirstBuckets {
+    fn get(&self, conversation: &ConversationId, newest: bool) -> Option<i32> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&(conversation.as_str().to_owned(), newest))
+            .copied()
+    }
+
+    fn note(&self, conversation: &ConversationId, newest: bool, bucket: Option<i32>) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (conversation.as_str().to_owned(), newest);
+        match bucket {
+            Some(bucket) => {
+                if map.len() >= FIRST_BUCKETS_KEPT && !map.contains_key(&key) {
+                    map.clear();
+                }
+                map.insert(key, bucket);
+            }
+            None => {
+                map.remove(&key);
+            }
+        }
+    }
+}
+
 /// Up to `query.fetch` live messages after the cursor, walking only the non-empty buckets a few
 /// at a time; messages a purge is removing are skipped and the walk goes on past them, so a
 /// page is never cut short by them.
+///
+/// The first bucket's rows are read beside the bucket index, not after it: the cursor's own
+/// bucket, or without a cursor the first bucket this process saw last time. The index read
+/// decides: a guess that is not the first indexed bucket is dropped, so a page costs two round
+/// trips in series (index and rows, then lifecycles) when the guess holds and three when not.
 pub(crate) async fn page(
     b: &ScyllaBackend,
     conversation: &ConversationId,
@@ -386,22 +423,51 @@ pub(crate) async fn page(
 ) -> Result<Vec<StoredMessage>> {
     let want = query.fetch as usize;
     let dir = query.direction;
+    let newest = dir == Direction::NewestFirst;
     let cursor = query.cursor.map(MsgId::as_i64);
     let mut from = match (dir, query.cursor) {
         (_, Some(c)) => b.bucket_of(c),
         (Direction::NewestFirst, None) => i32::MAX,
         (Direction::OldestFirst, None) => i32::MIN,
     };
+    let guess = match query.cursor {
+        Some(c) => Some(b.bucket_of(c)),
+        None => b.inner().first_buckets.get(conversation, newest),
+    };
+    let limit = i32::try_from(want).unwrap_or(i32::MAX);
+    let (first_chunk, speculative) =
+        futures::try_join!(bucket_chunk(b, conversation, from, dir), async {
+            match guess {
+                Some(g) => bucket_page(b, conversation, g, cursor, limit, dir)
+                    .await
+                    .map(|rows| Some((g, rows))),
+                None => Ok(None),
+            }
+        })?;
+    if query.cursor.is_none() {
+        b.inner()
+            .first_buckets
+            .note(conversation, newest, first_chunk.first().copied());
+    }
+    // Only the first indexed bucket's first read may be the guess's.
+    let mut speculative = speculative.filter(|(g, _)| first_chunk.first() == Some(g));
+    let mut first_chunk = Some(first_chunk);
     let mut out: Vec<StoredMessage> = Vec::new();
     'walk: loop {
-        let chunk = bucket_chunk(b, conversation, from, dir).await?;
+        let chunk = match first_chunk.take() {
+            Some(chunk) => chunk,
+            None => bucket_chunk(b, conversation, from, dir).await?,
+        };
         for &bucket in &chunk {
             // The cursor bounds its own bucket; every other bucket lies wholly past it.
             let mut bound = cursor;
             loop {
                 let need = want - out.len();
                 let limit = i32::try_from(need).unwrap_or(i32::MAX);
-                let rows = bucket_page(b, conversation, bucket, bound, limit, dir).await?;
+                let rows = match speculative.take() {
+                    Some((_, rows)) => rows,
+                    None => bucket_page(b, conversation, bucket, bound, limit, dir).await?,
+                };
                 let full = rows.len() >= need;
                 bound = rows.last().map(|m| m.message.msg_id.as_i64());
                 out.extend(live(b, conversation, bucket, rows).await?);
