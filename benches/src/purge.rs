@@ -47,6 +47,7 @@ async fn load(
     ids: MsgIdGenerator,
     content: Arc<Vec<u8>>,
     stop: Arc<AtomicBool>,
+    cap: Option<u64>,
 ) -> R<Histogram<u64>> {
     let counter = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -72,6 +73,12 @@ async fn load(
                     store.list(&c, &viewer, ListOptions::newest(50)).await?;
                 }
                 hist.record(t.elapsed().as_micros().max(1) as u64)?;
+                if cap.is_some_and(|cap| i >= cap) {
+                    break;
+                }
+                // An in-process store answers without ever yielding: without this the workers
+                // would hold every runtime thread and the timer that stops them never runs.
+                tokio::task::yield_now().await;
             }
             R::Ok(hist)
         }));
@@ -170,12 +177,15 @@ pub async fn run(target: &Arc<dyn Target>, scale: &Scale, timing: Timing, quiet:
 
     let window = timing.per_round * timing.rounds;
     // ---- The load alone ----
+    // The memory backend keeps every message: its load stops at the write cap.
+    let cap = scale.write_cap;
     let stop = Arc::new(AtomicBool::new(false));
     let alone = tokio::spawn(load(
         store.clone(),
         ids.clone(),
         content.clone(),
         stop.clone(),
+        cap,
     ));
     tokio::time::sleep(window).await;
     stop.store(true, Ordering::Relaxed);
@@ -188,6 +198,7 @@ pub async fn run(target: &Arc<dyn Target>, scale: &Scale, timing: Timing, quiet:
         ids.clone(),
         content.clone(),
         stop.clone(),
+        cap,
     ));
     let started = Instant::now();
     let (mut removed, mut calls, mut call_hist) = (

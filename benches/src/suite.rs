@@ -358,6 +358,14 @@ pub async fn run(
     quiet: bool,
     paths: Paths,
 ) -> R<BackendReport> {
+    // The purge first, on a fresh namespace: it removes every eligible message there, so what it
+    // reports is its own backlog only.
+    let mut purge = None;
+    if paths.purge {
+        let t = Instant::now();
+        let record = crate::purge::run(&target, &scale, timing, quiet).await?;
+        purge = Some((record, t.elapsed().as_secs_f64()));
+    }
     let mut device_sync = None;
     let mut sync_seconds = None;
     if paths.device_sync {
@@ -374,12 +382,6 @@ pub async fn run(
         sync_seconds = Some(t.elapsed().as_secs_f64());
     }
     // Before the standard paths, which end by closing the shared connections.
-    let mut purge = None;
-    if paths.purge {
-        let t = Instant::now();
-        let record = crate::purge::run(&target, &scale, timing, quiet).await?;
-        purge = Some((record, t.elapsed().as_secs_f64()));
-    }
     let mut contention = None;
     if paths.contention {
         let t = Instant::now();
