@@ -151,23 +151,35 @@ pub async fn measure_pair(
     concurrency: usize,
     timing: Timing,
 ) -> R<(Side, Side)> {
-    for r in [imstore, baseline] {
+    let mut sides = measure_sides(&[imstore, baseline], concurrency, timing).await?;
+    let b = sides.pop().ok_or("no baseline side")?;
+    let a = sides.pop().ok_or("no imstore side")?;
+    Ok((a, b))
+}
+
+/// Warms every side up, then runs them in rounds, each round starting with the next side in
+/// turn (so that none is always first after a slow one); returns the sides in the given order.
+pub async fn measure_sides(
+    runners: &[&Runner],
+    concurrency: usize,
+    timing: Timing,
+) -> R<Vec<Side>> {
+    for r in runners {
         for _ in 0..timing.warmup_ops {
             let i = r.counter.fetch_add(1, Ordering::Relaxed);
             (r.op)(i).await?;
         }
     }
-    let (mut a, mut b) = (Side::new(), Side::new());
-    for round in 0..timing.rounds {
-        if round % 2 == 0 {
-            run_round(imstore, concurrency, timing.per_round, &mut a).await?;
-            run_round(baseline, concurrency, timing.per_round, &mut b).await?;
-        } else {
-            run_round(baseline, concurrency, timing.per_round, &mut b).await?;
-            run_round(imstore, concurrency, timing.per_round, &mut a).await?;
+    let n = runners.len();
+    let mut sides: Vec<Side> = (0..n).map(|_| Side::new()).collect();
+    for round in 0..timing.rounds as usize {
+        for k in 0..n {
+            // Two sides: imstore first in even rounds, the baseline first in odd ones.
+            let s = (round + k) % n;
+            run_round(runners[s], concurrency, timing.per_round, &mut sides[s]).await?;
         }
     }
-    Ok((a, b))
+    Ok(sides)
 }
 
 /// A cheap, well-mixed hash of a counter (splitmix64), for picking keys without a shared RNG.

@@ -10,6 +10,9 @@ use crate::suite::{BackendReport, PathResult};
 
 /// The goal: imstore at this fraction of the raw driver's throughput, codec off.
 pub const OVERHEAD_GOAL: f64 = 0.95;
+/// The goal: imstore at this fraction of the fair baseline's throughput (the same guarantees
+/// written by hand), codec off.
+pub const FAIR_GOAL: f64 = 0.95;
 /// The goal: the latest page at the big history no slower than this multiple of the small one.
 pub const PAGE_GROWTH_GOAL: f64 = 1.5;
 /// The goal: 64 senders into one conversation at this fraction of the same load spread.
@@ -123,6 +126,17 @@ pub fn goals(r: &BackendReport) -> Value {
             json!({"path": p.path, "concurrency": p.concurrency, "ratio": (p.ratio() * 1000.0).round() / 1000.0})
         })
         .collect();
+    let fair_misses: Vec<Value> = r
+        .paths
+        .iter()
+        .filter_map(|p| {
+            let f = p.fair_ratio()?;
+            (p.codec == "off" && f < FAIR_GOAL).then(|| {
+                json!({"path": p.path, "concurrency": p.concurrency, "fair_ratio": (f * 1000.0).round() / 1000.0})
+            })
+        })
+        .collect();
+    let fair_paths = r.paths.iter().filter(|p| p.fair.is_some()).count();
     let page = match (
         find(r, "latest_page_small", "off"),
         find(r, "latest_page_big", "off"),
@@ -146,6 +160,10 @@ pub fn goals(r: &BackendReport) -> Value {
         "overhead_goal": OVERHEAD_GOAL,
         "overhead_met": misses.is_empty(),
         "overhead_misses": misses,
+        "fair_goal": FAIR_GOAL,
+        "fair_paths": fair_paths,
+        "fair_met": (fair_paths > 0).then_some(fair_misses.is_empty()),
+        "fair_misses": fair_misses,
         "page_growth": page,
         "recall_same_writes": r.recall_writes["same_writes"],
         "device_sync": r.device_sync.as_ref().map(|d| d["goal"].clone()),
@@ -318,7 +336,7 @@ fn contention_lines(s: &mut String, r: &BackendReport) {
 fn standard_lines(s: &mut String, r: &BackendReport) {
     let _ = writeln!(
         s,
-        "{:<18} {:<9} {:>4} | {:>11} {:>8} {:>8} | {:>11} {:>8} {:>8} | {:>6} {:>7}",
+        "{:<18} {:<9} {:>4} | {:>11} {:>8} {:>8} | {:>11} {:>8} {:>8} | {:>6} | {:>11} {:>8} {:>6} | {:>7}",
         "path",
         "codec",
         "conc",
@@ -329,12 +347,23 @@ fn standard_lines(s: &mut String, r: &BackendReport) {
         "p50",
         "p99",
         "ratio",
+        "fair/s",
+        "p50",
+        "fair",
         "ops"
     );
     for p in &r.paths {
+        let (fair_s, fair_p50, fair_ratio) = match (&p.fair, p.fair_ratio()) {
+            (Some(f), Some(x)) => (
+                format!("{:.0}", f.throughput()),
+                f.quantile_us(0.5).to_string(),
+                format!("{x:.3}"),
+            ),
+            _ => ("-".into(), "-".into(), "-".into()),
+        };
         let _ = writeln!(
             s,
-            "{:<18} {:<9} {:>4} | {:>11.0} {:>8} {:>8} | {:>11.0} {:>8} {:>8} | {:>6.3} {:>7}",
+            "{:<18} {:<9} {:>4} | {:>11.0} {:>8} {:>8} | {:>11.0} {:>8} {:>8} | {:>6.3} | {fair_s:>11} {fair_p50:>8} {fair_ratio:>6} | {:>7}",
             p.path,
             p.codec,
             p.concurrency,
@@ -389,6 +418,34 @@ fn standard_lines(s: &mut String, r: &BackendReport) {
             format!("missed on {}", misses.join(", "))
         }
     );
+    if g["fair_paths"].as_u64().unwrap_or(0) > 0 {
+        let fair_misses: Vec<String> = g["fair_misses"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|m| {
+                        format!(
+                            "{} c{} {}",
+                            m["path"].as_str().unwrap_or("?"),
+                            m["concurrency"],
+                            m["fair_ratio"]
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "goal imstore ≥ {FAIR_GOAL} × fair baseline (same guarantees by hand, codec off): {}",
+            if fair_misses.is_empty() {
+                "met on every path with a fair baseline".to_owned()
+            } else {
+                format!("missed on {}", fair_misses.join(", "))
+            }
+        );
+    } else {
+        let _ = writeln!(s, "fair baseline: none written for this backend");
+    }
     let pg = &g["page_growth"];
     let _ = writeln!(
         s,

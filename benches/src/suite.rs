@@ -14,8 +14,8 @@ use imstore_core::{
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
-use crate::harness::{OpFn, R, Runner, Side, Timing, measure_pair, mix, op};
-use crate::target::{Raw, Scale, Target, codecs};
+use crate::harness::{OpFn, R, Runner, Side, Timing, measure_sides, mix, op};
+use crate::target::{Fair, Raw, Scale, Target, codecs};
 
 /// One measured pair.
 pub struct PathResult {
@@ -31,6 +31,10 @@ pub struct PathResult {
     pub imstore: Side,
     /// The baseline's side.
     pub baseline: Side,
+    /// The fair baseline's side (the same guarantees by hand), when one is written.
+    pub fair: Option<Side>,
+    /// Round trips per operation of each side's happy path, where known.
+    pub round_trips: Value,
 }
 
 impl PathResult {
@@ -42,6 +46,12 @@ impl PathResult {
         } else {
             0.0
         }
+    }
+
+    /// imstore's throughput over the fair baseline's, when there is one.
+    pub fn fair_ratio(&self) -> Option<f64> {
+        let f = self.fair.as_ref()?.throughput();
+        (f > 0.0).then(|| self.imstore.throughput() / f)
     }
 
     /// The JSON record of the pair.
@@ -62,7 +72,10 @@ impl PathResult {
             "scale": self.scale,
             "imstore": side(&self.imstore),
             "baseline": side(&self.baseline),
+            "fair": self.fair.as_ref().map(side),
             "ratio": round3(self.ratio()),
+            "fair_ratio": self.fair_ratio().map(round3),
+            "round_trips": self.round_trips,
         })
     }
 }
@@ -173,6 +186,8 @@ pub fn chat_text(len: usize, seed: u64) -> Vec<u8> {
 struct Ctx {
     target: Arc<dyn Target>,
     raw: Arc<dyn Raw>,
+    /// The fair baseline, when the backend has one.
+    fair: Option<Arc<dyn Fair>>,
     ids: MsgIdGenerator,
     scale: Scale,
     content: Arc<Vec<u8>>,
@@ -274,10 +289,50 @@ impl Ctx {
         baseline: Runner,
         out: &mut Vec<PathResult>,
     ) -> R<()> {
+        self.sides(
+            path,
+            codec,
+            concurrency,
+            scale,
+            imstore,
+            baseline,
+            None,
+            out,
+        )
+        .await
+    }
+
+    /// Measures imstore, the naive baseline and, when given, the fair baseline side by side.
+    #[allow(clippy::too_many_arguments)] // one call per path; a struct would only rename them
+    async fn sides(
+        &self,
+        path: &str,
+        codec: &str,
+        concurrency: usize,
+        scale: String,
+        imstore: Runner,
+        baseline: Runner,
+        fair: Option<Runner>,
+        out: &mut Vec<PathResult>,
+    ) -> R<()> {
         let started = Instant::now();
-        let (a, b) = measure_pair(&imstore, &baseline, concurrency, self.timing)
+        let mut runners = vec![&imstore, &baseline];
+        runners.extend(fair.as_ref());
+        let mut measured = measure_sides(&runners, concurrency, self.timing)
             .await
-            .map_err(|e| format!("{} {path} ({codec}): {e}", self.target.name()))?;
+            .map_err(|e| format!("{} {path} ({codec}): {e}", self.target.name()))?
+            .into_iter();
+        let (a, b) = (
+            measured.next().ok_or("no imstore side")?,
+            measured.next().ok_or("no baseline side")?,
+        );
+        let f = measured.next();
+        // Latest pages of both sizes are one job.
+        let job = path.trim_end_matches("_small").trim_end_matches("_big");
+        let round_trips = json!({
+            "baseline": self.raw.round_trips(job),
+            "fair": f.as_ref().and(self.fair.as_ref()).and_then(|x| x.round_trips(job)),
+        });
         let r = PathResult {
             path: path.into(),
             codec: codec.into(),
@@ -285,10 +340,16 @@ impl Ctx {
             scale,
             imstore: a,
             baseline: b,
+            fair: f,
+            round_trips,
         };
         if !self.quiet {
+            let fair = match r.fair_ratio() {
+                Some(x) => format!("  fair {:>5.2}", x),
+                None => String::new(),
+            };
             eprintln!(
-                "  {:>9} {:<22} {:<9} c{:<3} imstore {:>10.0}/s  baseline {:>10.0}/s  ratio {:>5.2}  ({:.1}s)",
+                "  {:>9} {:<22} {:<9} c{:<3} imstore {:>10.0}/s  baseline {:>10.0}/s  ratio {:>5.2}{fair}  ({:.1}s)",
                 self.target.name(),
                 path,
                 codec,
@@ -429,6 +490,7 @@ async fn run_standard(
 ) -> R<BackendReport> {
     let ctx = Ctx {
         raw: target.raw(),
+        fair: target.fair(),
         target: target.clone(),
         ids: MsgIdGenerator::new(7, Arc::new(SystemClock))?,
         content: Arc::new(chat_text(scale.content_len, 1)),
@@ -477,6 +539,13 @@ async fn run_standard(
         ctx.load(&plain, "recall-b", scale.recall_pool, &alice)
             .await?,
     );
+    let pool_f = match ctx.fair {
+        Some(_) => Arc::new(
+            ctx.load(&plain, "recall-f", scale.recall_pool, &alice)
+                .await?,
+        ),
+        None => Arc::new(Vec::new()),
+    };
     let mixed_i = Arc::new(
         ctx.load(&plain, "mixed-pool-i", scale.recall_pool, &alice)
             .await?,
@@ -532,19 +601,30 @@ async fn run_standard(
             }
         });
         let raw = ctx.raw.clone();
+        let (ids2, c2) = (ids.clone(), c.clone());
         let b = op(move |i| {
             let raw = raw.clone();
-            let id = ids[(mix(i) % ids.len() as u64) as usize];
-            let c = c.clone();
+            let id = ids2[(mix(i) % ids2.len() as u64) as usize];
+            let c = c2.clone();
             async move { raw.get(c.as_str(), id.as_i64()).await }
         });
-        ctx.pair(
+        // The fair baseline stores content as given: it pairs with the codec off only.
+        let f = ctx.fair.clone().filter(|_| label == "off").map(|fair| {
+            Runner::new(op(move |i| {
+                let fair = fair.clone();
+                let id = ids[(mix(i) % ids.len() as u64) as usize];
+                let c = c.clone();
+                async move { fair.get(c.as_str(), id.as_i64(), "carol").await }
+            }))
+        });
+        ctx.sides(
             "point_read",
             label,
             1,
             format!("{} messages", scale.read_pool),
             Runner::new(a),
             Runner::new(b),
+            f,
             &mut out,
         )
         .await?;
@@ -570,8 +650,9 @@ async fn run_standard(
             }
         });
         let raw = ctx.raw.clone();
+        let c3 = cc.clone();
         let b = op(move |_| {
-            let (raw, c) = (raw.clone(), cc.clone());
+            let (raw, c) = (raw.clone(), c3.clone());
             async move {
                 let n = raw.latest(c.as_str(), 50).await?;
                 if n != 50 {
@@ -580,19 +661,32 @@ async fn run_standard(
                 Ok(())
             }
         });
+        let f = ctx.fair.clone().map(|fair| {
+            Runner::new(op(move |_| {
+                let (fair, c) = (fair.clone(), cc.clone());
+                async move {
+                    let n = fair.latest(c.as_str(), 50, "carol").await?;
+                    if n != 50 {
+                        return Err(format!("fair page of {n} rows").into());
+                    }
+                    Ok(())
+                }
+            }))
+        });
         let mut scale_s = format!("{n} messages in the conversation");
         if path == "latest_page_big"
             && let Some(note) = &scale.big_note
         {
             scale_s = format!("{scale_s} ({note})");
         }
-        ctx.pair(
+        ctx.sides(
             path,
             "off",
             1,
             scale_s,
             Runner::new(a),
             Runner::new(b),
+            f,
             &mut out,
         )
         .await?;
@@ -631,13 +725,32 @@ async fn run_standard(
                     .await
             }
         });
-        ctx.pair(
+        let f = ctx.fair.clone().map(|fair| {
+            let pool = pool_f.clone();
+            let window = bench_policy().recall_window().as_millis() as i64;
+            Runner::capped(
+                op(move |i| {
+                    let fair = fair.clone();
+                    let id = pool.get(i as usize).copied();
+                    let by = if i % 2 == 0 { "alice" } else { "bob" };
+                    async move {
+                        let id = id.ok_or("recall pool exhausted")?;
+                        let request = format!("f-recall-{i}-{}", id.get());
+                        fair.recall("recall-f", id.as_i64(), by, &request, window)
+                            .await
+                    }
+                }),
+                cap,
+            )
+        });
+        ctx.sides(
             "recall",
             "off",
             1,
             format!("{} messages recallable per side", scale.recall_pool),
             Runner::capped(a, cap),
             Runner::capped(b, cap),
+            f,
             &mut out,
         )
         .await?;
@@ -677,7 +790,18 @@ async fn run_standard(
                 Ok(())
             }
         });
-        ctx.pair(
+        let f = ctx.fair.clone().map(|fair| {
+            Runner::new(op(move |i| {
+                let fair = fair.clone();
+                async move {
+                    if fair.feed("feed", mix(i) % span, fp).await? == 0 {
+                        return Err("fair feed page empty".into());
+                    }
+                    Ok(())
+                }
+            }))
+        });
+        ctx.sides(
             "feed_page",
             "off",
             1,
@@ -687,6 +811,7 @@ async fn run_standard(
             ),
             Runner::new(a),
             Runner::new(b),
+            f,
             &mut out,
         )
         .await?;
@@ -727,13 +852,31 @@ async fn run_standard(
                 );
                 async move { raw.send(&m).await }
             });
-            ctx.pair(
+            let f = ctx.fair.clone().filter(|_| label == "off").map(|fair| {
+                let (ids, content) = (ctx.ids.clone(), ctx.content.clone());
+                writer(
+                    op(move |i| {
+                        let fair = fair.clone();
+                        let m = NewMessage::text(
+                            ids.next_id().expect("the clock is within the msg_id range"),
+                            conv(&format!("send-f-{}", i % 256)),
+                            user("alice"),
+                            content.as_slice(),
+                        );
+                        async move { fair.send(&m).await }
+                    }),
+                    1,
+                    &scale,
+                )
+            });
+            ctx.sides(
                 "send",
                 label,
                 conc,
                 format!("{} B content, 256 conversations", scale.content_len),
                 writer(a, 1, &scale),
                 writer(b, 1, &scale),
+                f,
                 &mut out,
             )
             .await?;
@@ -772,13 +915,26 @@ async fn run_standard(
             let ms = batch("b", ids.clone(), content.clone(), i);
             async move { raw.send_batch(&ms).await }
         });
-        ctx.pair(
+        let f = ctx.fair.clone().map(|fair| {
+            let (ids, content) = (ctx.ids.clone(), ctx.content.clone());
+            writer(
+                op(move |i| {
+                    let fair = fair.clone();
+                    let ms = batch("f", ids.clone(), content.clone(), i);
+                    async move { fair.send_batch(&ms).await }
+                }),
+                1_000,
+                &scale,
+            )
+        });
+        ctx.sides(
             "batch_send_1000",
             "off",
             1,
             "1,000 messages per call".into(),
             writer(a, 1_000, &scale),
             writer(b, 1_000, &scale),
+            f,
             &mut out,
         )
         .await?;
@@ -835,6 +991,7 @@ async fn run_contention(
     const RECALLERS: usize = 32;
     let ctx = Ctx {
         raw: target.raw(),
+        fair: None,
         target: target.clone(),
         ids: MsgIdGenerator::new(9, Arc::new(SystemClock))?,
         content: Arc::new(chat_text(scale.content_len, 2)),

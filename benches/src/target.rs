@@ -40,10 +40,46 @@ pub trait Raw: Send + Sync {
     async fn bulk_history(&self, _ms: &[NewMessage]) -> R<bool> {
         Ok(false)
     }
+    /// Round trips of `path`'s operation, by construction, when known (see [`Fair::round_trips`]).
+    fn round_trips(&self, _path: &str) -> Option<u32> {
+        None
+    }
     /// Creates `n` change events in the baseline's own structure, when it has one.
     async fn seed_feed(&self, _conv: &str, _n: u64) -> R<()> {
         Ok(())
     }
+}
+
+/// The same job as imstore's path with the same guarantees, written by hand with the raw driver
+/// in the fewest round trips its author could manage: the fair baseline.
+///
+/// Each method states what it guarantees and how many round trips its happy path takes
+/// ([`Fair::round_trips`]); `benches/README.md` explains each backend's statements. It writes
+/// and reads imstore's own tables, so its rows are the rows imstore would have written.
+#[async_trait]
+pub trait Fair: Send + Sync {
+    /// Round trips of `path`'s happy path, by construction ("send", "point_read",
+    /// "latest_page", "recall", "feed_page", "batch_send_1000").
+    fn round_trips(&self, path: &str) -> Option<u32>;
+    /// Stores `m` unless its id exists; an id that exists with other content is a conflict
+    /// (an error), with the same content a retry (success).
+    async fn send(&self, m: &NewMessage) -> R<()>;
+    /// Stores `ms` as [`Fair::send`] does each.
+    async fn send_batch(&self, ms: &[NewMessage]) -> R<()>;
+    /// The message as `viewer` sees it: lifecycle read with the content, content shown only
+    /// when the viewer may see it; an error if absent.
+    async fn get(&self, conv: &str, id: i64, viewer: &str) -> R<()>;
+    /// The newest `limit` messages as `viewer` sees them, and whether older ones exist; returns
+    /// how many came back.
+    async fn latest(&self, conv: &str, limit: u32, viewer: &str) -> R<usize>;
+    /// Recalls `id` by its sender `by` under request id `request`: a replay of `request`
+    /// answers from its record; otherwise the message must be normal, sent by `by` and within
+    /// the recall window, and the change, the conversation's next feed seq, its event and the
+    /// request record commit together or not at all. An error when it did not apply.
+    async fn recall(&self, conv: &str, id: i64, by: &str, request: &str, window_ms: i64) -> R<()>;
+    /// Up to `limit` change events after `after`, with the feed's head and purge mark read in
+    /// the same snapshot (what a device needs to see a gap); returns how many events came back.
+    async fn feed(&self, conv: &str, after: u64, limit: u32) -> R<usize>;
 }
 
 /// A store handle; `close` releases its connections (so that server-side counters flush).
@@ -137,6 +173,10 @@ pub trait Target: Send + Sync {
     }
     /// The raw-driver baseline.
     fn raw(&self) -> Arc<dyn Raw>;
+    /// The fair baseline, when one is written for this backend.
+    fn fair(&self) -> Option<Arc<dyn Fair>> {
+        None
+    }
     /// How writes are counted ("pg_stat_user_tables n_tup_ins+n_tup_upd+n_tup_del", ...).
     fn write_method(&self) -> String;
     /// Cumulative server-side write counters of the namespace, per table/operation; `None` when

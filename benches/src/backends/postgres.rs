@@ -15,7 +15,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::harness::R;
 use crate::now_ms;
-use crate::target::{Handle, Raw, SyncStores, Target};
+use crate::target::{Fair, Handle, Raw, SyncStores, Target};
 use crate::wire::{CountingProxy, Protocol, pg_host_port, pg_url_via};
 
 /// Connections per pool: the same for imstore's pool and the baseline's, so that neither side
@@ -119,6 +119,11 @@ impl Target for PgTarget {
     }
     fn raw(&self) -> Arc<dyn Raw> {
         self.raw.clone()
+    }
+    fn fair(&self) -> Option<Arc<dyn Fair>> {
+        Some(Arc::new(PgFair {
+            pool: self.raw.pool.clone(),
+        }))
     }
     fn write_method(&self) -> String {
         "server: pg_stat_user_tables n_tup_ins + n_tup_upd + n_tup_del deltas of the bench schema \
@@ -260,6 +265,9 @@ impl Raw for PgRaw {
         .await?;
         Ok(())
     }
+    fn round_trips(&self, _path: &str) -> Option<u32> {
+        Some(1)
+    }
     async fn feed(&self, conv: &str, after: u64, limit: u32) -> R<usize> {
         let rows = sqlx::query(
             "SELECT seq, msg_id, status, version FROM change_events \
@@ -271,6 +279,208 @@ impl Raw for PgRaw {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.len())
+    }
+}
+
+/// The fair baseline: sqlx on the baseline's pool, each job one statement (one round trip) that
+/// carries every guarantee imstore's path gives.
+pub struct PgFair {
+    pool: PgPool,
+}
+
+/// The columns a view is built from: the message and its whole lifecycle.
+macro_rules! view_columns {
+    () => {
+        "msg_id, sender_id, msg_type, content, status, version, created_at, recalled_at, \
+         recalled_by, restored_at, deleted_at, deleted_by"
+    };
+}
+
+/// A row as a viewer sees it: content kept only when shown (normal, or the sender's own recalled
+/// message, which the sender may re-edit).
+fn pg_view(row: &sqlx::postgres::PgRow, viewer: &str) -> R<()> {
+    let sender: String = row.try_get("sender_id")?;
+    let status: i16 = row.try_get("status")?;
+    let shown = status == 0 || (status == 1 && sender == viewer);
+    let view = (
+        row.try_get::<i64, _>("msg_id")?,
+        row.try_get::<i32, _>("msg_type")?,
+        row.try_get::<i64, _>("version")?,
+        row.try_get::<i64, _>("created_at")?,
+        row.try_get::<Option<i64>, _>("recalled_at")?,
+        row.try_get::<Option<String>, _>("recalled_by")?,
+        row.try_get::<Option<i64>, _>("restored_at")?,
+        row.try_get::<Option<i64>, _>("deleted_at")?,
+        row.try_get::<Option<String>, _>("deleted_by")?,
+        shown
+            .then(|| row.try_get::<Vec<u8>, _>("content"))
+            .transpose()?,
+    );
+    std::hint::black_box((sender, view));
+    Ok(())
+}
+
+#[async_trait]
+impl Fair for PgFair {
+    fn round_trips(&self, path: &str) -> Option<u32> {
+        matches!(
+            path,
+            "send" | "batch_send_1000" | "point_read" | "latest_page" | "recall" | "feed_page"
+        )
+        .then_some(1)
+    }
+    async fn send(&self, m: &NewMessage) -> R<()> {
+        self.send_batch(std::slice::from_ref(m)).await
+    }
+    async fn send_batch(&self, ms: &[NewMessage]) -> R<()> {
+        // Never overwrites. The happy path is the one statement; only when some id existed
+        // does a second read judge them: same sender, type and content is a retry.
+        let convs: Vec<&str> = ms.iter().map(|m| m.conversation_id.as_str()).collect();
+        let ids: Vec<i64> = ms.iter().map(|m| m.msg_id.as_i64()).collect();
+        let senders: Vec<&str> = ms.iter().map(|m| m.sender_id.as_str()).collect();
+        let types: Vec<i32> = ms.iter().map(|m| m.msg_type.code()).collect();
+        let contents: Vec<&[u8]> = ms.iter().map(|m| m.content.as_slice()).collect();
+        let inserted: Vec<(String, i64)> = sqlx::query_as(
+            "INSERT INTO messages (conversation_id, msg_id, sender_id, msg_type, content, created_at) \
+             SELECT u.*, $6::int8 FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::int4[], $5::bytea[]) AS u \
+             ON CONFLICT (conversation_id, msg_id) DO NOTHING RETURNING conversation_id, msg_id",
+        )
+        .bind(&convs)
+        .bind(&ids)
+        .bind(senders)
+        .bind(types)
+        .bind(contents)
+        .bind(now_ms())
+        .fetch_all(&self.pool)
+        .await?;
+        if inserted.len() == ms.len() {
+            return Ok(());
+        }
+        let new: std::collections::HashSet<(String, i64)> = inserted.into_iter().collect();
+        for m in ms {
+            let k = (m.conversation_id.as_str().to_owned(), m.msg_id.as_i64());
+            if new.contains(&k) {
+                continue;
+            }
+            let (sender, ty, content): (String, i32, Vec<u8>) = sqlx::query_as(
+                "SELECT sender_id, msg_type, content FROM messages \
+                 WHERE conversation_id = $1 AND msg_id = $2",
+            )
+            .bind(&k.0)
+            .bind(k.1)
+            .fetch_one(&self.pool)
+            .await?;
+            if sender != m.sender_id.as_str() || ty != m.msg_type.code() || content != m.content {
+                return Err(format!("conflict: {} exists with other content", k.1).into());
+            }
+        }
+        Ok(())
+    }
+    async fn get(&self, conv: &str, id: i64, viewer: &str) -> R<()> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            view_columns!(),
+            " FROM messages WHERE conversation_id = $1 AND msg_id = $2"
+        ))
+        .bind(conv)
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await?;
+        pg_view(&row, viewer)
+    }
+    async fn latest(&self, conv: &str, limit: u32, viewer: &str) -> R<usize> {
+        // One more than asked says whether older messages exist.
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            view_columns!(),
+            " FROM messages WHERE conversation_id = $1 ORDER BY msg_id DESC LIMIT $2"
+        ))
+        .bind(conv)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let page = &rows[..rows.len().min(limit as usize)];
+        for r in page {
+            pg_view(r, viewer)?;
+        }
+        std::hint::black_box(rows.len() > page.len());
+        Ok(page.len())
+    }
+    async fn recall(&self, conv: &str, id: i64, by: &str, request: &str, window_ms: i64) -> R<()> {
+        // The rules in the statement: no record of the request, the message normal, sent by
+        // the requester and inside the window; then the compare-and-set, the next feed seq (the
+        // upsert holds the conversation row until commit, so seq order is commit order), the
+        // event and the record, all or nothing.
+        let now = now_ms();
+        let row = sqlx::query(
+            "WITH prior AS ( \
+                 SELECT changed FROM requests WHERE conversation_id = $1 AND request_id = $3), \
+             cas AS ( \
+                 UPDATE messages SET status = 1, version = version + 1, recalled_at = $5, \
+                     recalled_by = $4 \
+                 WHERE conversation_id = $1 AND msg_id = $2 AND status = 0 AND sender_id = $4 \
+                     AND created_at >= $5 - $6 AND NOT EXISTS (SELECT 1 FROM prior) \
+                 RETURNING version), \
+             seq AS ( \
+                 INSERT INTO conversations (conversation_id, feed_seq) SELECT $1, 1 FROM cas \
+                 ON CONFLICT (conversation_id) DO UPDATE SET feed_seq = conversations.feed_seq + 1 \
+                 RETURNING feed_seq), \
+             event AS ( \
+                 INSERT INTO change_events (conversation_id, seq, msg_id, status, version, at, by_user) \
+                 SELECT $1, seq.feed_seq, $2, 1, cas.version, $5, $4 FROM seq, cas RETURNING 1), \
+             record AS ( \
+                 INSERT INTO requests (conversation_id, request_id, action, msg_id, requester, \
+                     status, version, changed, at) \
+                 SELECT $1, $3, 'recall', $2, $4, 1, cas.version, true, $5 FROM cas RETURNING 1) \
+             SELECT (SELECT count(*) FROM cas) + (SELECT count(*) FROM event) \
+                 + (SELECT count(*) FROM record) AS writes, \
+                 (SELECT changed FROM prior) AS replayed",
+        )
+        .bind(conv)
+        .bind(id)
+        .bind(request)
+        .bind(by)
+        .bind(now)
+        .bind(window_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        let writes: i64 = row.try_get("writes")?;
+        let replayed: Option<bool> = row.try_get("replayed")?;
+        match (writes, replayed) {
+            (3, _) | (_, Some(true)) => Ok(()),
+            _ => Err(format!("fair recall of {id} did not apply ({writes} writes)").into()),
+        }
+    }
+    async fn feed(&self, conv: &str, after: u64, limit: u32) -> R<usize> {
+        let rows = sqlx::query(
+            "SELECT COALESCE(c.feed_seq, 0) AS head, COALESCE(c.purged_through, 0) AS purged, \
+                 e.seq, e.msg_id, e.status, e.version, e.at, e.by_user \
+             FROM (VALUES (1)) AS one (x) \
+             LEFT JOIN conversations c ON c.conversation_id = $1 \
+             LEFT JOIN LATERAL ( \
+                 SELECT seq, msg_id, status, version, at, by_user FROM change_events \
+                 WHERE conversation_id = $1 AND seq > $2 ORDER BY seq LIMIT $3) e ON true \
+             ORDER BY e.seq",
+        )
+        .bind(conv)
+        .bind(after as i64)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut n = 0;
+        for r in &rows {
+            let event: (Option<i64>, Option<i64>, Option<i16>, Option<i64>) = (
+                r.try_get("seq")?,
+                r.try_get("msg_id")?,
+                r.try_get("status")?,
+                r.try_get("version")?,
+            );
+            if event.0.is_some() {
+                n += 1;
+            }
+            std::hint::black_box((r.try_get::<i64, _>("head")?, event));
+        }
+        Ok(n)
     }
 }
 
