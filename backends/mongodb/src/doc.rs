@@ -107,7 +107,8 @@ pub(crate) fn binary(bytes: Vec<u8>) -> Binary {
     }
 }
 
-/// The filter selecting one message document by its key.
+/// The filter selecting one message document by its key (only the testing helpers need it).
+#[cfg(feature = "testing")]
 pub(crate) fn key(conversation: &ConversationId, msg_id: MsgId) -> Document {
     doc! {"conversation_id": conversation.as_str(), "msg_id": msg_id.as_i64()}
 }
