@@ -161,6 +161,87 @@ pub(crate) async fn enqueue_history(
     Ok(())
 }
 
+/// Mutation bytes per unlogged history batch: well under Cassandra's default 50 KiB
+/// `batch_size_fail_threshold` (each row counts its conversation id and about 40 bytes more).
+const HISTORY_BATCH_BYTES: usize = 16 * 1024;
+/// Rows per unlogged history batch.
+const HISTORY_BATCH_ROWS: usize = 100;
+
+/// Indexes many messages accepted at `created_at`: the entries of one queue partition (day and
+/// shard) go as unlogged batches (one partition each, so each is one mutation applied
+/// atomically, not a logged batch across partitions), as many in flight as `in_flight`. A batch
+/// of 1,000 messages into one conversation writes 10 requests instead of 1,000.
+pub(crate) async fn enqueue_history_many(
+    b: &ScyllaBackend,
+    messages: &[(&ConversationId, MsgId)],
+    created_at: Timestamp,
+    in_flight: usize,
+) -> Result<()> {
+    use futures::{FutureExt, StreamExt, TryStreamExt};
+    use scylla::statement::batch::{Batch, BatchType};
+    let day = day_of(created_at);
+    note_day(b, Queue::History.code(), day).await?;
+    let mut by_shard: std::collections::BTreeMap<i32, Vec<(&ConversationId, MsgId)>> =
+        std::collections::BTreeMap::new();
+    for &(c, id) in messages {
+        by_shard.entry(shard_of(c)).or_default().push((c, id));
+    }
+    let mut batches: Vec<(i32, Vec<(&ConversationId, MsgId)>)> = Vec::new();
+    for (shard, entries) in by_shard {
+        let mut current: Vec<(&ConversationId, MsgId)> = Vec::new();
+        let mut bytes = 0;
+        for (c, id) in entries {
+            let len = c.as_str().len() + 40;
+            if !current.is_empty()
+                && (current.len() >= HISTORY_BATCH_ROWS || bytes + len > HISTORY_BATCH_BYTES)
+            {
+                batches.push((shard, std::mem::take(&mut current)));
+                bytes = 0;
+            }
+            bytes += len;
+            current.push((c, id));
+        }
+        if !current.is_empty() {
+            batches.push((shard, current));
+        }
+    }
+    let config = b.config();
+    let writes: Vec<futures::future::BoxFuture<'_, Result<()>>> = batches
+        .into_iter()
+        .map(|(shard, entries)| {
+            let mut batch = Batch::new(BatchType::Unlogged);
+            batch.set_consistency(config.consistency());
+            batch.set_request_timeout(Some(config.request_timeout()));
+            // Re-running a batch of plain inserts writes the same rows again.
+            batch.set_is_idempotent(true);
+            let mut values = Vec::with_capacity(entries.len());
+            for (c, id) in entries {
+                batch.append_statement(b.st().hq_add.clone());
+                values.push((
+                    day,
+                    shard,
+                    created_at.as_millis(),
+                    c.as_str().to_owned(),
+                    id.as_i64(),
+                ));
+            }
+            async move {
+                b.session()
+                    .batch(&batch, values)
+                    .await
+                    .map_err(error::execution)?;
+                Ok(())
+            }
+            .boxed()
+        })
+        .collect();
+    futures::stream::iter(writes)
+        .buffer_unordered(in_flight.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
 /// When a message in state `lc` is next worth looking at for the retention: its recall or
 /// deletion plus the retention. A scheduling hint only; whether it goes is always
 /// `PurgeJob::purgeable`.

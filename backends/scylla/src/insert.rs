@@ -29,7 +29,7 @@ use scylla::value::MaybeUnset;
 
 use crate::error;
 use crate::handle::ScyllaBackend;
-use crate::index::enqueue_history;
+use crate::index::{enqueue_history, enqueue_history_many};
 use crate::read;
 use crate::rows::BoxedRow;
 use crate::rows::{self, MessageRow};
@@ -397,12 +397,18 @@ pub(crate) async fn insert_batch(
     }
     for m in messages {
         let m = m.message();
-        indexes.push(enqueue_history(b, &m.conversation_id, m.msg_id, created_at).boxed());
         if m.attachment.is_some() {
             indexes.push(add_ref(b, m).boxed());
         }
     }
-    run_all(indexes).await?;
+    let history: Vec<(&ConversationId, imstore_core::MsgId)> = messages
+        .iter()
+        .map(|m| (&m.message().conversation_id, m.message().msg_id))
+        .collect();
+    futures::try_join!(
+        run_all(indexes),
+        enqueue_history_many(b, &history, created_at, IN_FLIGHT)
+    )?;
     // Identical repeats inside the batch (the core checked they are identical) are retries
     // of the first: answered with it as stored.
     let mut first: HashMap<(&ConversationId, i64), usize> = HashMap::new();
