@@ -111,6 +111,28 @@ fn quick_run_writes_table_json_and_chart_for_every_backend() {
                 (ratio - expect).abs() <= 0.01 * expect.max(1.0),
                 "{what}: ratio {ratio}, throughputs give {expect}"
             );
+            // PostgreSQL and Cassandra have a fair baseline on every path with the codec off
+            // but the mixed one: measured, its ratio what the throughputs give, its round
+            // trips stated.
+            let fair_expected =
+                matches!(name, "postgres" | "scylla") && *codec == "off" && *path != "mixed";
+            if fair_expected {
+                side_is_measured(&p["fair"], &format!("{what} fair"));
+                let expect = p["imstore"]["ops_per_s"].as_f64().unwrap()
+                    / p["fair"]["ops_per_s"].as_f64().unwrap();
+                let fair = p["fair_ratio"].as_f64().expect("fair_ratio");
+                assert!(
+                    (fair - expect).abs() <= 0.01 * expect.max(1.0),
+                    "{what}: fair_ratio {fair}, throughputs give {expect}"
+                );
+                assert!(
+                    p["round_trips"]["fair"].as_u64().is_some_and(|n| n >= 1),
+                    "{what}: the fair side's round trips are not stated"
+                );
+            } else {
+                assert_eq!(p["fair"], Value::Null, "{what}: a fair side nobody wrote");
+                assert_eq!(p["fair_ratio"], Value::Null, "{what}");
+            }
         }
         assert!(
             paths
