@@ -332,6 +332,31 @@ fn contention_lines(s: &mut String, r: &BackendReport) {
     }
 }
 
+/// A goal's verdict from its list of misses (`path`, `concurrency` and the `field` ratio each):
+/// `met` when there are none.
+fn verdict(misses: &Value, field: &str, met: &str) -> String {
+    let misses: Vec<String> = misses
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|m| {
+                    format!(
+                        "{} c{} {}",
+                        m["path"].as_str().unwrap_or("?"),
+                        m["concurrency"],
+                        m[field]
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if misses.is_empty() {
+        met.to_owned()
+    } else {
+        format!("missed on {}", misses.join(", "))
+    }
+}
+
 /// The standard pairs' rows and the goal lines of one backend.
 fn standard_lines(s: &mut String, r: &BackendReport) {
     let _ = writeln!(
@@ -394,54 +419,20 @@ fn standard_lines(s: &mut String, r: &BackendReport) {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let misses: Vec<String> = g["overhead_misses"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|m| {
-                    format!(
-                        "{} c{} {}",
-                        m["path"].as_str().unwrap_or("?"),
-                        m["concurrency"],
-                        m["ratio"]
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
     let _ = writeln!(
         s,
         "goal imstore ≥ {OVERHEAD_GOAL} × raw (codec off): {}",
-        if misses.is_empty() {
-            "met on every path".to_owned()
-        } else {
-            format!("missed on {}", misses.join(", "))
-        }
+        verdict(&g["overhead_misses"], "ratio", "met on every path")
     );
     if g["fair_paths"].as_u64().unwrap_or(0) > 0 {
-        let fair_misses: Vec<String> = g["fair_misses"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|m| {
-                        format!(
-                            "{} c{} {}",
-                            m["path"].as_str().unwrap_or("?"),
-                            m["concurrency"],
-                            m["fair_ratio"]
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
         let _ = writeln!(
             s,
             "goal imstore ≥ {FAIR_GOAL} × fair baseline (same guarantees by hand, codec off): {}",
-            if fair_misses.is_empty() {
-                "met on every path with a fair baseline".to_owned()
-            } else {
-                format!("missed on {}", fair_misses.join(", "))
-            }
+            verdict(
+                &g["fair_misses"],
+                "fair_ratio",
+                "met on every path with a fair baseline"
+            )
         );
     } else {
         let _ = writeln!(s, "fair baseline: none written for this backend");
