@@ -89,6 +89,27 @@ enum Verdict {
     Busy,
 }
 
+/// Messages of one conversation committed by one purge commit: the batch holds a row per
+/// message, its events and a sentinel per bucket, so 20 stays well under the servers' batch size
+/// warnings (Cassandra 5 KiB) while one Paxos round removes 20 messages instead of one.
+const GROUP_MESSAGES: usize = 50;
+
+/// Queue entries per unlogged batch removing them (one partition).
+const UNQUEUE_ROWS: usize = 100;
+
+/// A message of a group the purge commits together.
+struct Candidate {
+    id: MsgId,
+    bucket: i32,
+    /// Its attachment's key, released with it.
+    key: Option<String>,
+    /// The lifecycle's version as read (`None`: never changed).
+    version: Option<u32>,
+    /// Its change events, deleted by the commit.
+    seqs: Vec<i64>,
+    never_changed: bool,
+}
+
 /// Shard-days of one day a purge call settles at the same time. Their conversations are
 /// disjoint (a conversation has one shard), so they never contend for a partition.
 const SHARDS_IN_FLIGHT: usize = 8;
@@ -120,6 +141,13 @@ impl Budget {
         } else {
             self.counted.fetch_add(removed, Ordering::SeqCst);
         }
+    }
+
+    /// Settles `reserved` entries of a group at once, `removed` of which removed their message.
+    fn settle_group(&self, reserved: u64, removed: u64) {
+        self.counted.fetch_add(removed, Ordering::SeqCst);
+        self.reserved
+            .fetch_sub(reserved.saturating_sub(removed), Ordering::SeqCst);
     }
 
     fn full(&self) -> bool {
@@ -710,7 +738,8 @@ impl<'a, 'j> Run<'a, 'j> {
         while let Some(p) = paging.take() {
             let (entries, next) = index::shard_page(b, queue, key, (from, upto), p).await?;
             paging = next;
-            for entry in entries {
+            let settled = self.in_groups(queue, key, &entries).await?;
+            for (entry, _) in entries.into_iter().zip(settled).filter(|(_, s)| !s) {
                 if let Some(budget) = self.budget.clone() {
                     if !budget.reserve() {
                         return Ok(through.min(entry.0).max(from));
@@ -768,6 +797,375 @@ impl<'a, 'j> Run<'a, 'j> {
             }
         }
         Ok(through.max(from))
+    }
+
+    /// The entries of one queue page that purge together (see [`GROUP_MESSAGES`]): message
+    /// entries of conversations not held, settled a conversation at a time, a group per commit.
+    /// Returns which entries it settled and removed from the queue; the rest (request records,
+    /// held conversations, markers, messages not purgeable or not found, a group whose commit
+    /// lost a race) go through [`Run::entry`] one at a time, as before.
+    async fn in_groups(
+        &mut self,
+        queue: Queue,
+        key: (i32, i32),
+        entries: &[index::Entry],
+    ) -> Result<Vec<bool>> {
+        let mut settled = vec![false; entries.len()];
+        let Some(budget) = self.budget.clone() else {
+            return Ok(settled);
+        };
+        let mut by_conv: Vec<(&str, Vec<usize>)> = Vec::new();
+        for (i, (_, conv, _, _)) in entries.iter().enumerate() {
+            match by_conv.iter_mut().find(|(c, _)| *c == conv.as_str()) {
+                Some((_, list)) => list.push(i),
+                None => by_conv.push((conv.as_str(), vec![i])),
+            }
+        }
+        for (conv, list) in by_conv {
+            // A malformed entry is reported by the one-at-a-time path.
+            let Ok(conv) = ConversationId::new(conv.to_owned()) else {
+                continue;
+            };
+            if self.held(&conv).await? {
+                continue;
+            }
+            let mut ids: Vec<(MsgId, Vec<usize>)> = Vec::new();
+            for i in list {
+                let Ok(id) = MsgId::from_i64(entries[i].2) else {
+                    continue;
+                };
+                match ids.iter_mut().find(|(m, _)| *m == id) {
+                    Some((_, at)) => at.push(i),
+                    None => ids.push((id, vec![i])),
+                }
+            }
+            for chunk in ids.chunks(GROUP_MESSAGES) {
+                if budget.full() {
+                    break;
+                }
+                let msgs: Vec<MsgId> = chunk.iter().map(|(id, _)| *id).collect();
+                let records: Vec<&str> = chunk
+                    .iter()
+                    .flat_map(|(_, at)| at.iter().map(|&i| entries[i].3.as_str()))
+                    .filter(|r| !r.is_empty())
+                    .collect();
+                for done in self.group(&conv, &msgs, &records, &budget).await? {
+                    if let Some((_, at)) = chunk.iter().find(|(id, _)| *id == done) {
+                        for &i in at {
+                            settled[i] = true;
+                        }
+                    }
+                }
+            }
+        }
+        let done: Vec<&index::Entry> = entries
+            .iter()
+            .zip(&settled)
+            .filter_map(|(e, s)| s.then_some(e))
+            .collect();
+        self.unqueue(queue, key, &done).await?;
+        Ok(settled)
+    }
+
+    /// Purges the purgeable messages among `ids` (one conversation) with one commit, one
+    /// conditional delete per bucket and one marker delete for them all: the steps (1)-(3) of
+    /// the module docs, on a group. Returns the messages it removed (or found removed by its
+    /// own commit); a message it leaves out, or a group whose commit did not apply, is left to
+    /// the one-at-a-time path, which reads it again.
+    async fn group(
+        &mut self,
+        conv: &ConversationId,
+        ids: &[MsgId],
+        records: &[&str],
+        budget: &Budget,
+    ) -> Result<Vec<MsgId>> {
+        let b = self.b;
+        let cutoff = self.job.retention_cutoff().as_millis();
+        let mut by_bucket: std::collections::BTreeMap<i32, Vec<i64>> = Default::default();
+        for id in ids {
+            by_bucket
+                .entry(b.bucket_of(*id))
+                .or_default()
+                .push(id.as_i64());
+        }
+        // The rows and the lifecycles of each bucket side by side, as a point read does, and
+        // beside them the expiry of the entries' request records (due with their entries,
+        // whatever becomes of the messages, as in `Run::settle`).
+        let (reads, ()) = futures::try_join!(
+            futures::future::try_join_all(by_bucket.iter().map(|(bucket, ids)| async {
+                futures::try_join!(
+                    read::messages_meta(b, conv, *bucket, ids.clone()),
+                    read::fenced_chunk(b, conv, *bucket, ids, false)
+                )
+            })),
+            expire_records(b, conv, records, cutoff)
+        )?;
+        let mut cands: Vec<Candidate> = Vec::new();
+        let mut epochs: HashMap<i32, Option<i64>> = HashMap::new();
+        let mut purged_through = None;
+        for ((bucket, ids), (mut found, (mut states, epoch, through))) in
+            by_bucket.iter().zip(reads)
+        {
+            purged_through = purged_through.max(through);
+            epochs.insert(*bucket, epoch);
+            let mut doubtful = Vec::new();
+            for id in ids {
+                let Some(row) = found.remove(id) else {
+                    continue;
+                };
+                let state = states.remove(id);
+                if matches!(state, Some(StateRow::Purged { .. })) {
+                    continue;
+                }
+                let Some(lc) = rows::lifecycle_of(state.as_ref(), row.created_at) else {
+                    continue;
+                };
+                if !self.job.purgeable(&lc) {
+                    continue;
+                }
+                // No lifecycle in a bucket ever purged: read as the page walk reads it (the
+                // row may have been read before another purger deleted it).
+                if state.is_none() && epoch.is_some() {
+                    doubtful.push(*id);
+                }
+                let never_changed = state.is_none();
+                cands.push(Candidate {
+                    id: MsgId::from_i64(*id).map_err(|_| error::corrupt("purge entry"))?,
+                    bucket: *bucket,
+                    key: row.message.attachment.map(|a| a.key),
+                    version: state.as_ref().and_then(StateRow::version),
+                    seqs: match state {
+                        Some(StateRow::Live { event_seqs, .. }) => event_seqs,
+                        _ => Vec::new(),
+                    },
+                    never_changed,
+                });
+            }
+            if !doubtful.is_empty() {
+                let there = read::still_there(b, conv, *bucket, doubtful.clone()).await?;
+                cands.retain(|c| {
+                    let id = c.id.as_i64();
+                    !doubtful.contains(&id) || there.contains(&id)
+                });
+            }
+        }
+        let mut reserved = 0;
+        cands.retain(|_| {
+            let ok = budget.reserve();
+            reserved += u64::from(ok);
+            ok
+        });
+        if cands.is_empty() {
+            return Ok(Vec::new());
+        }
+        let before = self.report.messages;
+        let result = self
+            .commit_group(conv, &cands, &epochs, purged_through)
+            .await;
+        budget.settle_group(reserved, self.report.messages - before);
+        result
+    }
+
+    /// The commit of a group and its finish; see [`Run::group`].
+    async fn commit_group(
+        &mut self,
+        conv: &ConversationId,
+        cands: &[Candidate],
+        epochs: &HashMap<i32, Option<i64>>,
+        purged_through: Option<i64>,
+    ) -> Result<Vec<MsgId>> {
+        let b = self.b;
+        let c = conv.as_str();
+        let mut commit = b.conditional_batch();
+        let mut values: Vec<BoxedRow> = Vec::new();
+        commit.append_statement(b.st().head_mark.clone());
+        values.push(Box::new((c.to_owned(),)));
+        let token = rand::random::<i64>();
+        self.mine.insert(token);
+        for cand in cands {
+            commit.append_statement(b.st().purge_commit.clone());
+            values.push(Box::new((
+                cand.key.clone().map_or(MaybeUnset::Unset, MaybeUnset::Set),
+                self.job.now().as_millis(),
+                token,
+                c.to_owned(),
+                cand.id.as_i64(),
+                cand.version
+                    .map(crate::transition::version_col)
+                    .transpose()?,
+            )));
+        }
+        let buckets: std::collections::BTreeSet<i32> = cands.iter().map(|c| c.bucket).collect();
+        for bucket in buckets {
+            let sentinel = sentinel_key(bucket);
+            // As in the one-at-a-time commit: a never-changed message expects the sentinel as
+            // read, since "no lifecycle row" holds again once another purger finished it.
+            if cands.iter().any(|c| c.bucket == bucket && c.never_changed) {
+                commit.append_statement(b.st().sentinel_fence.clone());
+                values.push(Box::new((
+                    rand::random::<i64>(),
+                    c.to_owned(),
+                    sentinel,
+                    epochs.get(&bucket).copied().flatten(),
+                )));
+            } else {
+                commit.append_statement(b.st().sentinel_set.clone());
+                values.push(Box::new((rand::random::<i64>(), c.to_owned(), sentinel)));
+            }
+        }
+        let seqs: Vec<i64> = cands.iter().flat_map(|c| c.seqs.iter().copied()).collect();
+        for seq in &seqs {
+            commit.append_statement(b.st().event_delete.clone());
+            values.push(Box::new((c.to_owned(), *seq)));
+        }
+        if let Some(&top) = seqs.iter().max()
+            && top > purged_through.unwrap_or(0)
+        {
+            commit.append_statement(b.st().purged_through_raise.clone());
+            values.push(Box::new((top, c.to_owned(), purged_through)));
+        }
+        match crate::transition::run_batch(b, &commit, values).await {
+            Ok(true) => {}
+            Ok(false) => return Ok(Vec::new()),
+            // Unknown: the one-at-a-time path reads at SERIAL (completing this round, if it
+            // was accepted) and finishes the markers that carry this call's token.
+            Err(e) if e.is_temporary() => {
+                self.serial = true;
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e),
+        }
+        self.report.events += seqs.len() as u64;
+        // (2) The message rows, one conditional batch per bucket partition: applied, every row
+        // was there and this call counts them all; otherwise each is settled alone.
+        let mut by_bucket: std::collections::BTreeMap<i32, Vec<&Candidate>> = Default::default();
+        for cand in cands {
+            by_bucket.entry(cand.bucket).or_default().push(cand);
+        }
+        let deletes = futures::future::join_all(by_bucket.iter().map(|(bucket, group)| {
+            let mut batch = b.conditional_batch();
+            let mut values: Vec<BoxedRow> = Vec::with_capacity(group.len());
+            for cand in group {
+                batch.append_statement(b.st().msg_delete.clone());
+                values.push(Box::new((c.to_owned(), *bucket, cand.id.as_i64())));
+            }
+            async move { crate::transition::run_batch(b, &batch, values).await }
+        }))
+        .await;
+        let mut alone = Vec::new();
+        let mut rest = Vec::new();
+        for ((bucket, group), deleted) in by_bucket.into_iter().zip(deletes) {
+            match deleted {
+                Ok(true) => {
+                    self.report.messages += group.len() as u64;
+                    self.touched.insert((conv.clone(), bucket));
+                    rest.extend(group);
+                }
+                Ok(false) => alone.extend(group),
+                Err(e) if e.is_temporary() => alone.extend(group),
+                Err(e) => return Err(e),
+            }
+        }
+        for cand in alone {
+            self.finish(conv, cand.id, true, cand.key.clone(), true)
+                .await?;
+        }
+        // (3) The references, then the markers in one conditional delete.
+        futures::future::try_join_all(rest.iter().filter_map(|cand| {
+            let key = cand.key.as_deref()?;
+            Some(async move {
+                b.session()
+                    .execute_unpaged(&b.st().ref_remove, (key, c, cand.id.as_i64()))
+                    .await
+                    .map_err(error::execution)
+            })
+        }))
+        .await?;
+        let mut unmark = b.conditional_batch();
+        let mut values: Vec<BoxedRow> = Vec::with_capacity(rest.len());
+        for cand in &rest {
+            unmark.append_statement(b.st().state_delete.clone());
+            values.push(Box::new((c.to_owned(), cand.id.as_i64())));
+        }
+        let unmarked = if rest.is_empty() {
+            Ok(true)
+        } else {
+            crate::transition::run_batch(b, &unmark, values).await
+        };
+        match unmarked {
+            Ok(true) => {
+                for key in rest.iter().filter_map(|c| c.key.clone()) {
+                    if is_empty(b, &b.st().ref_any, (key.as_str(),)).await?
+                        && !self.report.released_attachments.contains(&key)
+                    {
+                        self.report.released_attachments.push(key);
+                    }
+                }
+            }
+            Ok(false) => {
+                for cand in &rest {
+                    self.finish(conv, cand.id, false, cand.key.clone(), true)
+                        .await?;
+                }
+            }
+            Err(e) if e.is_temporary() => {
+                for cand in &rest {
+                    self.finish(conv, cand.id, false, cand.key.clone(), true)
+                        .await?;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(cands.iter().map(|c| c.id).collect())
+    }
+
+    /// Removes the queue entries of `done` (one shard-day) in unlogged batches of its one
+    /// partition.
+    async fn unqueue(
+        &self,
+        queue: Queue,
+        (day, shard): (i32, i32),
+        done: &[&index::Entry],
+    ) -> Result<()> {
+        use scylla::statement::batch::{Batch, BatchType};
+        let b = self.b;
+        let config = b.config();
+        let writes = done.chunks(UNQUEUE_ROWS).map(|chunk| {
+            let mut batch = Batch::new(BatchType::Unlogged);
+            batch.set_consistency(config.consistency());
+            batch.set_request_timeout(Some(config.request_timeout()));
+            // Deleting the same rows again is harmless.
+            batch.set_is_idempotent(true);
+            let mut values: Vec<BoxedRow> = Vec::with_capacity(chunk.len());
+            for (due, conv, msg_id, request_id) in chunk.iter().copied() {
+                match queue {
+                    Queue::Retention => {
+                        batch.append_statement(b.st().rq_remove.clone());
+                        values.push(Box::new((
+                            day,
+                            shard,
+                            *due,
+                            conv.clone(),
+                            *msg_id,
+                            request_id.clone(),
+                        )));
+                    }
+                    Queue::History => {
+                        batch.append_statement(b.st().hq_remove.clone());
+                        values.push(Box::new((day, shard, *due, conv.clone(), *msg_id)));
+                    }
+                }
+            }
+            async move {
+                b.session()
+                    .batch(&batch, values)
+                    .await
+                    .map(|_| ())
+                    .map_err(error::execution)
+            }
+        });
+        futures::future::try_join_all(writes).await?;
+        Ok(())
     }
 
     /// A day every shard of which is done: its partitions, marks and day row go.
@@ -988,6 +1386,47 @@ impl<'a, 'j> Run<'a, 'j> {
         }
         Ok(())
     }
+}
+
+/// Expires the request records `ids` of one conversation whose retention has passed, in one
+/// conditional batch (`IF at_ms <= cutoff` each); when it does not apply (one is gone already,
+/// or younger), each is expired alone. A timeout is settled by writing again: the record is gone
+/// either way.
+async fn expire_records(
+    b: &ScyllaBackend,
+    conv: &ConversationId,
+    ids: &[&str],
+    cutoff: i64,
+) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut batch = b.conditional_batch();
+    let mut values: Vec<BoxedRow> = Vec::with_capacity(ids.len());
+    for id in ids {
+        batch.append_statement(b.st().request_expire.clone());
+        values.push(Box::new((
+            conv.as_str().to_owned(),
+            (*id).to_owned(),
+            cutoff,
+        )));
+    }
+    match crate::transition::run_batch(b, &batch, values).await {
+        Ok(true) => return Ok(()),
+        Ok(false) => {}
+        Err(e) if e.is_temporary() => {}
+        Err(e) => return Err(e),
+    }
+    for id in ids {
+        conditional(
+            b,
+            &b.st().request_expire,
+            (conv.as_str().to_owned(), (*id).to_owned(), cutoff),
+            || async { Ok(None) },
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Milliseconds in a day (the queues' day partitions).

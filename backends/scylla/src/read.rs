@@ -126,8 +126,45 @@ pub(crate) async fn message(
         .transpose()
 }
 
+/// The message rows of `ids` (all in `bucket`, at most [`IN_CHUNK`]) without their content, by
+/// msg_id, in one query: what the purge decides a group of entries from.
+pub(crate) async fn messages_meta(
+    b: &ScyllaBackend,
+    conversation: &ConversationId,
+    bucket: i32,
+    ids: Vec<i64>,
+) -> Result<HashMap<i64, MessageRow>> {
+    let res = b
+        .session()
+        .execute_unpaged(&b.st().msg_meta_in, (conversation.as_str(), bucket, ids))
+        .await
+        .map_err(error::execution)?
+        .into_rows_result()
+        .map_err(|e| error::decode("message rows", e))?;
+    type MetaCols = (
+        i64,
+        Option<String>,
+        Option<i32>,
+        Option<String>,
+        Option<i64>,
+        Option<String>,
+        Option<i64>,
+    );
+    let mut found = HashMap::new();
+    for row in res
+        .rows::<MetaCols>()
+        .map_err(|e| error::decode("message rows", e))?
+    {
+        let (id, s, t, k, z, m, c) = row.map_err(|e| error::decode("message rows", e))?;
+        let msg_id = MsgId::from_i64(id).map_err(|_| error::corrupt("message row"))?;
+        let row = rows::message(conversation, msg_id, (s, t, Some(Vec::new()), k, z, m, c))?;
+        found.insert(id, row);
+    }
+    Ok(found)
+}
+
 /// Lifecycle rows by msg_id, the bucket's sentinel epoch, and the feed's low-water mark.
-type Chunk = (HashMap<i64, StateRow>, Option<i64>, Option<i64>);
+pub(crate) type Chunk = (HashMap<i64, StateRow>, Option<i64>, Option<i64>);
 
 type FencedCols = (
     i64,
@@ -147,7 +184,7 @@ type FencedCols = (
 );
 
 /// The lifecycle rows of `ids` (all in `bucket`) and the bucket's sentinel, in one query.
-async fn fenced_chunk(
+pub(crate) async fn fenced_chunk(
     b: &ScyllaBackend,
     conversation: &ConversationId,
     bucket: i32,
@@ -214,7 +251,7 @@ pub(crate) async fn fenced(
 }
 
 /// Which of `ids` (all in `bucket`) still have a message row, read after their lifecycles.
-async fn still_there(
+pub(crate) async fn still_there(
     b: &ScyllaBackend,
     conversation: &ConversationId,
     bucket: i32,

@@ -85,6 +85,7 @@ statements! {
     msg_get: Idempotent => "SELECT sender_id, msg_type, content, attachment_key, attachment_size, attachment_mime, created_at, insert_token FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id = ?",
     msg_get_serial: SerialRead => "SELECT sender_id, msg_type, content, attachment_key, attachment_size, attachment_mime, created_at, insert_token FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id = ?",
     msg_get_meta: Idempotent => "SELECT sender_id, msg_type, attachment_key, attachment_size, attachment_mime, created_at FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id = ?",
+    msg_meta_in: Idempotent => "SELECT msg_id, sender_id, msg_type, attachment_key, attachment_size, attachment_mime, created_at FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id IN ?",
     msg_exists: Idempotent => "SELECT msg_id FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND msg_id IN ?",
     // Newest first from the newest message: no bound, so the largest msg_id is included.
     msg_page_newest: Idempotent => "SELECT msg_id, sender_id, msg_type, content, attachment_key, attachment_size, attachment_mime, created_at FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? LIMIT ?",

@@ -405,3 +405,129 @@ async fn a_page_of_messages_being_purged_does_not_end_the_walk() {
     }
     h.finish().await;
 }
+
+/// One conversation with `n` messages, every one recalled by its sender; every third a file
+/// (`file-<i>`), and messages 1 and 4 share the file `shared`. Returns the ids in send order.
+async fn recalled_many(h: &H<'_>, c: &Cast, n: usize) -> Vec<MsgId> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let m = match i {
+            1 | 4 => c.file("shared"),
+            i if i % 3 == 0 => c.file(&format!("file-{i}")),
+            i => c.text(&format!("text {i}")),
+        };
+        h.store.insert(m.clone()).await.unwrap();
+        h.store
+            .transition(c.request(Action::Recall, &c.alice, m.msg_id))
+            .await
+            .unwrap();
+        ids.push(m.msg_id);
+    }
+    ids
+}
+
+// The purge commits the purgeable messages of one conversation together (one commit, one
+// delete per bucket, one marker delete): the group must still remove exactly the purgeable
+// ones, with their events and the files no other message references, once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grouped_purge_removes_exactly_the_purgeable_messages_once() {
+    let f = ScyllaFactory::from_env();
+    let h = Harness::start(&f, Setup::default()).await;
+    let c = Cast::new(&h.settings);
+    let ids = recalled_many(&h, &c, 60).await;
+    // Restored: Normal again, never purgeable by retention; its two events stay.
+    h.store
+        .transition(c.request(Action::Restore, &c.alice, ids[4]))
+        .await
+        .unwrap();
+    h.clock.advance(PAST_RETENTION);
+    let report = h
+        .store
+        .purge_all(PurgeOptions { batch_size: 500 })
+        .await
+        .unwrap();
+    assert_eq!((report.messages, report.events), (59, 59));
+    let mut released = report.released_attachments.clone();
+    released.sort();
+    let mut expected: Vec<String> = (0..60)
+        .filter(|i| i % 3 == 0 && *i != 1 && *i != 4)
+        .map(|i| format!("file-{i}"))
+        .collect();
+    expected.sort();
+    assert_eq!(
+        released, expected,
+        "`shared` is still referenced by message 4"
+    );
+    let page = h
+        .store
+        .list(&c.conv, &c.alice, imstore_core::ListOptions::newest(100))
+        .await
+        .unwrap();
+    assert_eq!(
+        page.items.iter().map(|m| m.msg_id).collect::<Vec<_>>(),
+        vec![ids[4]]
+    );
+    let feed = h
+        .store
+        .changes_since(&c.conv, &c.bob, FeedCursor::START, 100)
+        .await
+        .unwrap();
+    // What is left is the restored message's: its restore (its recall, below the feed's purge
+    // low-water mark, is hidden like every event under it).
+    assert_eq!(
+        feed.events
+            .iter()
+            .map(|e| (e.msg_id, e.status, e.version))
+            .collect::<Vec<_>>(),
+        vec![(ids[4], Status::Normal, 3)]
+    );
+    for id in ids.iter().filter(|id| **id != ids[4]) {
+        assert_eq!(h.raw_content(&c.conv, *id).await, None);
+    }
+    let again = h
+        .store
+        .purge(PurgeOptions { batch_size: 500 })
+        .await
+        .unwrap();
+    assert_eq!((again.messages, again.events), (0, 0));
+    assert!(!again.more);
+    h.finish().await;
+}
+
+// One commit could take 50 messages; a call still removes at most its batch, says there is
+// more, and the next calls take the rest without counting anything twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grouped_purge_keeps_to_the_batch_size() {
+    let f = ScyllaFactory::from_env();
+    let h = Harness::start(&f, Setup::default()).await;
+    let c = Cast::new(&h.settings);
+    recalled_many(&h, &c, 40).await;
+    h.clock.advance(PAST_RETENTION);
+    let mut total = 0;
+    let mut calls = 0;
+    loop {
+        let r = h.store.purge(PurgeOptions { batch_size: 7 }).await.unwrap();
+        assert!(
+            r.messages <= 7,
+            "a call removed {} of a batch of 7",
+            r.messages
+        );
+        total += r.messages;
+        calls += 1;
+        assert!(calls <= 40, "the purge never finished");
+        if !r.more {
+            break;
+        }
+        assert_eq!(r.messages, 7, "a call that says more removed a full batch");
+    }
+    assert_eq!(total, 40);
+    assert!(
+        h.store
+            .list(&c.conv, &c.alice, imstore_core::ListOptions::newest(100))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    h.finish().await;
+}
