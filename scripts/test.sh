@@ -47,6 +47,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 bash scripts/servers.sh start </dev/null
+echo "[test.sh] servers up after $SECONDS s" >&2
 # shellcheck source=/dev/null
 source .servers/env
 
@@ -55,9 +56,12 @@ echo "[test.sh] $(cargo --version), $(rustc --version)" >&2
 status=0
 # Each step runs even when an earlier one failed, so one run reports every problem; the exit
 # status is the first failure's.
+# Each step's time is printed, so a run that nears CI's time limit shows where the time went.
 step() {
   echo "[test.sh] $*" >&2
+  local t0=$SECONDS
   "$@" </dev/null || { local rc=$?; if ((status == 0)); then status=$rc; fi; }
+  echo "[test.sh] took $((SECONDS - t0)) s (run total $SECONDS s): $*" >&2
 }
 step cargo fmt --all --check
 step cargo test --workspace --all-features
@@ -68,7 +72,9 @@ step cargo test --all-features -p imstore-postgres -p imstore-mongodb -p imstore
 if [[ ${CI:-} == true || ${IMSTORE_CLUSTER:-1} != 0 ]]; then
   if ! bash scripts/servers.sh cluster status >/dev/null 2>&1; then cluster_started=1; fi
   echo "[test.sh] bash scripts/servers.sh cluster start" >&2
+  t0=$SECONDS
   if bash scripts/servers.sh cluster start </dev/null; then
+    echo "[test.sh] cluster up in $((SECONDS - t0)) s" >&2
     # shellcheck source=/dev/null
     source .servers/cluster/env
     step cargo test --all-features -p imstore-scylla --test cluster
