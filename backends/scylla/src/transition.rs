@@ -14,7 +14,7 @@
 //!   <read>`, so a purge that committed since the read fails the batch), the event under the new
 //!   seq, and the request record `IF at_ms = null`.
 //!
-//! Changes of one conversation decided at the same time share their batch: see [`Lanes`].
+//! The decisions of one conversation made at the same time share their batch: see [`Lanes`].
 //!
 //! Not applied: another writer, purger or record won; decide again from a new read (the core's
 //! [`Retry`]). A Paxos timeout leaves the outcome unknown: the next read is linearizable
@@ -25,10 +25,11 @@ use imstore_core::backend::Fields;
 use imstore_core::lifecycle::RequestRecord;
 use imstore_core::transition::{Decider, Decision};
 use imstore_core::{Error, ErrorKind, Lifecycle, Result, Retry, Timestamp, TransitionOutcome};
-use scylla::statement::batch::Batch;
+use scylla::statement::batch::{Batch, BatchStatement};
 use scylla::value::MaybeUnset;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error;
 use crate::handle::ScyllaBackend;
@@ -133,12 +134,28 @@ struct Read {
 async fn read_all(b: &ScyllaBackend, decider: &Decider<'_>, serial: bool) -> Result<Read> {
     let req = decider.request();
     let conv = &req.conversation_id;
-    let (record, fenced, head, row) = futures::try_join!(
-        read::request(b, req, serial),
-        read::fenced(b, conv, req.msg_id, serial),
-        read::head(b, conv, serial),
-        read::message(b, conv, req.msg_id, Fields::NoContent, serial),
-    )?;
+    let (record, fenced, head, row) = if serial {
+        // One SERIAL read of the state partition completes any proposal accepted there (Paxos
+        // state is per partition), so the partition's other rows are then read at the ordinary
+        // level: three SERIAL reads more would each be a Paxos round contending with the
+        // writers this call lost to. The message row lives in another partition.
+        let (record, row) = futures::try_join!(
+            read::request(b, req, true),
+            read::message(b, conv, req.msg_id, Fields::NoContent, true),
+        )?;
+        let (fenced, head) = futures::try_join!(
+            read::fenced(b, conv, req.msg_id, false),
+            read::head(b, conv, false),
+        )?;
+        (record, fenced, head, row)
+    } else {
+        futures::try_join!(
+            read::request(b, req, false),
+            read::fenced(b, conv, req.msg_id, false),
+            read::head(b, conv, false),
+            read::message(b, conv, req.msg_id, Fields::NoContent, false),
+        )?
+    };
     let mut message = row.and_then(|m| {
         rows::lifecycle_of(fenced.state.as_ref(), m.created_at).map(|lc| (m.message.sender_id, lc))
     });
@@ -180,6 +197,8 @@ pub(crate) async fn transition(
                 let p = progress.lock().unwrap_or_else(|p| p.into_inner());
                 (p.serial, p.queued)
             };
+            // Taken before the read: a lane batch acknowledged after it may be unseen.
+            let seen = b.inner().transition_lanes.seen();
             // The retention entry is written beside the first read, not after it: it depends
             // on the request alone, and the purge drops an entry whose message turns out not
             // purgeable (as after a crash between the entry and the batch), so one written for
@@ -221,10 +240,7 @@ pub(crate) async fn transition(
             let Some(plan) = plan(b, decider, &read, &decision, token)? else {
                 return Ok(Some(decision.into_answer()));
             };
-            let applied = match plan {
-                Plan::Record(batch, values) => run_batch(b, &batch, values).await,
-                Plan::Apply { head, part } => through_lane(b, head, *part).await,
-            };
+            let applied = through_lane(b, seen, read.head, plan).await;
             match applied {
                 Ok(true) => Ok(Some(decision.into_answer())),
                 Ok(false) => {
@@ -241,16 +257,42 @@ pub(crate) async fn transition(
         .await?
 }
 
-/// How a decision is persisted.
-enum Plan {
-    /// A record (and the lifecycle it was judged on) in a batch of its own: claims no seq.
-    Record(Batch, Vec<BoxedRow>),
-    /// A change: its part of its conversation's next combined batch (see [`Lanes`]).
-    Apply {
-        /// The feed head the decision read.
-        head: Option<i64>,
-        part: Box<Part>,
+/// How a decision is persisted: its part of its conversation's next combined batch (see
+/// [`Lanes`]).
+pub(crate) enum Plan {
+    /// A record (and the lifecycle it was judged on, rewritten as it was): claims no seq.
+    Record {
+        conv: String,
+        msg_id: i64,
+        request_id: String,
+        statements: Vec<BatchStatement>,
+        values: Vec<BoxedRow>,
     },
+    /// A change: claims the next seq.
+    Apply(Box<Part>),
+}
+
+impl Plan {
+    fn conv(&self) -> &str {
+        match self {
+            Plan::Record { conv, .. } => conv,
+            Plan::Apply(p) => &p.conv,
+        }
+    }
+
+    fn msg_id(&self) -> i64 {
+        match self {
+            Plan::Record { msg_id, .. } => *msg_id,
+            Plan::Apply(p) => p.msg_id,
+        }
+    }
+
+    fn request_id(&self) -> &str {
+        match self {
+            Plan::Record { request_id, .. } => request_id,
+            Plan::Apply(p) => &p.request_id,
+        }
+    }
 }
 
 /// One change's statements in a combined batch, but for its seq, which the batch assigns.
@@ -318,66 +360,117 @@ impl Part {
 }
 
 /// Changes per combined batch: about 2 KiB of mutations each, under the server's batch limits.
+/// Decisions per combined batch: about 2 KiB of mutations each, under the server's batch limits.
 const PARTS_PER_BATCH: usize = 16;
 
-/// The changes waiting for their conversation's next combined batch, by conversation, with
-/// the head the lane's last applied batch left (a conversation is in the map while its lane
-/// task runs).
+/// Per lane, the messages and request ids its recent batches wrote that are remembered (the
+/// oldest half is forgotten beyond it; forgetting only costs a doomed part one batch).
+const REMEMBERED: usize = 1024;
+
+/// The decisions waiting for their conversation's next combined batch, by conversation (a
+/// conversation is in the map while its lane task runs), and a counter of acknowledged batches.
 ///
 /// Every change claims the feed head `IF feed_head = <read>`; concurrent changes in one
-/// conversation would each win a Paxos round only after losing several. A lane writes
-/// whatever changes wait as ONE conditional batch that claims `head + n` once and gives the
-/// changes seqs `head + 1 ..= head + n` (dense, as the feed window needs). Each change keeps
-/// its own conditions (lifecycle version, sentinel, record absent), so a batch applies only if
-/// every change in it still holds; a batch never holds two changes of one message or one
-/// request id, whose writes would merge. When a batch does not apply, every change in it is
-/// decided again from a fresh read, as a lost round always was.
+/// conversation would each win a Paxos round only after losing several, and a record beside
+/// them would contend with them for the partition's Paxos state. A lane writes whatever waits
+/// as ONE conditional batch that claims `head + n` once and gives its n changes seqs
+/// `head + 1 ..= head + n` (dense, as the feed window needs); records ride along and claim no
+/// seq. Each decision keeps its own conditions (lifecycle version, sentinel, record absent), so
+/// a batch applies only if every one still holds; a batch never holds two decisions of one
+/// message or one request id, whose writes would merge. When a batch does not apply, every
+/// decision in it is decided again from a fresh read, as a lost round always was.
+///
+/// One doomed decision fails the whole batch, so the lane answers "not applied" without a
+/// round trip to a decision that cannot hold: one whose message or request id a batch of this
+/// lane wrote after the decision's read began (its version or absent record is stale). And a
+/// batch that does not apply leaves the head it claimed as the lane's lower bound of the head
+/// (the head only grows), not nothing: else the next batch would claim from its decisions' own,
+/// older reads and fail in turn.
 #[derive(Default)]
-pub(crate) struct Lanes(Mutex<HashMap<String, Lane>>);
+pub(crate) struct Lanes {
+    lanes: Mutex<HashMap<String, Lane>>,
+    /// Batches acknowledged, or with an unknown outcome, by every lane of this backend.
+    written: AtomicU64,
+}
 
 #[derive(Default)]
 struct Lane {
     waiting: VecDeque<Waiting>,
-    /// The head after this lane's last applied batch (`None` after one that did not apply).
+    /// A lower bound of the feed head: the head the lane's last applied batch left, or the head
+    /// its last unapplied batch claimed.
     head: Option<i64>,
+    /// The `written` count after the last batch that wrote a message, by message.
+    changed: HashMap<i64, u64>,
+    /// The `written` count after the last batch that wrote a request record, by request id.
+    recorded: HashMap<String, u64>,
 }
 
 struct Waiting {
+    /// `written` before the decision's read began.
+    seen: u64,
+    /// The feed head the decision read.
     head: Option<i64>,
-    part: Part,
+    plan: Plan,
     answer: futures::channel::oneshot::Sender<Result<bool>>,
+}
+
+impl Waiting {
+    /// A batch of this lane wrote the decision's message or request after its read began.
+    fn doomed(&self, lane: &Lane) -> bool {
+        let after = |n: Option<&u64>| n.is_some_and(|n| *n > self.seen);
+        after(lane.changed.get(&self.plan.msg_id()))
+            || after(lane.recorded.get(self.plan.request_id()))
+    }
+}
+
+/// Forgets the oldest half of `map` once it holds more than [`REMEMBERED`] entries.
+fn forget_oldest<K: Eq + std::hash::Hash>(map: &mut HashMap<K, u64>) {
+    if map.len() > REMEMBERED {
+        let mut counts: Vec<u64> = map.values().copied().collect();
+        counts.sort_unstable();
+        let cut = counts[counts.len() / 2];
+        map.retain(|_, n| *n > cut);
+    }
 }
 
 impl Lanes {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Lane>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.lanes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The count of batches written so far, taken before a decision's read.
+    pub(crate) fn seen(&self) -> u64 {
+        self.written.load(Ordering::SeqCst)
     }
 
     /// The next batch of `conv`'s lane and the head it claims from, or `None` after closing the
-    /// lane when nothing waits.
+    /// lane when nothing waits. Doomed decisions are answered "not applied" here.
     fn next(&self, conv: &str) -> Option<(Option<i64>, Vec<Waiting>)> {
         let mut lanes = self.lock();
         let lane = lanes.get_mut(conv)?;
-        if lane.waiting.is_empty() {
-            lanes.remove(conv);
-            return None;
-        }
         let mut taken = Vec::new();
         let mut later = VecDeque::new();
         let (mut msgs, mut reqs) = (HashSet::new(), HashSet::new());
         while let Some(w) = lane.waiting.pop_front() {
-            if taken.len() < PARTS_PER_BATCH
-                && !msgs.contains(&w.part.msg_id)
-                && !reqs.contains(&w.part.request_id)
+            if w.doomed(lane) {
+                // A caller that stopped waiting has nobody to tell.
+                let _ = w.answer.send(Ok(false));
+            } else if taken.len() < PARTS_PER_BATCH
+                && !msgs.contains(&w.plan.msg_id())
+                && !reqs.contains(w.plan.request_id())
             {
-                msgs.insert(w.part.msg_id);
-                reqs.insert(w.part.request_id.clone());
+                msgs.insert(w.plan.msg_id());
+                reqs.insert(w.plan.request_id().to_owned());
                 taken.push(w);
             } else {
                 later.push_back(w);
             }
         }
         lane.waiting = later;
+        if taken.is_empty() {
+            lanes.remove(conv);
+            return None;
+        }
         let head = taken
             .iter()
             .map(|w| w.head)
@@ -387,16 +480,27 @@ impl Lanes {
         Some((head, taken))
     }
 
-    fn settle(&self, conv: &str, head: Option<i64>) {
-        if let Some(lane) = self.lock().get_mut(conv) {
-            lane.head = head;
+    /// Records what a batch of `conv`'s lane did: the head it leaves (a lower bound), and, when it
+    /// may have been written, what it wrote.
+    fn settle(&self, conv: &str, head: Option<i64>, wrote: Option<(Vec<i64>, Vec<String>)>) {
+        let mut lanes = self.lock();
+        let Some(lane) = lanes.get_mut(conv) else {
+            return;
+        };
+        lane.head = lane.head.max(head);
+        if let Some((msgs, reqs)) = wrote {
+            let n = self.written.fetch_add(1, Ordering::SeqCst) + 1;
+            lane.changed.extend(msgs.into_iter().map(|m| (m, n)));
+            lane.recorded.extend(reqs.into_iter().map(|r| (r, n)));
+            forget_oldest(&mut lane.changed);
+            forget_oldest(&mut lane.recorded);
         }
     }
 }
 
-/// Writes `part` in its conversation's next combined batch (see [`Lanes`]): `[applied]`.
-async fn through_lane(b: &ScyllaBackend, head: Option<i64>, part: Part) -> Result<bool> {
-    let conv = part.conv.clone();
+/// Writes `plan` in its conversation's next combined batch (see [`Lanes`]): `[applied]`.
+async fn through_lane(b: &ScyllaBackend, seen: u64, head: Option<i64>, plan: Plan) -> Result<bool> {
+    let conv = plan.conv().to_owned();
     let (tx, rx) = futures::channel::oneshot::channel();
     let start = {
         let mut lanes = b.inner().transition_lanes.lock();
@@ -406,8 +510,9 @@ async fn through_lane(b: &ScyllaBackend, head: Option<i64>, part: Part) -> Resul
             .or_default()
             .waiting
             .push_back(Waiting {
+                seen,
                 head,
-                part,
+                plan,
                 answer: tx,
             });
         start
@@ -417,8 +522,8 @@ async fn through_lane(b: &ScyllaBackend, head: Option<i64>, part: Part) -> Resul
         // Spawned, so a caller that stops waiting strands nobody in the lane.
         tokio::spawn(async move {
             while let Some((head, batch)) = b.inner().transition_lanes.next(&conv) {
-                let applied = run_lane_batch(&b, &conv, head, batch).await;
-                b.inner().transition_lanes.settle(&conv, applied);
+                let (left, wrote) = run_lane_batch(&b, &conv, head, batch).await;
+                b.inner().transition_lanes.settle(&conv, left, wrote);
             }
         });
     }
@@ -429,32 +534,73 @@ async fn through_lane(b: &ScyllaBackend, head: Option<i64>, part: Part) -> Resul
         )
     })?
 }
-/// Writes one combined batch of a lane and answers its changes; the head it left when applied.
+
+/// Writes one combined batch of a lane and answers its decisions: the head it leaves (the head
+/// it claimed when it did not apply), and the messages and request ids it wrote unless it
+/// surely did not.
 async fn run_lane_batch(
     b: &ScyllaBackend,
     conv: &str,
     head: Option<i64>,
     mut batch_of: Vec<Waiting>,
-) -> Option<i64> {
+) -> (Option<i64>, Option<(Vec<i64>, Vec<String>)>) {
+    let changes = batch_of
+        .iter()
+        .filter(|w| matches!(w.plan, Plan::Apply(_)))
+        .count();
     let built = (|| {
-        let n = i64::try_from(batch_of.len()).unwrap_or(i64::MAX);
+        let st = b.st();
+        let mut batch = b.conditional_batch();
+        let mut values: Vec<BoxedRow> = Vec::with_capacity(2 + 4 * batch_of.len());
+        // Every batch writes the head row (an idempotent overwrite of one row marker), so a
+        // partition with state always has it and the head and hold are read by name.
+        batch.append_statement(st.head_mark.clone());
+        values.push(Box::new((conv.to_owned(),)));
+        if changes == 0 {
+            // Records alone claim no seq, so the head is no condition of theirs.
+            for w in &mut batch_of {
+                if let Plan::Record {
+                    statements,
+                    values: v,
+                    ..
+                } = &mut w.plan
+                {
+                    for s in statements.drain(..) {
+                        batch.append_statement(s);
+                    }
+                    values.append(v);
+                }
+            }
+            return Ok::<_, Error>((batch, values, head));
+        }
+        let n = i64::try_from(changes).unwrap_or(i64::MAX);
         let first = head
             .unwrap_or(0)
             .checked_add(1)
             .filter(|f| f.checked_add(n - 1).is_some())
             .ok_or_else(|| Error::new(ErrorKind::InvalidState, "feed sequence exhausted"))?;
-        let st = b.st();
-        let mut batch = b.conditional_batch();
-        let mut values: Vec<BoxedRow> = Vec::with_capacity(2 + 4 * batch_of.len());
-        // Every batch writes the head row, so the head and hold are read by name.
-        batch.append_statement(st.head_mark.clone());
-        values.push(Box::new((conv.to_owned(),)));
         batch.append_statement(st.head_claim.clone());
         values.push(Box::new((first + n - 1, conv.to_owned(), head)));
-        for (i, w) in (0i64..).zip(batch_of.iter_mut()) {
-            w.part.append(b, first + i, &mut batch, &mut values)?;
+        let mut seq = first;
+        for w in &mut batch_of {
+            match &mut w.plan {
+                Plan::Apply(part) => {
+                    part.append(b, seq, &mut batch, &mut values)?;
+                    seq += 1;
+                }
+                Plan::Record {
+                    statements,
+                    values: v,
+                    ..
+                } => {
+                    for s in statements.drain(..) {
+                        batch.append_statement(s);
+                    }
+                    values.append(v);
+                }
+            }
         }
-        Ok::<_, Error>((batch, values, first + n - 1))
+        Ok((batch, values, Some(first + n - 1)))
     })();
     let outcome = match built {
         Ok((batch, values, last)) => run_batch(b, &batch, values)
@@ -462,7 +608,21 @@ async fn run_lane_batch(
             .map(|applied| applied.then_some(last)),
         Err(e) => Err(e),
     };
-    let left = outcome.as_ref().ok().copied().flatten();
+    let wrote = match &outcome {
+        Ok(None) => None,
+        // Applied, or perhaps (a timeout): either way a decision read before it is stale.
+        _ => Some((
+            batch_of.iter().map(|w| w.plan.msg_id()).collect(),
+            batch_of
+                .iter()
+                .map(|w| w.plan.request_id().to_owned())
+                .collect(),
+        )),
+    };
+    let left = match &outcome {
+        Ok(Some(last)) => *last,
+        _ => head,
+    };
     for w in batch_of {
         let answer = match &outcome {
             Ok(applied) => Ok(applied.is_some()),
@@ -471,10 +631,10 @@ async fn run_lane_batch(
         // A caller that stopped waiting has nobody to tell.
         let _ = w.answer.send(answer);
     }
-    left
+    (left, wrote)
 }
 
-/// The conditional batch that persists `decision`, or `None` when nothing is to be written.
+/// How `decision` is persisted, or `None` when nothing is to be written.
 fn plan(
     b: &ScyllaBackend,
     decider: &Decider<'_>,
@@ -485,25 +645,18 @@ fn plan(
     let req = decider.request();
     let conv = req.conversation_id.as_str().to_string();
     let st = b.st();
-    let mut batch = b.conditional_batch();
-    let mut values: Vec<BoxedRow> = Vec::with_capacity(6);
     let live_version = match &read.fenced.state {
         Some(StateRow::Live { changed, .. }) => Some(changed.version),
         _ => None,
     };
-    if matches!(decision, Decision::Answer(_)) {
-        return Ok(None);
-    }
-    // Every batch writes the head row (an idempotent overwrite of one row marker), so a partition
-    // with state always has it and the head and hold are read by name.
-    batch.append_statement(st.head_mark.clone());
-    values.push(Box::new((conv.clone(),)));
     match decision {
-        Decision::Answer(_) => return Ok(None),
+        Decision::Answer(_) => Ok(None),
         Decision::Record { record, .. } => {
+            let mut statements: Vec<BatchStatement> = Vec::with_capacity(2);
+            let mut values: Vec<BoxedRow> = Vec::with_capacity(2);
             if let (Some(v), Some((_, current))) = (live_version, &read.message) {
                 // Only while the message is still as judged.
-                batch.append_statement(st.state_write.clone());
+                statements.push(st.state_write.clone().into());
                 values.push(state_values(
                     (&conv, req.msg_id.as_i64()),
                     current,
@@ -512,8 +665,15 @@ fn plan(
                     Vec::new(),
                 )?);
             }
-            batch.append_statement(st.request_put.clone());
+            statements.push(st.request_put.clone().into());
             values.push(record_values(record, token)?);
+            Ok(Some(Plan::Record {
+                conv,
+                msg_id: req.msg_id.as_i64(),
+                request_id: req.request_id.as_str().to_owned(),
+                statements,
+                values,
+            }))
         }
         Decision::Apply { next, record, .. } => {
             let Some((_, current)) = &read.message else {
@@ -523,7 +683,7 @@ fn plan(
                 ));
             };
             let event = decider.event(0, next);
-            let part = Part {
+            Ok(Some(Plan::Apply(Box::new(Part {
                 conv,
                 msg_id: req.msg_id.as_i64(),
                 request_id: req.request_id.as_str().to_owned(),
@@ -542,12 +702,138 @@ fn plan(
                     event.by.as_str().to_string(),
                 ),
                 record: Some(record_values(record, token)?),
-            };
-            return Ok(Some(Plan::Apply {
-                head: read.head,
-                part: Box::new(part),
-            }));
+            }))))
         }
     }
-    Ok(Some(Plan::Record(batch, values)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::channel::oneshot;
+
+    /// A record decision of `msg` under request `req`, read when `seen` batches were written,
+    /// at feed head `head`; and where its answer arrives.
+    fn waiting(
+        seen: u64,
+        head: Option<i64>,
+        msg: i64,
+        req: &str,
+    ) -> (Waiting, oneshot::Receiver<Result<bool>>) {
+        let (answer, rx) = oneshot::channel();
+        let plan = Plan::Record {
+            conv: "c".into(),
+            msg_id: msg,
+            request_id: req.into(),
+            statements: Vec::new(),
+            values: Vec::new(),
+        };
+        (
+            Waiting {
+                seen,
+                head,
+                plan,
+                answer,
+            },
+            rx,
+        )
+    }
+
+    fn push(lanes: &Lanes, w: Waiting) {
+        lanes
+            .lock()
+            .entry("c".into())
+            .or_default()
+            .waiting
+            .push_back(w);
+    }
+
+    fn taken(batch: &Option<(Option<i64>, Vec<Waiting>)>) -> Vec<(i64, String)> {
+        batch.as_ref().map_or_else(Vec::new, |(_, ws)| {
+            ws.iter()
+                .map(|w| (w.plan.msg_id(), w.plan.request_id().to_owned()))
+                .collect()
+        })
+    }
+
+    /// A decision read before a batch of the lane wrote its message, or its request id, cannot
+    /// hold: it is answered "not applied" without a round trip, and the rest go on.
+    #[test]
+    fn a_decision_read_before_the_lane_wrote_its_message_or_request_is_not_sent() {
+        let lanes = Lanes::default();
+        let (first, _) = waiting(0, Some(0), 1, "a");
+        push(&lanes, first);
+        assert_eq!(taken(&lanes.next("c")), vec![(1, "a".to_owned())]);
+        lanes.settle("c", Some(1), Some((vec![1], vec!["a".into()])));
+        let (same_msg, same_msg_rx) = waiting(0, Some(0), 1, "b");
+        let (same_req, same_req_rx) = waiting(0, Some(0), 2, "a");
+        let (other, _) = waiting(0, Some(0), 3, "c");
+        let (after, _) = waiting(lanes.seen(), Some(1), 1, "d");
+        for w in [same_msg, same_req, other, after] {
+            push(&lanes, w);
+        }
+        let batch = lanes.next("c");
+        assert_eq!(
+            taken(&batch),
+            vec![(3, "c".to_owned()), (1, "d".to_owned())],
+            "the doomed two are not in the batch; one read after the write is"
+        );
+        for mut rx in [same_msg_rx, same_req_rx] {
+            assert!(matches!(rx.try_recv(), Ok(Some(Ok(false)))));
+        }
+    }
+
+    /// A batch that did not apply leaves the head it claimed as the lane's lower bound: the
+    /// next batch claims from it, not from its decisions' older reads.
+    #[test]
+    fn a_batch_that_did_not_apply_keeps_the_head_it_claimed() {
+        let lanes = Lanes::default();
+        let (w, _) = waiting(0, Some(7), 1, "a");
+        push(&lanes, w);
+        let (head, _) = lanes.next("c").unwrap();
+        assert_eq!(head, Some(7));
+        // Not applied: nothing written, and the head stays a lower bound.
+        lanes.settle("c", head, None);
+        let (stale, _) = waiting(0, Some(3), 2, "b");
+        push(&lanes, stale);
+        let (head, batch) = lanes.next("c").unwrap();
+        assert_eq!(head, Some(7), "claimed from the lane's bound");
+        assert_eq!(batch.len(), 1);
+        assert_eq!(
+            lanes.seen(),
+            0,
+            "a batch that surely did not apply counts nothing"
+        );
+    }
+
+    /// A lane with nothing but doomed decisions answers them and closes.
+    #[test]
+    fn a_lane_of_doomed_decisions_closes() {
+        let lanes = Lanes::default();
+        let (w, _) = waiting(0, None, 1, "a");
+        push(&lanes, w);
+        let _ = lanes.next("c");
+        lanes.settle("c", Some(1), Some((vec![1], vec!["a".into()])));
+        let (doomed, mut rx) = waiting(0, None, 1, "b");
+        push(&lanes, doomed);
+        assert!(lanes.next("c").is_none());
+        assert!(matches!(rx.try_recv(), Ok(Some(Ok(false)))));
+        assert!(lanes.lock().is_empty());
+    }
+
+    /// The memory of written messages stays bounded while a lane lives.
+    #[test]
+    fn the_lane_forgets_its_oldest_writes_beyond_its_bound() {
+        let lanes = Lanes::default();
+        let (w, _) = waiting(0, None, 0, "r");
+        push(&lanes, w);
+        for i in 0..(3 * REMEMBERED as i64) {
+            lanes.settle("c", Some(i), Some((vec![i], vec![format!("r{i}")])));
+        }
+        let map = lanes.lock();
+        let lane = map.get("c").unwrap();
+        assert!(lane.changed.len() <= REMEMBERED + 1);
+        assert!(lane.recorded.len() <= REMEMBERED + 1);
+        assert!(lane.changed.contains_key(&(3 * REMEMBERED as i64 - 1)));
+    }
 }

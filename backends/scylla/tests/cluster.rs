@@ -6,9 +6,9 @@
 //! The cluster's contact points come from `IMSTORE_SCYLLA_CLUSTER_NODES`
 //! (`source .servers/cluster/env`); without it every test fails, saying how to start the
 //! cluster. The target is `test = false` in Cargo.toml: `cargo test --workspace` leaves it out,
-//! and it runs only when named (`--test cluster`), with the cluster started. It is not in the
-//! CI run yet: 3-4 of its 114 cases fail on the cluster (contended conditional writes of the
-//! purge and re-key time out; see the backend README, "The 3-node cluster").
+//! and it runs only when named (`--test cluster`), with the cluster started; `scripts/test.sh`
+//! (so CI) starts the cluster after the single-node run and runs it (see the backend README,
+//! "The 3-node cluster").
 //!
 //! ```sh
 //! scripts/servers.sh cluster start && source .servers/cluster/env
