@@ -58,6 +58,9 @@ pub(crate) struct Inner {
     pub(crate) transition_lanes: transition::Lanes,
     /// The first bucket of recently paged conversations: the guess a page reads beside the index.
     pub(crate) first_buckets: read::FirstBuckets,
+    /// Conditional batches a test has the outcome of hidden after they ran.
+    #[cfg(feature = "testing")]
+    pub(crate) hidden: crate::testing::Hidden,
 }
 
 impl std::fmt::Debug for ScyllaBackend {
@@ -94,6 +97,8 @@ impl ScyllaBackend {
                 lanes: insert::Lanes::default(),
                 transition_lanes: transition::Lanes::default(),
                 first_buckets: read::FirstBuckets::default(),
+                #[cfg(feature = "testing")]
+                hidden: crate::testing::Hidden::default(),
             }),
         })
     }

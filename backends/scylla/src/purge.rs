@@ -179,13 +179,29 @@ struct Run<'a, 'j> {
 /// two do not race its conditional deletes), and finishes an older one, whose owner died.
 const MARKER_OWNED_MS: i64 = 60_000;
 
+/// Which conditional step of a message's purge an earlier attempt already sent with its outcome
+/// hidden by a timeout (a group's batch): a "not applied" answer to that step's retry is then
+/// no proof that somebody else did it, since the hidden attempt may have.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Sent {
+    /// Neither step: a "not applied" is another writer's doing.
+    Nothing,
+    /// The row delete (step 2).
+    RowDelete,
+    /// The marker's delete (step 3).
+    Unmark,
+}
+
 /// Runs `st` (a conditional write) until the server answers; a timeout, whose outcome is
 /// unknown, is settled by `settle` (a SERIAL read): `Some(applied)` when it tells, `None` to
-/// write again.
+/// write again. `hidden`: an earlier attempt of this same write outside this call had its
+/// outcome hidden. After any hidden attempt, a "not applied" is settled by `settle` too (it
+/// may be that attempt's own effect): `Some(applied)` when it tells, `None` keeps "not applied".
 async fn conditional<V, F, Fut>(
     b: &ScyllaBackend,
     st: &PreparedStatement,
     values: V,
+    hidden: bool,
     mut settle: F,
 ) -> Result<bool>
 where
@@ -195,6 +211,7 @@ where
 {
     let retry = Retry::default();
     let mut attempt = 1;
+    let mut hidden = hidden;
     loop {
         match b
             .session()
@@ -202,15 +219,30 @@ where
             .await
             .map_err(error::execution)
         {
-            Ok(res) => return Ok(rows::lwt(res)?.applied),
+            Ok(res) => {
+                let applied = rows::lwt(res)?.applied;
+                if applied || !hidden {
+                    return Ok(applied);
+                }
+                match settle().await {
+                    Ok(Some(applied)) => return Ok(applied),
+                    Ok(None) => return Ok(false),
+                    // The read timed out: write (and read) again.
+                    Err(e) if e.is_temporary() && attempt < retry.max_attempts => {}
+                    Err(e) => return Err(e),
+                }
+            }
             Err(e) if !e.is_temporary() || attempt >= retry.max_attempts => return Err(e),
             // A SERIAL read is a Paxos round too, and times out the same way: write again.
-            Err(_) => match settle().await {
-                Ok(Some(applied)) => return Ok(applied),
-                Ok(None) => {}
-                Err(e) if e.is_temporary() => {}
-                Err(e) => return Err(e),
-            },
+            Err(_) => {
+                hidden = true;
+                match settle().await {
+                    Ok(Some(applied)) => return Ok(applied),
+                    Ok(None) => {}
+                    Err(e) if e.is_temporary() => {}
+                    Err(e) => return Err(e),
+                }
+            }
         }
         tokio::time::sleep(retry.delay(attempt)).await;
         attempt += 1;
@@ -281,11 +313,13 @@ impl<'a, 'j> Run<'a, 'j> {
         row_present: bool,
         release_key: Option<String>,
         owned: bool,
+        sent: Sent,
     ) -> Result<()> {
         let (b, bucket) = (self.b, self.b.bucket_of(msg_id));
         if row_present {
             let key = (conv.as_str().to_string(), bucket, msg_id.as_i64());
-            let deleted = conditional(b, &b.st().msg_delete, key, || async {
+            let hidden = sent == Sent::RowDelete;
+            let deleted = conditional(b, &b.st().msg_delete, key, hidden, || async {
                 let row = read::message(b, conv, msg_id, Fields::NoContent, true).await?;
                 Ok(match row {
                     Some(_) => None,
@@ -313,6 +347,7 @@ impl<'a, 'j> Run<'a, 'j> {
             b,
             &b.st().state_delete,
             (conv.as_str().to_string(), msg_id.as_i64()),
+            sent == Sent::Unmark,
             || async {
                 let fenced = read::fenced(b, conv, msg_id, true).await?;
                 Ok(match fenced.state {
@@ -339,8 +374,15 @@ impl<'a, 'j> Run<'a, 'j> {
             return Ok(false);
         };
         let row = read::message(self.b, conv, msg_id, Fields::NoContent, false).await?;
-        self.finish(conv, msg_id, row.is_some(), release_key, false)
-            .await?;
+        self.finish(
+            conv,
+            msg_id,
+            row.is_some(),
+            release_key,
+            false,
+            Sent::Nothing,
+        )
+        .await?;
         Ok(true)
     }
 
@@ -386,6 +428,7 @@ impl<'a, 'j> Run<'a, 'j> {
         if let Some(StateRow::Purged {
             release_key,
             marked,
+            event_seqs,
         }) = fenced.state
         {
             let (at, token) = marked.unwrap_or_default();
@@ -395,8 +438,20 @@ impl<'a, 'j> Run<'a, 'j> {
                 // Another call's commit, being finished by it.
                 return Ok(Some(Verdict::Busy));
             }
-            self.finish(conv, msg_id, row.is_some(), release_key, owned)
-                .await?;
+            if owned {
+                // This call's commit, whose outcome a timeout hid: its events went with it
+                // and were not counted then (a finished commit leaves no marker behind).
+                self.report.events += event_seqs.len() as u64;
+            }
+            self.finish(
+                conv,
+                msg_id,
+                row.is_some(),
+                release_key,
+                owned,
+                Sent::Nothing,
+            )
+            .await?;
             return Ok(Some(Verdict::Done));
         }
         // Gone already, or never written (an insert that failed after indexing it); or purged
@@ -485,7 +540,8 @@ impl<'a, 'j> Run<'a, 'j> {
             Err(e) => return Err(e),
         }
         self.report.events += seqs.len() as u64;
-        self.finish(conv, msg_id, true, key, true).await?;
+        self.finish(conv, msg_id, true, key, true, Sent::Nothing)
+            .await?;
         Ok(Some(Verdict::Done))
     }
 
@@ -509,6 +565,7 @@ impl<'a, 'j> Run<'a, 'j> {
                         b,
                         &b.st().request_expire,
                         (conv.as_str().to_string(), request_id.to_string(), cutoff),
+                        false,
                         || async { Ok(None) },
                     )
                     .await?;
@@ -1061,13 +1118,17 @@ impl<'a, 'j> Run<'a, 'j> {
                     self.touched.insert((conv.clone(), bucket));
                     rest.extend(group);
                 }
-                Ok(false) => alone.extend(group),
-                Err(e) if e.is_temporary() => alone.extend(group),
+                Ok(false) => alone.extend(group.into_iter().map(|c| (c, Sent::Nothing))),
+                // Perhaps deleted: a row found gone is this call's doing (the marker is fresh
+                // and its own, and only a marker's owner deletes its rows).
+                Err(e) if e.is_temporary() => {
+                    alone.extend(group.into_iter().map(|c| (c, Sent::RowDelete)))
+                }
                 Err(e) => return Err(e),
             }
         }
-        for cand in alone {
-            self.finish(conv, cand.id, true, cand.key.clone(), true)
+        for (cand, sent) in alone {
+            self.finish(conv, cand.id, true, cand.key.clone(), true, sent)
                 .await?;
         }
         // (3) The references, then the markers in one conditional delete.
@@ -1104,13 +1165,15 @@ impl<'a, 'j> Run<'a, 'j> {
             }
             Ok(false) => {
                 for cand in &rest {
-                    self.finish(conv, cand.id, false, cand.key.clone(), true)
+                    self.finish(conv, cand.id, false, cand.key.clone(), true, Sent::Nothing)
                         .await?;
                 }
             }
+            // Perhaps unmarked: a marker found gone is this call's doing, and its files are
+            // still to report.
             Err(e) if e.is_temporary() => {
                 for cand in &rest {
-                    self.finish(conv, cand.id, false, cand.key.clone(), true)
+                    self.finish(conv, cand.id, false, cand.key.clone(), true, Sent::Unmark)
                         .await?;
                 }
             }
@@ -1422,6 +1485,7 @@ async fn expire_records(
             b,
             &b.st().request_expire,
             (conv.as_str().to_owned(), (*id).to_owned(), cutoff),
+            false,
             || async { Ok(None) },
         )
         .await?;

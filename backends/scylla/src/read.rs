@@ -221,9 +221,14 @@ pub(crate) async fn fenced_chunk(
             epoch = at;
         } else {
             let state = match rows::state((a, b2, c, d, e, f, g, h, i, j))? {
-                StateRow::Purged { release_key, .. } => StateRow::Purged {
+                StateRow::Purged {
+                    release_key,
+                    event_seqs,
+                    ..
+                } => StateRow::Purged {
                     release_key,
                     marked: Some((at, token)),
+                    event_seqs,
                 },
                 live => live,
             };

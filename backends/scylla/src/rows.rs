@@ -105,6 +105,8 @@ pub(crate) enum StateRow {
     Purged {
         release_key: Option<String>,
         marked: Option<(Option<i64>, Option<i64>)>,
+        /// The seqs of the events the commit removed (the commit leaves the column as it was).
+        event_seqs: Vec<i64>,
     },
 }
 
@@ -207,6 +209,7 @@ pub(crate) fn state(cols: StateCols) -> Result<StateRow> {
         return Ok(StateRow::Purged {
             release_key: key,
             marked: None,
+            event_seqs: seqs.unwrap_or_default(),
         });
     }
     Ok(StateRow::Live {

@@ -404,3 +404,51 @@ impl StoreFactory for ScyllaFactory {
         }
     }
 }
+
+/// Conditional batches whose outcome the backend hides after running them (see
+/// [`hide_outcomes`]): by a text their statements contain, how many more to hide.
+#[derive(Default)]
+pub(crate) struct Hidden(Mutex<Vec<(String, u32)>>);
+
+impl Hidden {
+    /// True when `batch` is one to hide (and counts it).
+    pub(crate) fn take(&self, batch: &scylla::statement::batch::Batch) -> bool {
+        use scylla::statement::batch::BatchStatement;
+        let mut hidden = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let texts: Vec<&str> = batch
+            .statements
+            .iter()
+            .map(|s| match s {
+                BatchStatement::Query(q) => q.contents.as_str(),
+                BatchStatement::PreparedStatement(p) => p.get_statement(),
+                _ => "",
+            })
+            .collect();
+        let Some(i) = hidden
+            .iter()
+            .position(|(needle, _)| texts.iter().any(|t| t.contains(needle.as_str())))
+        else {
+            return false;
+        };
+        hidden[i].1 -= 1;
+        if hidden[i].1 == 0 {
+            hidden.remove(i);
+        }
+        true
+    }
+}
+
+/// The next `times` conditional batches of `backend` with a statement containing `needle` run
+/// as usual, and then answer `Unavailable`, as when a timeout hides whether a write applied:
+/// for recovery cases of the callers that must settle such an outcome.
+pub fn hide_outcomes(backend: &crate::ScyllaBackend, needle: &str, times: u32) {
+    if times > 0 {
+        backend
+            .inner()
+            .hidden
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((needle.to_owned(), times));
+    }
+}

@@ -54,7 +54,15 @@ pub(crate) async fn run_batch(
         .batch(batch, values)
         .await
         .map_err(error::execution)?;
-    Ok(rows::lwt(res)?.applied)
+    let applied = rows::lwt(res)?.applied;
+    #[cfg(feature = "testing")]
+    if b.inner().hidden.take(batch) {
+        return Err(Error::new(
+            ErrorKind::Unavailable,
+            "the batch's outcome is hidden by the test, as a timeout hides it",
+        ));
+    }
+    Ok(applied)
 }
 
 /// A `None` that was `None` before too stays unset (no tombstone); otherwise the new value.

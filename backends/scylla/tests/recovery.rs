@@ -531,3 +531,69 @@ async fn a_grouped_purge_keeps_to_the_batch_size() {
     );
     h.finish().await;
 }
+
+// A timeout can hide whether a conditional write applied. When it hides the outcome of one of
+// a group's three conditional steps (the commit, the row delete, the marker delete), the purge
+// settles it and must still remove and count each message once and report each file once: a
+// retry that finds its own hidden effect ("not applied") is not somebody else's doing.
+
+/// Ten recalled file messages of one conversation, past their retention; the purge of all of
+/// them with the outcome of the next batch containing `needle` hidden.
+async fn purge_with_hidden(needle: &str) {
+    let f = ScyllaFactory::from_env();
+    let h = Harness::start(&f, Setup::default()).await;
+    let c = Cast::new(&h.settings);
+    let mut keys = Vec::new();
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let m = c.file(&format!("hidden-{i}"));
+        h.store.insert(m.clone()).await.unwrap();
+        h.store
+            .transition(c.request(Action::Recall, &c.alice, m.msg_id))
+            .await
+            .unwrap();
+        keys.push(format!("hidden-{i}"));
+        ids.push(m.msg_id);
+    }
+    h.clock.advance(PAST_RETENTION);
+    imstore_scylla::testing::hide_outcomes(h.store.inner(), needle, 1);
+    let report = h
+        .store
+        .purge_all(PurgeOptions { batch_size: 500 })
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.messages, report.events),
+        (10, 10),
+        "every message and event counted once ({needle})"
+    );
+    let mut released = report.released_attachments.clone();
+    released.sort();
+    keys.sort();
+    assert_eq!(released, keys, "every file reported once ({needle})");
+    for id in &ids {
+        assert_gone(&h, &c, *id).await;
+    }
+    let again = h
+        .store
+        .purge(PurgeOptions { batch_size: 500 })
+        .await
+        .unwrap();
+    assert_eq!((again.messages, again.released_attachments.len()), (0, 0));
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_marker_delete_whose_outcome_a_timeout_hid_still_reports_its_files() {
+    purge_with_hidden("IF purging = true").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_row_delete_whose_outcome_a_timeout_hid_still_counts_its_messages() {
+    purge_with_hidden("messages WHERE").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_commit_whose_outcome_a_timeout_hid_is_finished_by_its_owner() {
+    purge_with_hidden("SET purging = true").await;
+}
