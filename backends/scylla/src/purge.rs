@@ -94,6 +94,13 @@ enum Verdict {
 /// warnings (Cassandra 5 KiB) while one Paxos round removes 20 messages instead of one.
 const GROUP_MESSAGES: usize = 50;
 
+/// Conversations of one queue page whose groups a shard-day's run settles at the same time.
+/// With [`SHARDS_IN_FLIGHT`] shard-days, at most 32 group commits are in flight per call: one
+/// conversation's backlog is still settled a group at a time, but a page of several
+/// conversations no longer waits for each in turn (a group is about five round trips, three of
+/// them Paxos rounds).
+const CONVERSATIONS_IN_FLIGHT: usize = 4;
+
 /// Queue entries per unlogged batch removing them (one partition).
 const UNQUEUE_ROWS: usize = 100;
 
@@ -280,13 +287,19 @@ impl<'a, 'j> Run<'a, 'j> {
         }
     }
 
-    /// Takes in what a shard-day's run did.
+    /// Takes in what a shard-day's (or a conversation's) run did.
     fn absorb(&mut self, other: Run<'_, '_>) {
         self.report.messages += other.report.messages;
         self.report.events += other.report.events;
-        self.report
-            .released_attachments
-            .extend(other.report.released_attachments);
+        // Two runs may each see the last reference to a key shared across conversations go:
+        // the call reports it once.
+        for key in other.report.released_attachments {
+            if !self.report.released_attachments.contains(&key) {
+                self.report.released_attachments.push(key);
+            }
+        }
+        // A conditional write of the other run timed out: this run's next read is SERIAL too.
+        self.serial |= other.serial;
         self.touched.extend(other.touched);
         self.mine.extend(other.mine);
         for (conv, held) in other.holds {
@@ -857,7 +870,11 @@ impl<'a, 'j> Run<'a, 'j> {
     }
 
     /// The entries of one queue page that purge together (see [`GROUP_MESSAGES`]): message
-    /// entries of conversations not held, settled a conversation at a time, a group per commit.
+    /// entries of conversations not held, a group per commit. The conversations of the page are
+    /// settled side by side, up to [`CONVERSATIONS_IN_FLIGHT`] at once, each in a run of its own
+    /// sharing the call's budget (their partitions are disjoint, as the shards' are); the groups
+    /// of one conversation go one after another, since each commit is a Paxos round on its state
+    /// partition and two at once would only make each other retry.
     /// Returns which entries it settled and removed from the queue; the rest (request records,
     /// held conversations, markers, messages not purgeable or not found, a group whose commit
     /// lost a race) go through [`Run::entry`] one at a time, as before.
@@ -871,47 +888,39 @@ impl<'a, 'j> Run<'a, 'j> {
         let Some(budget) = self.budget.clone() else {
             return Ok(settled);
         };
-        let mut by_conv: Vec<(&str, Vec<usize>)> = Vec::new();
+        // Owned ids: a borrowed one makes the stream's closure not general enough for `Send`.
+        let mut by_conv: Vec<(String, Vec<usize>)> = Vec::new();
         for (i, (_, conv, _, _)) in entries.iter().enumerate() {
-            match by_conv.iter_mut().find(|(c, _)| *c == conv.as_str()) {
+            match by_conv.iter_mut().find(|(c, _)| c == conv) {
                 Some((_, list)) => list.push(i),
-                None => by_conv.push((conv.as_str(), vec![i])),
+                None => by_conv.push((conv.clone(), vec![i])),
             }
         }
-        for (conv, list) in by_conv {
-            // A malformed entry is reported by the one-at-a-time path.
-            let Ok(conv) = ConversationId::new(conv.to_owned()) else {
-                continue;
-            };
-            if self.held(&conv).await? {
-                continue;
-            }
-            let mut ids: Vec<(MsgId, Vec<usize>)> = Vec::new();
-            for i in list {
-                let Ok(id) = MsgId::from_i64(entries[i].2) else {
-                    continue;
-                };
-                match ids.iter_mut().find(|(m, _)| *m == id) {
-                    Some((_, at)) => at.push(i),
-                    None => ids.push((id, vec![i])),
+        let this = &*self;
+        let runs: Vec<Result<(Run<'a, 'j>, Vec<usize>)>> = futures::stream::iter(by_conv)
+            .map(|(conv, list)| {
+                let mut run = this.shard_run(&budget);
+                let budget = &budget;
+                async move {
+                    let done = run.conversation(conv, list, entries, budget).await?;
+                    Ok((run, done))
                 }
-            }
-            for chunk in ids.chunks(GROUP_MESSAGES) {
-                if budget.full() {
-                    break;
-                }
-                let msgs: Vec<MsgId> = chunk.iter().map(|(id, _)| *id).collect();
-                let records: Vec<&str> = chunk
-                    .iter()
-                    .flat_map(|(_, at)| at.iter().map(|&i| entries[i].3.as_str()))
-                    .filter(|r| !r.is_empty())
-                    .collect();
-                for done in self.group(&conv, &msgs, &records, &budget).await? {
-                    if let Some((_, at)) = chunk.iter().find(|(id, _)| *id == done) {
-                        for &i in at {
-                            settled[i] = true;
-                        }
+            })
+            .buffer_unordered(CONVERSATIONS_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut failed = None;
+        for r in runs {
+            match r {
+                Ok((run, done)) => {
+                    for i in done {
+                        settled[i] = true;
                     }
+                    self.absorb(run);
+                }
+                // What the others settled is still removed from the queue below.
+                Err(e) => {
+                    failed.get_or_insert(e);
                 }
             }
         }
@@ -921,6 +930,55 @@ impl<'a, 'j> Run<'a, 'j> {
             .filter_map(|(e, s)| s.then_some(e))
             .collect();
         self.unqueue(queue, key, &done).await?;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(settled),
+        }
+    }
+
+    /// The groups of one conversation's entries `list` (indexes into `entries`) in a queue
+    /// page; returns the indexes it settled.
+    async fn conversation(
+        &mut self,
+        conv: String,
+        list: Vec<usize>,
+        entries: &[index::Entry],
+        budget: &Budget,
+    ) -> Result<Vec<usize>> {
+        let mut settled = Vec::new();
+        // A malformed entry is reported by the one-at-a-time path.
+        let Ok(conv) = ConversationId::new(conv) else {
+            return Ok(settled);
+        };
+        if self.held(&conv).await? {
+            return Ok(settled);
+        }
+        let mut ids: Vec<(MsgId, Vec<usize>)> = Vec::new();
+        for i in list {
+            let Ok(id) = MsgId::from_i64(entries[i].2) else {
+                continue;
+            };
+            match ids.iter_mut().find(|(m, _)| *m == id) {
+                Some((_, at)) => at.push(i),
+                None => ids.push((id, vec![i])),
+            }
+        }
+        for chunk in ids.chunks(GROUP_MESSAGES) {
+            if budget.full() {
+                break;
+            }
+            let msgs: Vec<MsgId> = chunk.iter().map(|(id, _)| *id).collect();
+            let records: Vec<&str> = chunk
+                .iter()
+                .flat_map(|(_, at)| at.iter().map(|&i| entries[i].3.as_str()))
+                .filter(|r| !r.is_empty())
+                .collect();
+            for done in self.group(&conv, &msgs, &records, budget).await? {
+                if let Some((_, at)) = chunk.iter().find(|(id, _)| *id == done) {
+                    settled.extend(at.iter().copied());
+                }
+            }
+        }
         Ok(settled)
     }
 

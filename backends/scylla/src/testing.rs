@@ -34,6 +34,12 @@ use crate::schema::{self, Flavour};
 /// process: every test builds its own factory, and they share what earlier cases left.
 static POOL: Mutex<Vec<(String, String, std::time::Instant)>> = Mutex::new(Vec::new());
 
+/// The purge-queue shard `conversation`'s entries land in: tests that need several
+/// conversations in one queue partition (so one queue page holds them all) pick them with it.
+pub fn queue_shard(conversation: &ConversationId) -> i32 {
+    crate::index::shard_of(conversation)
+}
+
 impl ScyllaBackend {
     /// The content bytes of a message exactly as stored (after the codec); `None` if absent.
     pub async fn raw_content(

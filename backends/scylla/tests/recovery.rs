@@ -10,7 +10,7 @@ use imstore_core::{
     Action, Clock, ErrorKind, FeedCursor, MessageStore, MessageStoreExt, MsgId, PurgeOptions,
     Status,
 };
-use imstore_scylla::testing::ScyllaFactory;
+use imstore_scylla::testing::{ScyllaFactory, queue_shard};
 
 type H<'f> = Harness<'f, ScyllaFactory>;
 
@@ -596,4 +596,139 @@ async fn a_group_row_delete_whose_outcome_a_timeout_hid_still_counts_its_message
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_commit_whose_outcome_a_timeout_hid_is_finished_by_its_owner() {
     purge_with_hidden("SET purging = true").await;
+}
+
+/// Six conversations whose queue entries share one shard (so a queue page holds all of them),
+/// each with `per` messages sent in turns and recalled: the first message of conversations 0
+/// and 1 references the file `across` (two conversations, one file), every fourth another file
+/// of its own. Returns the casts and the files each conversation alone references.
+async fn side_by_side(h: &H<'_>, per: usize) -> (Vec<Cast>, Vec<String>) {
+    let first = Cast::in_conversation(&h.settings, "side-0");
+    let shard = queue_shard(&first.conv);
+    let mut casts = vec![first];
+    let mut n = 1;
+    while casts.len() < 6 {
+        let c = Cast::in_conversation(&h.settings, &format!("side-{n}"));
+        if queue_shard(&c.conv) == shard {
+            casts.push(c);
+        }
+        n += 1;
+    }
+    let mut own = Vec::new();
+    for round in 0..per {
+        for (k, c) in casts.iter().enumerate() {
+            let m = match round {
+                0 if k < 2 => c.file("across"),
+                r if r % 4 == 1 => {
+                    own.push(format!("own-{k}-{r}"));
+                    c.file(&format!("own-{k}-{r}"))
+                }
+                r => c.text(&format!("text {k} {r}")),
+            };
+            h.store.insert(m.clone()).await.unwrap();
+            h.store
+                .transition(c.request(Action::Recall, &c.alice, m.msg_id))
+                .await
+                .unwrap();
+        }
+    }
+    own.sort();
+    (casts, own)
+}
+
+// The conversations of one queue page are purged side by side, each in a run of its own: the
+// call still removes every purgeable message once, reports a file two of them shared once,
+// and a second call finds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversations_of_one_queue_page_purge_side_by_side_once_each() {
+    let f = ScyllaFactory::from_env();
+    let h = Harness::start(&f, Setup::default()).await;
+    let (casts, own) = side_by_side(&h, 12).await;
+    h.clock.advance(PAST_RETENTION);
+    let report = h
+        .store
+        .purge_all(PurgeOptions { batch_size: 500 })
+        .await
+        .unwrap();
+    assert_eq!((report.messages, report.events), (72, 72));
+    let mut released = report.released_attachments.clone();
+    released.sort();
+    let mut expected = own.clone();
+    expected.push("across".to_string());
+    expected.sort();
+    assert_eq!(
+        released, expected,
+        "each file released once, when its last message went"
+    );
+    for c in &casts {
+        let page = h
+            .store
+            .list(&c.conv, &c.alice, imstore_core::ListOptions::newest(100))
+            .await
+            .unwrap();
+        assert!(page.items.is_empty(), "{} kept {:?}", c.conv, page.items);
+        let feed = h
+            .store
+            .changes_since(&c.conv, &c.bob, FeedCursor::START, 100)
+            .await
+            .unwrap();
+        assert!(feed.events.is_empty(), "{} kept {:?}", c.conv, feed.events);
+    }
+    let again = h
+        .store
+        .purge(PurgeOptions { batch_size: 500 })
+        .await
+        .unwrap();
+    assert_eq!((again.messages, again.events, again.more), (0, 0, false));
+    h.finish().await;
+}
+
+// Conversations purged side by side share the call's batch: no call removes more than it, a
+// call that says there is more removed a full batch, and over all calls every message and
+// every file goes exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversations_purged_side_by_side_keep_to_the_batch_size() {
+    let f = ScyllaFactory::from_env();
+    let h = Harness::start(&f, Setup::default()).await;
+    let (casts, own) = side_by_side(&h, 8).await;
+    h.clock.advance(PAST_RETENTION);
+    let (mut total, mut calls) = (0, 0);
+    let mut released = Vec::new();
+    loop {
+        let r = h
+            .store
+            .purge(PurgeOptions { batch_size: 10 })
+            .await
+            .unwrap();
+        assert!(
+            r.messages <= 10,
+            "a call removed {} of a batch of 10",
+            r.messages
+        );
+        total += r.messages;
+        released.extend(r.released_attachments);
+        calls += 1;
+        assert!(calls <= 48, "the purge never finished");
+        if !r.more {
+            break;
+        }
+        assert_eq!(r.messages, 10, "a call that says more removed a full batch");
+    }
+    assert_eq!(total, 48);
+    released.sort();
+    let mut expected = own;
+    expected.push("across".to_string());
+    expected.sort();
+    assert_eq!(released, expected);
+    for c in &casts {
+        assert!(
+            h.store
+                .list(&c.conv, &c.alice, imstore_core::ListOptions::newest(100))
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        );
+    }
+    h.finish().await;
 }
