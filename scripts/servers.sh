@@ -161,6 +161,20 @@ pid_matching() {
   printf '%s\n' "$pid"
 }
 
+# launched PIDFILE: the process a launcher started in the background (its pid
+# in PIDFILE) is still alive, whether or not it has exec'd the server yet: just
+# after the fork /proc/PID/cmdline is still the launching subshell's, so
+# pid_matching takes a server about to start for one that exited (FerretDB was
+# reported "exited during startup" while it came up, on a loaded machine).
+launched() {
+  local pid
+  pid=$(head -n 1 "$1" 2>/dev/null | tr -d '[:space:]')
+  [[ $pid =~ ^[0-9]+$ ]] || return 1
+  kill -0 "$pid" 2>/dev/null || return 1
+  # A zombie has exited: its cmdline is empty.
+  [[ -n $(tr -d '\0' <"/proc/$pid/cmdline" 2>/dev/null) ]]
+}
+
 # owns_port PID PORT: PID is the process listening on PORT (true when ss
 # cannot tell, e.g. without root and for another user's process).
 owns_port() {
@@ -537,11 +551,12 @@ cass_wait() {
   [[ $CASS_LAUNCHED -eq 1 ]] || return 0
   local deadline=$((SECONDS + TIMEOUT_CASS)) pid
   while ! cass_up; do
-    if ! pid=$(cass_pid); then
+    if ! launched "$CASS_PIDFILE"; then
       fail cassandra "the JVM exited during startup" "$CASS_LOGS/console.log" "$CASS_LOGS/system.log"
       return 0
     fi
     if ((SECONDS >= deadline)); then
+      pid=$(head -n 1 "$CASS_PIDFILE" | tr -d '[:space:]')
       fail cassandra "CQL port 127.0.0.1:$CQL_PORT not open after ${TIMEOUT_CASS}s (pid $pid still running)" \
         "$CASS_LOGS/console.log" "$CASS_LOGS/system.log"
       return 0
@@ -694,7 +709,7 @@ fdb_start() {
 
   local deadline=$((SECONDS + TIMEOUT_FDB))
   while ! fdb_up; do
-    if ! fdb_pid >/dev/null; then
+    if ! launched "$FDB_PIDFILE"; then
       fail ferretdb "the process exited during startup" "$FDB_LOG"
       return 0
     fi
@@ -885,7 +900,7 @@ node_wait() {
   local n=$1 d deadline=$((SECONDS + TIMEOUT_CLUSTER))
   d=$(node_dir "$n")
   while ! node_up "$n" || ! node_in_ring "$n"; do
-    if ! node_pid "$n" >/dev/null; then
+    if ! launched "$d/cassandra.pid"; then
       fail "node$n" "the JVM exited during startup" "$d/logs/console.log" "$d/logs/system.log"
       return 1
     fi
