@@ -458,3 +458,17 @@ pub fn hide_outcomes(backend: &crate::ScyllaBackend, needle: &str, times: u32) {
             .push((needle.to_owned(), times));
     }
 }
+
+/// How many hidden outcomes [`hide_outcomes`] asked for are still to come: 0 once every one
+/// happened (a case checks it, so a statement renamed under its text cannot pass unhidden).
+pub fn hidden_pending(backend: &crate::ScyllaBackend) -> u32 {
+    backend
+        .inner()
+        .hidden
+        .0
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(_, n)| *n)
+        .sum()
+}

@@ -563,6 +563,11 @@ async fn purge_with_hidden(needle: &str) {
         .await
         .unwrap();
     assert_eq!(
+        imstore_scylla::testing::hidden_pending(h.store.inner()),
+        0,
+        "the purge sent a batch with `{needle}`, and its outcome was hidden"
+    );
+    assert_eq!(
         (report.messages, report.events),
         (10, 10),
         "every message and event counted once ({needle})"
