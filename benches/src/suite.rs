@@ -554,6 +554,13 @@ async fn run_standard(
         ctx.load(&plain, "mixed-pool-b", scale.recall_pool, &alice)
             .await?,
     );
+    let mixed_f = match ctx.fair {
+        Some(_) => Arc::new(
+            ctx.load(&plain, "mixed-pool-f", scale.recall_pool, &alice)
+                .await?,
+        ),
+        None => Arc::new(Vec::new()),
+    };
     // The feed: every message of "feed" recalled once, so it holds feed_events events.
     let feed_ids = ctx.load(&plain, "feed", scale.feed_events, &alice).await?;
     {
@@ -944,13 +951,18 @@ async fn run_standard(
     {
         let a = mixed_imstore(&ctx, plain.clone(), mixed_i.clone(), viewer.clone());
         let b = mixed_baseline(&ctx, mixed_b.clone());
-        ctx.pair(
+        let f = ctx
+            .fair
+            .clone()
+            .map(|fair| writer(mixed_fair(&ctx, fair, mixed_f.clone()), 1, &scale));
+        ctx.sides(
             "mixed",
             "off",
             scale.mixed_concurrency,
             "60% send, 30% latest page (10k history), 5% recall, 5% restore".into(),
             writer(a, 1, &scale),
             writer(b, 1, &scale),
+            f,
             &mut out,
         )
         .await?;
@@ -1316,6 +1328,67 @@ fn mixed_baseline(ctx: &Ctx, pool: Arc<Vec<MsgId>>) -> OpFn {
                 Mix::Restore => {
                     let (id, _) = restore_target.ok_or("no restore target")?;
                     raw.restore("mixed-pool-b", id.as_i64(), crate::now_ms())
+                        .await?;
+                }
+            }
+            Ok(())
+        }
+    })
+}
+
+/// The mixed workload on the fair baseline: its send, page, recall and restore, each with the
+/// guarantees of imstore's (the same mix, pool and viewer as [`mixed_imstore`]).
+fn mixed_fair(ctx: &Ctx, fair: Arc<dyn Fair>, pool: Arc<Vec<MsgId>>) -> OpFn {
+    let st = Arc::new(MixState {
+        pool,
+        next: AtomicUsize::new(0),
+        recalled: Mutex::new(Vec::new()),
+    });
+    let (ids, content) = (ctx.ids.clone(), ctx.content.clone());
+    let policy = bench_policy();
+    let recall_window = policy.recall_window().as_millis() as i64;
+    let restore_window = policy.restore_window().as_millis() as i64;
+    op(move |i| {
+        let (fair, st) = (fair.clone(), st.clone());
+        let (ids, content) = (ids.clone(), content.clone());
+        async move {
+            let mut kind = mix_kind(i);
+            let restore_target = match kind {
+                Mix::Restore => st.recalled.lock().map_err(|_| "poisoned")?.pop(),
+                _ => None,
+            };
+            if matches!(kind, Mix::Restore) && restore_target.is_none() {
+                kind = Mix::Recall;
+            }
+            match kind {
+                Mix::Send => {
+                    let m = NewMessage::text(
+                        ids.next_id().expect("the clock is within the msg_id range"),
+                        conv(&format!("mixed-f-{}", i % 64)),
+                        user("alice"),
+                        content.as_slice(),
+                    );
+                    fair.send(&m).await?;
+                }
+                Mix::Page => {
+                    fair.latest("hist-small", 50, "carol").await?;
+                }
+                Mix::Recall => {
+                    if let Some((id, k)) = st.take() {
+                        let by = if k % 2 == 0 { "alice" } else { "bob" };
+                        let request = format!("mix-f-{i}");
+                        fair.recall("mixed-pool-f", id.as_i64(), by, &request, recall_window)
+                            .await?;
+                        st.recalled.lock().map_err(|_| "poisoned")?.push((id, k));
+                    } else {
+                        fair.latest("hist-small", 50, "carol").await?;
+                    }
+                }
+                Mix::Restore => {
+                    let (id, k) = restore_target.ok_or("no restore target")?;
+                    let by = if k % 2 == 0 { "alice" } else { "bob" };
+                    let request = format!("mix-f-restore-{i}");
+                    fair.restore("mixed-pool-f", id.as_i64(), by, &request, restore_window)
                         .await?;
                 }
             }

@@ -59,7 +59,7 @@ pub trait Raw: Send + Sync {
 #[async_trait]
 pub trait Fair: Send + Sync {
     /// Round trips of `path`'s happy path, by construction ("send", "point_read",
-    /// "latest_page", "recall", "feed_page", "batch_send_1000").
+    /// "latest_page", "recall", "feed_page", "batch_send_1000"; "mixed" has none of its own).
     fn round_trips(&self, path: &str) -> Option<u32>;
     /// Stores `m` unless its id exists; an id that exists with other content is a conflict
     /// (an error), with the same content a retry (success).
@@ -77,6 +77,12 @@ pub trait Fair: Send + Sync {
     /// the recall window, and the change, the conversation's next feed seq, its event and the
     /// request record commit together or not at all. An error when it did not apply.
     async fn recall(&self, conv: &str, id: i64, by: &str, request: &str, window_ms: i64) -> R<()>;
+    /// Restores `id`, recalled by its sender `by`, under request id `request`: a replay answers
+    /// from its record; otherwise the message must be recalled by `by`, its sender, within the
+    /// restore window (`window_ms` from the recall), and the change (recall time cleared, restore
+    /// time set), the next feed seq, its event and the record commit together or not at all. An
+    /// error when it did not apply.
+    async fn restore(&self, conv: &str, id: i64, by: &str, request: &str, window_ms: i64) -> R<()>;
     /// Up to `limit` change events after `after`, with the feed's head and purge mark read in
     /// the same snapshot (what a device needs to see a gap); returns how many events came back.
     async fn feed(&self, conv: &str, after: u64, limit: u32) -> R<usize>;

@@ -288,11 +288,11 @@ pub struct PgFair {
     pool: PgPool,
 }
 
-/// The columns a view is built from: the message and its whole lifecycle.
+/// The columns a view is built from: the message, its attachment and its whole lifecycle.
 macro_rules! view_columns {
     () => {
-        "msg_id, sender_id, msg_type, content, status, version, created_at, recalled_at, \
-         recalled_by, restored_at, deleted_at, deleted_by"
+        "msg_id, sender_id, msg_type, content, attachment_key, attachment_size, attachment_mime, \
+         status, version, created_at, recalled_at, recalled_by, restored_at, deleted_at, deleted_by"
     };
 }
 
@@ -312,6 +312,11 @@ fn pg_view(row: &sqlx::postgres::PgRow, viewer: &str) -> R<()> {
         row.try_get::<Option<i64>, _>("restored_at")?,
         row.try_get::<Option<i64>, _>("deleted_at")?,
         row.try_get::<Option<String>, _>("deleted_by")?,
+        (
+            row.try_get::<Option<String>, _>("attachment_key")?,
+            row.try_get::<Option<i64>, _>("attachment_size")?,
+            row.try_get::<Option<String>, _>("attachment_mime")?,
+        ),
         shown
             .then(|| row.try_get::<Vec<u8>, _>("content"))
             .transpose()?,
@@ -451,6 +456,49 @@ impl Fair for PgFair {
             _ => Err(format!("fair recall of {id} did not apply ({writes} writes)").into()),
         }
     }
+    async fn restore(&self, conv: &str, id: i64, by: &str, request: &str, window_ms: i64) -> R<()> {
+        // As the recall: only the sender, only of their own recall, inside the restore window.
+        let now = now_ms();
+        let row = sqlx::query(
+            "WITH prior AS ( \
+                 SELECT changed FROM requests WHERE conversation_id = $1 AND request_id = $3), \
+             cas AS ( \
+                 UPDATE messages SET status = 0, version = version + 1, recalled_at = NULL, \
+                     restored_at = $5 \
+                 WHERE conversation_id = $1 AND msg_id = $2 AND status = 1 AND sender_id = $4 \
+                     AND recalled_by = $4 AND recalled_at >= $5 - $6 \
+                     AND NOT EXISTS (SELECT 1 FROM prior) \
+                 RETURNING version), \
+             seq AS ( \
+                 INSERT INTO conversations (conversation_id, feed_seq) SELECT $1, 1 FROM cas \
+                 ON CONFLICT (conversation_id) DO UPDATE SET feed_seq = conversations.feed_seq + 1 \
+                 RETURNING feed_seq), \
+             event AS ( \
+                 INSERT INTO change_events (conversation_id, seq, msg_id, status, version, at, by_user) \
+                 SELECT $1, seq.feed_seq, $2, 0, cas.version, $5, $4 FROM seq, cas RETURNING 1), \
+             record AS ( \
+                 INSERT INTO requests (conversation_id, request_id, action, msg_id, requester, \
+                     status, version, changed, at) \
+                 SELECT $1, $3, 'restore', $2, $4, 0, cas.version, true, $5 FROM cas RETURNING 1) \
+             SELECT (SELECT count(*) FROM cas) + (SELECT count(*) FROM event) \
+                 + (SELECT count(*) FROM record) AS writes, \
+                 (SELECT changed FROM prior) AS replayed",
+        )
+        .bind(conv)
+        .bind(id)
+        .bind(request)
+        .bind(by)
+        .bind(now)
+        .bind(window_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        let writes: i64 = row.try_get("writes")?;
+        let replayed: Option<bool> = row.try_get("replayed")?;
+        match (writes, replayed) {
+            (3, _) | (_, Some(true)) => Ok(()),
+            _ => Err(format!("fair restore of {id} did not apply ({writes} writes)").into()),
+        }
+    }
     async fn feed(&self, conv: &str, after: u64, limit: u32) -> R<usize> {
         let rows = sqlx::query(
             "SELECT COALESCE(c.feed_seq, 0) AS head, COALESCE(c.purged_through, 0) AS purged, \
@@ -467,22 +515,37 @@ impl Fair for PgFair {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
+        // Every column a device needs: the event (who changed it and when, to show "recalled
+        // by X at T") with the head and the purge mark (to see a gap).
         let mut n = 0;
         for r in &rows {
-            let event: (Option<i64>, Option<i64>, Option<i16>, Option<i64>) = (
+            let event: FeedRow = (
                 r.try_get("seq")?,
                 r.try_get("msg_id")?,
                 r.try_get("status")?,
                 r.try_get("version")?,
+                r.try_get("at")?,
+                r.try_get("by_user")?,
             );
             if event.0.is_some() {
                 n += 1;
             }
-            std::hint::black_box((r.try_get::<i64, _>("head")?, event));
+            let marks: (i64, i64) = (r.try_get("head")?, r.try_get("purged")?);
+            std::hint::black_box((marks, event));
         }
         Ok(n)
     }
 }
+
+/// An event of a feed page: seq, msg_id, status, version, at, by (all null past the last).
+type FeedRow = (
+    Option<i64>,
+    Option<i64>,
+    Option<i16>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+);
 
 /// Drops every `bench_pg_*` schema (left behind by interrupted runs, whatever their age: run it
 /// when no bench is running); returns their names.

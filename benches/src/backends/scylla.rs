@@ -367,6 +367,8 @@ pub struct ScyllaFair {
     buckets: PreparedStatement,
     page: PreparedStatement,
     recall_read: PreparedStatement,
+    restore_read: PreparedStatement,
+    restore_write: PreparedStatement,
     rq_add: PreparedStatement,
     hq_add: PreparedStatement,
     days_add: PreparedStatement,
@@ -380,6 +382,17 @@ pub struct ScyllaFair {
     newest_bucket: std::sync::Mutex<std::collections::HashMap<String, i32>>,
     known_days: std::sync::Mutex<std::collections::HashSet<(i32, i32)>>,
 }
+
+/// A row of the recall's read: kind, k, status, version, purging, at_ms, feed head.
+type RecallCols = (
+    i8,
+    i64,
+    Option<i8>,
+    Option<i32>,
+    Option<bool>,
+    Option<i64>,
+    Option<i64>,
+);
 
 /// A lifecycle row as the fair baseline reads it: status, version, purging, sentinel epoch.
 type StateCols = (
@@ -431,6 +444,16 @@ impl ScyllaFair {
             recall_read: p(format!(
                 "SELECT kind, k, status, version, purging, at_ms, feed_head FROM {ks}.conversation_state \
                  WHERE conversation_id = ? AND (kind, k, request_id) IN ((-1, 0, ''), (0, ?, ''), (0, ?, ''), (2, 0, ?))"
+            ))
+            .await?,
+            restore_read: p(format!(
+                "SELECT kind, status, version, purging, recalled_at, recalled_by, feed_head FROM {ks}.conversation_state \
+                 WHERE conversation_id = ? AND (kind, k, request_id) IN ((-1, 0, ''), (0, ?, ''), (2, 0, ?))"
+            ))
+            .await?,
+            restore_write: p(format!(
+                "UPDATE {ks}.conversation_state SET status = 0, version = ?, recalled_at = null, restored_at = ?, event_seqs = event_seqs + ? \
+                 WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = '' IF version = ? AND purging = null"
             ))
             .await?,
             rq_add: p(format!(
@@ -555,6 +578,219 @@ impl ScyllaFair {
             .try_collect::<Vec<()>>()
             .await?;
         Ok(())
+    }
+
+    /// The retention queue entry of a transition's request (and of its message, when recalled)
+    /// accepted at `now`.
+    async fn queue_retention(&self, conv: &str, id: i64, request: &str, now: i64) -> R<()> {
+        let due = now + self.retention_ms;
+        let day = i32::try_from(due.div_euclid(86_400_000))?;
+        let c = imstore_core::ConversationId::new(conv)?;
+        let shard = imstore_scylla_shard(&c);
+        self.note_day(2, day).await?;
+        self.session
+            .execute_unpaged(&self.rq_add, (day, shard, due, conv, id, request))
+            .await?;
+        Ok(())
+    }
+
+    /// The message row's sender and creation time.
+    async fn sender_of(&self, conv: &str, bucket: i32, id: i64) -> R<(String, i64)> {
+        let rows = self
+            .session
+            .execute_unpaged(&self.message, (conv, bucket, id))
+            .await?
+            .into_rows_result()?;
+        let (sender, _, _, created): (String, i32, Vec<u8>, i64) = rows.single_row()?;
+        Ok((sender, created))
+    }
+
+    /// One attempt at [`Fair::recall`]: false when its batch lost the conversation's head to
+    /// another change (the caller reads and tries again, as imstore does).
+    async fn recall_once(
+        &self,
+        conv: &str,
+        id: i64,
+        by: &str,
+        request: &str,
+        window_ms: i64,
+    ) -> R<bool> {
+        let now = now_ms();
+        let mid = MsgId::from_i64(id)?;
+        let bucket = self.bucket(mid);
+        let sentinel = -i64::from(bucket) - 1;
+        let state = async {
+            let rows = self
+                .session
+                .execute_unpaged(&self.recall_read, (conv, id, sentinel, request))
+                .await?
+                .into_rows_result()?;
+            let rows: Vec<RecallCols> = rows.rows()?.collect::<Result<_, _>>()?;
+            R::Ok(rows)
+        };
+        let message = async {
+            let rows = self
+                .session
+                .execute_unpaged(&self.message, (conv, bucket, id))
+                .await?
+                .into_rows_result()?;
+            R::Ok(rows.single_row::<(String, i32, Vec<u8>, i64)>()?)
+        };
+        // The retention entry first or beside: a purge that finds one whose message is not
+        // recalled drops it.
+        let queue = self.queue_retention(conv, id, request, now);
+        let (rows, m, ()) = futures::try_join!(state, message, queue)?;
+        let mut head = None;
+        let mut lifecycle = None;
+        let mut epoch = None;
+        for r in &rows {
+            head = head.or(r.6);
+            match (r.0, r.1) {
+                (2, _) => return Ok(true), // a replay: its record is the answer
+                (0, k) if k == id => lifecycle = Some((r.2, r.3, r.4)),
+                (0, _) => epoch = r.5,
+                _ => {}
+            }
+        }
+        let (status, version, purging) = lifecycle.unwrap_or((None, None, None));
+        if status.unwrap_or(0) != 0 || purging.is_some() || m.0 != by || m.3 < now - window_ms {
+            return Err(format!("fair recall of {id} refused").into());
+        }
+        let version_before = version.unwrap_or(1);
+        let seq = head.unwrap_or(0) + 1;
+        let mut b = self.batch();
+        let mut values: Vec<BoxedValues> = Vec::new();
+        b.append_statement(self.head_mark.clone());
+        values.push(Box::new((conv,)));
+        b.append_statement(self.head_claim.clone());
+        values.push(Box::new((seq, conv, head)));
+        b.append_statement(self.state_write.clone());
+        values.push(Box::new((
+            1i8,
+            version_before + 1,
+            now,
+            by,
+            vec![seq],
+            conv,
+            id,
+            version,
+        )));
+        if lifecycle.is_none() {
+            b.append_statement(self.sentinel_fence.clone());
+            // Unset, not null, when no sentinel exists: no tombstone.
+            let set = epoch.map_or(
+                scylla::value::MaybeUnset::Unset,
+                scylla::value::MaybeUnset::Set,
+            );
+            values.push(Box::new((set, conv, sentinel, epoch)));
+        }
+        b.append_statement(self.event_put.clone());
+        values.push(Box::new((conv, seq, id, 1i8, version_before + 1, now, by)));
+        b.append_statement(self.request_put.clone());
+        values.push(Box::new((
+            "recall",
+            id,
+            by,
+            1i8,
+            version_before + 1,
+            true,
+            now,
+            rand::random::<i64>(),
+            conv,
+            request,
+        )));
+        let res = self.session.batch(&b, values).await?.into_rows_result()?;
+        let row = res.maybe_first_row::<Row>()?.ok_or("no LWT result")?;
+        // Not applied: another change of the conversation claimed the head first; read again.
+        Ok(matches!(
+            row.columns.first(),
+            Some(Some(CqlValue::Boolean(true)))
+        ))
+    }
+
+    /// One attempt at [`Fair::restore`], as [`ScyllaFair::recall_once`].
+    async fn restore_once(
+        &self,
+        conv: &str,
+        id: i64,
+        by: &str,
+        request: &str,
+        window_ms: i64,
+    ) -> R<bool> {
+        // The recall's shape: one read of the state partition beside the message row and the
+        // retention entry, then one conditional batch (no sentinel: a recalled message has its
+        // lifecycle row).
+        let now = now_ms();
+        let bucket = self.bucket(MsgId::from_i64(id)?);
+        let state = async {
+            let rows = self
+                .session
+                .execute_unpaged(&self.restore_read, (conv, id, request))
+                .await?
+                .into_rows_result()?;
+            type Cols = (
+                i8,
+                Option<i8>,
+                Option<i32>,
+                Option<bool>,
+                Option<i64>,
+                Option<String>,
+                Option<i64>,
+            );
+            let rows: Vec<Cols> = rows.rows()?.collect::<Result<_, _>>()?;
+            R::Ok(rows)
+        };
+        let queue = self.queue_retention(conv, id, request, now);
+        let (rows, (sender, _), ()) =
+            futures::try_join!(state, self.sender_of(conv, bucket, id), queue)?;
+        let mut head = None;
+        let mut lifecycle = None;
+        for r in &rows {
+            head = head.or(r.6);
+            match r.0 {
+                2 => return Ok(true), // a replay: its record is the answer
+                0 => lifecycle = Some((r.1, r.2, r.3, r.4, r.5.as_deref())),
+                _ => {}
+            }
+        }
+        let Some((Some(1), Some(version), None, Some(recalled_at), Some(recalled_by))) = lifecycle
+        else {
+            return Err(format!("fair restore of {id}: not recalled").into());
+        };
+        if sender != by || recalled_by != by || recalled_at < now - window_ms {
+            return Err(format!("fair restore of {id} refused").into());
+        }
+        let seq = head.unwrap_or(0) + 1;
+        let mut b = self.batch();
+        let mut values: Vec<BoxedValues> = Vec::new();
+        b.append_statement(self.head_mark.clone());
+        values.push(Box::new((conv,)));
+        b.append_statement(self.head_claim.clone());
+        values.push(Box::new((seq, conv, head)));
+        b.append_statement(self.restore_write.clone());
+        values.push(Box::new((version + 1, now, vec![seq], conv, id, version)));
+        b.append_statement(self.event_put.clone());
+        values.push(Box::new((conv, seq, id, 0i8, version + 1, now, by)));
+        b.append_statement(self.request_put.clone());
+        values.push(Box::new((
+            "restore",
+            id,
+            by,
+            0i8,
+            version + 1,
+            true,
+            now,
+            rand::random::<i64>(),
+            conv,
+            request,
+        )));
+        let res = self.session.batch(&b, values).await?.into_rows_result()?;
+        let row = res.maybe_first_row::<Row>()?.ok_or("no LWT result")?;
+        // Not applied: another change of the conversation claimed the head first; read again.
+        Ok(matches!(
+            row.columns.first(),
+            Some(Some(CqlValue::Boolean(true)))
+        ))
     }
 
     /// An insert that did not apply: the stored row is the same message (a retry) or not.
@@ -790,114 +1026,20 @@ impl Fair for ScyllaFair {
         Ok(shown)
     }
     async fn recall(&self, conv: &str, id: i64, by: &str, request: &str, window_ms: i64) -> R<()> {
-        let now = now_ms();
-        let mid = MsgId::from_i64(id)?;
-        let bucket = self.bucket(mid);
-        let sentinel = -i64::from(bucket) - 1;
-        let state = async {
-            let rows = self
-                .session
-                .execute_unpaged(&self.recall_read, (conv, id, sentinel, request))
-                .await?
-                .into_rows_result()?;
-            let rows: Vec<(
-                i8,
-                i64,
-                Option<i8>,
-                Option<i32>,
-                Option<bool>,
-                Option<i64>,
-                Option<i64>,
-            )> = rows.rows()?.collect::<Result<_, _>>()?;
-            R::Ok(rows)
-        };
-        let message = async {
-            let rows = self
-                .session
-                .execute_unpaged(&self.message, (conv, bucket, id))
-                .await?
-                .into_rows_result()?;
-            R::Ok(rows.single_row::<(String, i32, Vec<u8>, i64)>()?)
-        };
-        // The retention entry first or beside: a purge that finds one whose message is not
-        // recalled drops it.
-        let due = now + self.retention_ms;
-        let day = i32::try_from(due.div_euclid(86_400_000))?;
-        let queue = async {
-            let c = imstore_core::ConversationId::new(conv)?;
-            let shard = imstore_scylla_shard(&c);
-            self.note_day(2, day).await?;
-            self.session
-                .execute_unpaged(&self.rq_add, (day, shard, due, conv, id, request))
-                .await?;
-            R::Ok(())
-        };
-        let (rows, m, ()) = futures::try_join!(state, message, queue)?;
-        let mut head = None;
-        let mut lifecycle = None;
-        let mut epoch = None;
-        for r in &rows {
-            head = head.or(r.6);
-            match (r.0, r.1) {
-                (2, _) => return Ok(()), // a replay: its record is the answer
-                (0, k) if k == id => lifecycle = Some((r.2, r.3, r.4)),
-                (0, _) => epoch = r.5,
-                _ => {}
+        for _ in 0..LOST_ROUNDS {
+            if self.recall_once(conv, id, by, request, window_ms).await? {
+                return Ok(());
             }
         }
-        let (status, version, purging) = lifecycle.unwrap_or((None, None, None));
-        if status.unwrap_or(0) != 0 || purging.is_some() || m.0 != by || m.3 < now - window_ms {
-            return Err(format!("fair recall of {id} refused").into());
+        Err(format!("fair recall of {id} lost {LOST_ROUNDS} rounds").into())
+    }
+    async fn restore(&self, conv: &str, id: i64, by: &str, request: &str, window_ms: i64) -> R<()> {
+        for _ in 0..LOST_ROUNDS {
+            if self.restore_once(conv, id, by, request, window_ms).await? {
+                return Ok(());
+            }
         }
-        let version_before = version.unwrap_or(1);
-        let seq = head.unwrap_or(0) + 1;
-        let mut b = self.batch();
-        let mut values: Vec<BoxedValues> = Vec::new();
-        b.append_statement(self.head_mark.clone());
-        values.push(Box::new((conv,)));
-        b.append_statement(self.head_claim.clone());
-        values.push(Box::new((seq, conv, head)));
-        b.append_statement(self.state_write.clone());
-        values.push(Box::new((
-            1i8,
-            version_before + 1,
-            now,
-            by,
-            vec![seq],
-            conv,
-            id,
-            version,
-        )));
-        if lifecycle.is_none() {
-            b.append_statement(self.sentinel_fence.clone());
-            // Unset, not null, when no sentinel exists: no tombstone.
-            let set = epoch.map_or(
-                scylla::value::MaybeUnset::Unset,
-                scylla::value::MaybeUnset::Set,
-            );
-            values.push(Box::new((set, conv, sentinel, epoch)));
-        }
-        b.append_statement(self.event_put.clone());
-        values.push(Box::new((conv, seq, id, 1i8, version_before + 1, now, by)));
-        b.append_statement(self.request_put.clone());
-        values.push(Box::new((
-            "recall",
-            id,
-            by,
-            1i8,
-            version_before + 1,
-            true,
-            now,
-            rand::random::<i64>(),
-            conv,
-            request,
-        )));
-        let res = self.session.batch(&b, values).await?.into_rows_result()?;
-        let row = res.maybe_first_row::<Row>()?.ok_or("no LWT result")?;
-        if !matches!(row.columns.first(), Some(Some(CqlValue::Boolean(true)))) {
-            return Err(format!("fair recall of {id} did not apply").into());
-        }
-        Ok(())
+        Err(format!("fair restore of {id} lost {LOST_ROUNDS} rounds").into())
     }
     async fn feed(&self, conv: &str, after: u64, limit: u32) -> R<usize> {
         let rows = self
@@ -922,6 +1064,10 @@ impl Fair for ScyllaFair {
         Ok(n)
     }
 }
+
+/// Attempts of a fair transition before it gives up: each lost round is another change of the
+/// same conversation that won the feed head, as imstore's transitions retry.
+const LOST_ROUNDS: u32 = 200;
 
 /// The values of one statement of a batch.
 type BoxedValues<'a> = Box<dyn scylla::serialize::row::SerializeRow + Send + Sync + 'a>;
