@@ -919,9 +919,18 @@ impl Fair for ScyllaFair {
                         rand::random::<i64>(),
                     ));
                 }
-                let res = self.session.batch(&b, values).await?.into_rows_result()?;
-                let row = res.maybe_first_row::<Row>()?.ok_or("no LWT result")?;
-                if !matches!(row.columns.first(), Some(Some(CqlValue::Boolean(true)))) {
+                // Not applied (some id existed), or an outcome a timeout hid (the batch may
+                // have applied): each message then goes alone, and one found stored is judged
+                // a retry or a conflict, as imstore settles its own.
+                let applied = match self.session.batch(&b, values).await {
+                    Ok(res) => {
+                        let res = res.into_rows_result()?;
+                        let row = res.maybe_first_row::<Row>()?.ok_or("no LWT result")?;
+                        matches!(row.columns.first(), Some(Some(CqlValue::Boolean(true))))
+                    }
+                    Err(_) => false,
+                };
+                if !applied {
                     for m in chunk {
                         self.send(m).await?;
                     }
