@@ -325,6 +325,77 @@ fn pg_view(row: &sqlx::postgres::PgRow, viewer: &str) -> R<()> {
     Ok(())
 }
 
+/// A fair transition's one statement: the replay check (`prior`), the compare-and-set with the
+/// action's rules in its WHERE (`guard`; `$4` the requester, `$5` now, `$6` the window), the
+/// next feed seq (the upsert holds the conversation row until commit, so seq order is commit
+/// order), the event with the new `status` and the request record, all or nothing.
+macro_rules! fair_transition_sql {
+    ($set:literal, $guard:literal, $status:literal, $action:literal) => {
+        concat!(
+            "WITH prior AS ( \
+                 SELECT changed FROM requests WHERE conversation_id = $1 AND request_id = $3), \
+             cas AS ( \
+                 UPDATE messages SET ",
+            $set,
+            " WHERE conversation_id = $1 AND msg_id = $2 AND ",
+            $guard,
+            " AND NOT EXISTS (SELECT 1 FROM prior) RETURNING version), \
+             seq AS ( \
+                 INSERT INTO conversations (conversation_id, feed_seq) SELECT $1, 1 FROM cas \
+                 ON CONFLICT (conversation_id) DO UPDATE SET feed_seq = conversations.feed_seq + 1 \
+                 RETURNING feed_seq), \
+             event AS ( \
+                 INSERT INTO change_events (conversation_id, seq, msg_id, status, version, at, by_user) \
+                 SELECT $1, seq.feed_seq, $2, ",
+            $status,
+            ", cas.version, $5, $4 FROM seq, cas RETURNING 1), \
+             record AS ( \
+                 INSERT INTO requests (conversation_id, request_id, action, msg_id, requester, \
+                     status, version, changed, at) \
+                 SELECT $1, $3, '",
+            $action,
+            "', $2, $4, ",
+            $status,
+            ", cas.version, true, $5 FROM cas RETURNING 1) \
+             SELECT (SELECT count(*) FROM cas) + (SELECT count(*) FROM event) \
+                 + (SELECT count(*) FROM record) AS writes, \
+                 (SELECT changed FROM prior) AS replayed"
+        )
+    };
+}
+
+impl PgFair {
+    /// Runs a [`fair_transition_sql!`] statement: applied (three rows written) or answered by
+    /// the record of an earlier call under `request`; anything else is an error.
+    #[allow(clippy::too_many_arguments)]
+    async fn transition(
+        &self,
+        sql: &'static str,
+        action: &str,
+        conv: &str,
+        id: i64,
+        by: &str,
+        request: &str,
+        window_ms: i64,
+    ) -> R<()> {
+        let row = sqlx::query(sql)
+            .bind(conv)
+            .bind(id)
+            .bind(request)
+            .bind(by)
+            .bind(now_ms())
+            .bind(window_ms)
+            .fetch_one(&self.pool)
+            .await?;
+        let writes: i64 = row.try_get("writes")?;
+        let replayed: Option<bool> = row.try_get("replayed")?;
+        match (writes, replayed) {
+            (3, _) | (_, Some(true)) => Ok(()),
+            _ => Err(format!("fair {action} of {id} did not apply ({writes} writes)").into()),
+        }
+    }
+}
+
 #[async_trait]
 impl Fair for PgFair {
     fn round_trips(&self, path: &str) -> Option<u32> {
@@ -413,91 +484,26 @@ impl Fair for PgFair {
     }
     async fn recall(&self, conv: &str, id: i64, by: &str, request: &str, window_ms: i64) -> R<()> {
         // The rules in the statement: no record of the request, the message normal, sent by
-        // the requester and inside the window; then the compare-and-set, the next feed seq (the
-        // upsert holds the conversation row until commit, so seq order is commit order), the
-        // event and the record, all or nothing.
-        let now = now_ms();
-        let row = sqlx::query(
-            "WITH prior AS ( \
-                 SELECT changed FROM requests WHERE conversation_id = $1 AND request_id = $3), \
-             cas AS ( \
-                 UPDATE messages SET status = 1, version = version + 1, recalled_at = $5, \
-                     recalled_by = $4 \
-                 WHERE conversation_id = $1 AND msg_id = $2 AND status = 0 AND sender_id = $4 \
-                     AND created_at >= $5 - $6 AND NOT EXISTS (SELECT 1 FROM prior) \
-                 RETURNING version), \
-             seq AS ( \
-                 INSERT INTO conversations (conversation_id, feed_seq) SELECT $1, 1 FROM cas \
-                 ON CONFLICT (conversation_id) DO UPDATE SET feed_seq = conversations.feed_seq + 1 \
-                 RETURNING feed_seq), \
-             event AS ( \
-                 INSERT INTO change_events (conversation_id, seq, msg_id, status, version, at, by_user) \
-                 SELECT $1, seq.feed_seq, $2, 1, cas.version, $5, $4 FROM seq, cas RETURNING 1), \
-             record AS ( \
-                 INSERT INTO requests (conversation_id, request_id, action, msg_id, requester, \
-                     status, version, changed, at) \
-                 SELECT $1, $3, 'recall', $2, $4, 1, cas.version, true, $5 FROM cas RETURNING 1) \
-             SELECT (SELECT count(*) FROM cas) + (SELECT count(*) FROM event) \
-                 + (SELECT count(*) FROM record) AS writes, \
-                 (SELECT changed FROM prior) AS replayed",
-        )
-        .bind(conv)
-        .bind(id)
-        .bind(request)
-        .bind(by)
-        .bind(now)
-        .bind(window_ms)
-        .fetch_one(&self.pool)
-        .await?;
-        let writes: i64 = row.try_get("writes")?;
-        let replayed: Option<bool> = row.try_get("replayed")?;
-        match (writes, replayed) {
-            (3, _) | (_, Some(true)) => Ok(()),
-            _ => Err(format!("fair recall of {id} did not apply ({writes} writes)").into()),
-        }
+        // the requester and inside the window.
+        const SQL: &str = fair_transition_sql!(
+            "status = 1, version = version + 1, recalled_at = $5, recalled_by = $4",
+            "status = 0 AND sender_id = $4 AND created_at >= $5 - $6",
+            "1",
+            "recall"
+        );
+        self.transition(SQL, "recall", conv, id, by, request, window_ms)
+            .await
     }
     async fn restore(&self, conv: &str, id: i64, by: &str, request: &str, window_ms: i64) -> R<()> {
-        // As the recall: only the sender, only of their own recall, inside the restore window.
-        let now = now_ms();
-        let row = sqlx::query(
-            "WITH prior AS ( \
-                 SELECT changed FROM requests WHERE conversation_id = $1 AND request_id = $3), \
-             cas AS ( \
-                 UPDATE messages SET status = 0, version = version + 1, recalled_at = NULL, \
-                     restored_at = $5 \
-                 WHERE conversation_id = $1 AND msg_id = $2 AND status = 1 AND sender_id = $4 \
-                     AND recalled_by = $4 AND recalled_at >= $5 - $6 \
-                     AND NOT EXISTS (SELECT 1 FROM prior) \
-                 RETURNING version), \
-             seq AS ( \
-                 INSERT INTO conversations (conversation_id, feed_seq) SELECT $1, 1 FROM cas \
-                 ON CONFLICT (conversation_id) DO UPDATE SET feed_seq = conversations.feed_seq + 1 \
-                 RETURNING feed_seq), \
-             event AS ( \
-                 INSERT INTO change_events (conversation_id, seq, msg_id, status, version, at, by_user) \
-                 SELECT $1, seq.feed_seq, $2, 0, cas.version, $5, $4 FROM seq, cas RETURNING 1), \
-             record AS ( \
-                 INSERT INTO requests (conversation_id, request_id, action, msg_id, requester, \
-                     status, version, changed, at) \
-                 SELECT $1, $3, 'restore', $2, $4, 0, cas.version, true, $5 FROM cas RETURNING 1) \
-             SELECT (SELECT count(*) FROM cas) + (SELECT count(*) FROM event) \
-                 + (SELECT count(*) FROM record) AS writes, \
-                 (SELECT changed FROM prior) AS replayed",
-        )
-        .bind(conv)
-        .bind(id)
-        .bind(request)
-        .bind(by)
-        .bind(now)
-        .bind(window_ms)
-        .fetch_one(&self.pool)
-        .await?;
-        let writes: i64 = row.try_get("writes")?;
-        let replayed: Option<bool> = row.try_get("replayed")?;
-        match (writes, replayed) {
-            (3, _) | (_, Some(true)) => Ok(()),
-            _ => Err(format!("fair restore of {id} did not apply ({writes} writes)").into()),
-        }
+        // Only the sender, only of their own recall, inside the restore window.
+        const SQL: &str = fair_transition_sql!(
+            "status = 0, version = version + 1, recalled_at = NULL, restored_at = $5",
+            "status = 1 AND sender_id = $4 AND recalled_by = $4 AND recalled_at >= $5 - $6",
+            "0",
+            "restore"
+        );
+        self.transition(SQL, "restore", conv, id, by, request, window_ms)
+            .await
     }
     async fn feed(&self, conv: &str, after: u64, limit: u32) -> R<usize> {
         let rows = sqlx::query(
