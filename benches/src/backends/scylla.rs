@@ -699,13 +699,8 @@ impl ScyllaFair {
             conv,
             request,
         )));
-        let res = self.session.batch(&b, values).await?.into_rows_result()?;
-        let row = res.maybe_first_row::<Row>()?.ok_or("no LWT result")?;
         // Not applied: another change of the conversation claimed the head first; read again.
-        Ok(matches!(
-            row.columns.first(),
-            Some(Some(CqlValue::Boolean(true)))
-        ))
+        self.applied(&b, values).await
     }
 
     /// One attempt at [`Fair::restore`], as [`ScyllaFair::recall_once`].
@@ -784,9 +779,18 @@ impl ScyllaFair {
             conv,
             request,
         )));
-        let res = self.session.batch(&b, values).await?.into_rows_result()?;
-        let row = res.maybe_first_row::<Row>()?.ok_or("no LWT result")?;
         // Not applied: another change of the conversation claimed the head first; read again.
+        self.applied(&b, values).await
+    }
+
+    /// Runs a conditional batch; whether it applied (the `[applied]` column of its answer).
+    async fn applied(
+        &self,
+        b: &scylla::statement::batch::Batch,
+        values: Vec<BoxedValues<'_>>,
+    ) -> R<bool> {
+        let res = self.session.batch(b, values).await?.into_rows_result()?;
+        let row = res.maybe_first_row::<Row>()?.ok_or("no LWT result")?;
         Ok(matches!(
             row.columns.first(),
             Some(Some(CqlValue::Boolean(true)))
