@@ -7,7 +7,7 @@ use sqlx::postgres::PgPool;
 
 use crate::error::map;
 use crate::read::reading;
-use crate::rows::{self, column};
+use crate::rows::{self, Cols, EventCols};
 
 /// Up to `limit` events with seq after `after`, the highest seq ever handed out, and the highest
 /// seq the purge removed.
@@ -46,13 +46,25 @@ pub(crate) async fn changes(
     .await
     .map_err(map)?;
     let mut slice = FeedSlice::default();
+    // Every row carries the head and the mark; the events' columns are null on the one row of
+    // an empty page. Positions are looked up once (see `rows::Cols`).
+    let Some(first) = found.first() else {
+        return Err(Error::corrupt("the feed query answered no row"));
+    };
+    let (head, purged, has_event) = (
+        rows::ordinal(first, "head")?,
+        rows::ordinal(first, "purged")?,
+        rows::ordinal(first, "has_event")?,
+    );
+    let cols = EventCols::of(first)?;
+    slice.events.reserve(found.len());
     for row in &found {
-        slice.head = rows::count(row, "head")?;
-        slice.purged_through = rows::count(row, "purged")?;
-        if column::<bool>(row, "has_event")? {
-            slice.events.push(rows::event(conversation, row)?);
+        if rows::at::<bool>(row, has_event)? {
+            slice.events.push(rows::event_at(conversation, row, &cols)?);
         }
     }
+    slice.head = rows::count_at(first, head)?;
+    slice.purged_through = rows::count_at(first, purged)?;
     Ok(slice)
 }
 
@@ -89,12 +101,19 @@ pub(crate) async fn heads(
             conversations.len()
         )));
     }
+    let Some(first) = found.first() else {
+        return Ok(Vec::new());
+    };
+    let (head, purged) = (
+        rows::ordinal(first, "head")?,
+        rows::ordinal(first, "purged")?,
+    );
     found
         .iter()
         .map(|row| {
             Ok(FeedHead {
-                head: rows::count(row, "head")?,
-                purged_through: rows::count(row, "purged")?,
+                head: rows::count_at(row, head)?,
+                purged_through: rows::count_at(row, purged)?,
             })
         })
         .collect()

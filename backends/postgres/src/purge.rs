@@ -39,7 +39,7 @@ use imstore_core::{ConversationId, PurgeOptions, PurgeReport, Result, Retry};
 use sqlx::postgres::PgPool;
 
 use crate::error::{Failed, map};
-use crate::rows::{self, column};
+use crate::rows::{self, Cols, LifecycleCols, column};
 
 /// The advisory lock key that orders purge batches (shared) against placing a legal hold
 /// (exclusive). Database-wide, so stores in other schemas of the same database share it: a hold
@@ -97,9 +97,14 @@ async fn batch(pool: &PgPool, job: &PurgeJob<'_>) -> std::result::Result<PurgeRe
     let mut conversations = Vec::with_capacity(candidates.len());
     let mut ids = Vec::with_capacity(candidates.len());
     let mut keys = Vec::new();
-    for row in &candidates {
+    // Every candidate row has the same columns: their positions are looked up once.
+    let cols = match candidates.first() {
+        Some(first) => Some(LifecycleCols::of(first)?),
+        None => None,
+    };
+    for (row, cols) in candidates.iter().zip(cols.iter().cycle()) {
         // The SQL filter is the index-friendly form of the rule; the rule itself decides.
-        if job.purgeable(&rows::lifecycle(row)?) {
+        if job.purgeable(&rows::lifecycle_at(row, cols)?) {
             conversations.push(column::<String>(row, "conversation_id")?);
             ids.push(column::<i64>(row, "msg_id")?);
             keys.extend(column::<Option<String>>(row, "attachment_key")?);

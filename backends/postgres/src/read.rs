@@ -7,7 +7,7 @@ use imstore_core::{ConversationId, Direction, MsgId, Result, StoredMessage};
 use sqlx::postgres::PgPool;
 
 use crate::error::{is_broken_connection, map};
-use crate::rows::{self, message_columns, message_columns_no_content};
+use crate::rows::{self, MessageCols, message_columns, message_columns_no_content};
 
 /// Runs a read-only statement, once more if the connection it got had died while idle.
 ///
@@ -96,8 +96,7 @@ pub(crate) async fn page(
     })
     .await
     .map_err(map)?;
-    found
-        .iter()
-        .map(|row| rows::message(conversation, row))
-        .collect()
+    rows::each(&found, |row, cols: &MessageCols| {
+        rows::message_at(conversation, row, cols)
+    })
 }

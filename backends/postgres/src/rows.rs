@@ -7,7 +7,7 @@ use imstore_core::{
     MsgId, NewMessage, Result, Status, StoredMessage, Timestamp, TransitionRequest, UserId,
 };
 use sqlx::postgres::PgRow;
-use sqlx::{Postgres, Row};
+use sqlx::{Column, Postgres, Row};
 
 use crate::error::map;
 
@@ -39,32 +39,155 @@ where
     row.try_get(name).map_err(map)
 }
 
-fn user(row: &PgRow, name: &str) -> Result<UserId> {
-    UserId::new(column::<String>(row, name)?)
-        .map_err(|_| Error::corrupt(format!("stored {name} is not a valid user id")))
+/// One column by its position (see [`Cols`]), any driver error mapped.
+pub(crate) fn at<'r, T>(row: &'r PgRow, i: usize) -> Result<T>
+where
+    T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
+{
+    row.try_get(i).map_err(map)
 }
 
-fn opt_user(row: &PgRow, name: &str) -> Result<Option<UserId>> {
-    column::<Option<String>>(row, name)?
+/// The name of column `i`, for an error message (the cold path only).
+fn name_of(row: &PgRow, i: usize) -> &str {
+    row.columns().get(i).map_or("column", |c| c.name())
+}
+
+/// The position of column `name` in `row`'s result set.
+pub(crate) fn ordinal(row: &PgRow, name: &str) -> Result<usize> {
+    row.try_column(name).map(Column::ordinal).map_err(map)
+}
+
+fn user(row: &PgRow, i: usize) -> Result<UserId> {
+    UserId::new(at::<String>(row, i)?)
+        .map_err(|_| Error::corrupt(format!("stored {} is not a valid user id", name_of(row, i))))
+}
+
+fn opt_user(row: &PgRow, i: usize) -> Result<Option<UserId>> {
+    at::<Option<String>>(row, i)?
         .map(|s| {
-            UserId::new(s)
-                .map_err(|_| Error::corrupt(format!("stored {name} is not a valid user id")))
+            UserId::new(s).map_err(|_| {
+                Error::corrupt(format!("stored {} is not a valid user id", name_of(row, i)))
+            })
         })
         .transpose()
 }
 
-fn msg_id(row: &PgRow, name: &str) -> Result<MsgId> {
-    MsgId::from_i64(column(row, name)?)
-        .map_err(|_| Error::corrupt(format!("stored {name} is not a valid msg_id")))
+fn msg_id(row: &PgRow, i: usize) -> Result<MsgId> {
+    MsgId::from_i64(at(row, i)?)
+        .map_err(|_| Error::corrupt(format!("stored {} is not a valid msg_id", name_of(row, i))))
 }
 
-fn version(row: &PgRow, name: &str) -> Result<u32> {
-    u32::try_from(column::<i64>(row, name)?)
-        .map_err(|_| Error::corrupt(format!("stored {name} is out of range")))
+fn version(row: &PgRow, i: usize) -> Result<u32> {
+    u32::try_from(at::<i64>(row, i)?)
+        .map_err(|_| Error::corrupt(format!("stored {} is out of range", name_of(row, i))))
 }
 
-fn opt_time(row: &PgRow, name: &str) -> Result<Option<Timestamp>> {
-    Ok(column::<Option<i64>>(row, name)?.map(Timestamp::from_millis))
+fn opt_time(row: &PgRow, i: usize) -> Result<Option<Timestamp>> {
+    Ok(at::<Option<i64>>(row, i)?.map(Timestamp::from_millis))
+}
+
+/// Where the columns a decoder reads sit in a result set, looked up by name once for all its
+/// rows (they share one description) and then read by position.
+///
+/// Why: sqlx finds a column by name with a hash lookup and a string compare on every read; a
+/// page of 51 rows of 15 columns paid 765 of them, the largest single cost of decoding it
+/// (`benches/README.md`, the PostgreSQL read profile).
+pub(crate) trait Cols: Sized {
+    /// The positions in `row`'s result set; an error if a column is missing.
+    fn of(row: &PgRow) -> Result<Self>;
+}
+
+/// Decodes every row of one result set with the positions found in its first row.
+pub(crate) fn each<C: Cols, T>(
+    found: &[PgRow],
+    mut decode: impl FnMut(&PgRow, &C) -> Result<T>,
+) -> Result<Vec<T>> {
+    let Some(first) = found.first() else {
+        return Ok(Vec::new());
+    };
+    let cols = C::of(first)?;
+    found.iter().map(|row| decode(row, &cols)).collect()
+}
+
+/// The positions of a message's lifecycle columns (`status`, `version`, `created_at`, ...).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LifecycleCols {
+    status: usize,
+    version: usize,
+    created_at: usize,
+    recalled_at: usize,
+    recalled_by: usize,
+    restored_at: usize,
+    deleted_at: usize,
+    deleted_by: usize,
+}
+
+impl Cols for LifecycleCols {
+    fn of(row: &PgRow) -> Result<Self> {
+        Ok(LifecycleCols {
+            status: ordinal(row, "status")?,
+            version: ordinal(row, "version")?,
+            created_at: ordinal(row, "created_at")?,
+            recalled_at: ordinal(row, "recalled_at")?,
+            recalled_by: ordinal(row, "recalled_by")?,
+            restored_at: ordinal(row, "restored_at")?,
+            deleted_at: ordinal(row, "deleted_at")?,
+            deleted_by: ordinal(row, "deleted_by")?,
+        })
+    }
+}
+
+/// The positions of the columns of [`message_columns!`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MessageCols {
+    msg_id: usize,
+    sender_id: usize,
+    msg_type: usize,
+    content: usize,
+    attachment_key: usize,
+    attachment_size: usize,
+    attachment_mime: usize,
+    lifecycle: LifecycleCols,
+}
+
+impl Cols for MessageCols {
+    fn of(row: &PgRow) -> Result<Self> {
+        Ok(MessageCols {
+            msg_id: ordinal(row, "msg_id")?,
+            sender_id: ordinal(row, "sender_id")?,
+            msg_type: ordinal(row, "msg_type")?,
+            content: ordinal(row, "content")?,
+            attachment_key: ordinal(row, "attachment_key")?,
+            attachment_size: ordinal(row, "attachment_size")?,
+            attachment_mime: ordinal(row, "attachment_mime")?,
+            lifecycle: LifecycleCols::of(row)?,
+        })
+    }
+}
+
+/// The positions of a change event's columns (`seq`, `msg_id`, `status`, `version`, `at`,
+/// `by_user`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct EventCols {
+    seq: usize,
+    msg_id: usize,
+    status: usize,
+    version: usize,
+    at: usize,
+    by_user: usize,
+}
+
+impl Cols for EventCols {
+    fn of(row: &PgRow) -> Result<Self> {
+        Ok(EventCols {
+            seq: ordinal(row, "seq")?,
+            msg_id: ordinal(row, "msg_id")?,
+            status: ordinal(row, "status")?,
+            version: ordinal(row, "version")?,
+            at: ordinal(row, "at")?,
+            by_user: ordinal(row, "by_user")?,
+        })
+    }
 }
 
 /// A stored conversation id (rows that carry one, such as the batch read-back).
@@ -75,46 +198,60 @@ pub(crate) fn conversation(row: &PgRow, name: &str) -> Result<ConversationId> {
 
 /// The sender of a message row.
 pub(crate) fn sender(row: &PgRow) -> Result<UserId> {
-    user(row, "sender_id")
+    user(row, ordinal(row, "sender_id")?)
 }
 
 /// The lifecycle columns of a message row.
 pub(crate) fn lifecycle(row: &PgRow) -> Result<Lifecycle> {
+    lifecycle_at(row, &LifecycleCols::of(row)?)
+}
+
+/// The lifecycle columns of a message row, at positions `c`.
+pub(crate) fn lifecycle_at(row: &PgRow, c: &LifecycleCols) -> Result<Lifecycle> {
     Ok(Lifecycle {
-        status: Status::from_code(column(row, "status")?)?,
-        version: version(row, "version")?,
-        created_at: Timestamp::from_millis(column(row, "created_at")?),
-        recalled_at: opt_time(row, "recalled_at")?,
-        recalled_by: opt_user(row, "recalled_by")?,
-        restored_at: opt_time(row, "restored_at")?,
-        deleted_at: opt_time(row, "deleted_at")?,
-        deleted_by: opt_user(row, "deleted_by")?,
+        status: Status::from_code(at(row, c.status)?)?,
+        version: version(row, c.version)?,
+        created_at: Timestamp::from_millis(at(row, c.created_at)?),
+        recalled_at: opt_time(row, c.recalled_at)?,
+        recalled_by: opt_user(row, c.recalled_by)?,
+        restored_at: opt_time(row, c.restored_at)?,
+        deleted_at: opt_time(row, c.deleted_at)?,
+        deleted_by: opt_user(row, c.deleted_by)?,
     })
 }
 
 /// A message row of conversation `conversation`, its content as stored (encoded).
 pub(crate) fn message(conversation: &ConversationId, row: &PgRow) -> Result<StoredMessage> {
-    let attachment = match column::<Option<String>>(row, "attachment_key")? {
+    message_at(conversation, row, &MessageCols::of(row)?)
+}
+
+/// A message row of conversation `conversation`, at positions `c`.
+pub(crate) fn message_at(
+    conversation: &ConversationId,
+    row: &PgRow,
+    c: &MessageCols,
+) -> Result<StoredMessage> {
+    let attachment = match at::<Option<String>>(row, c.attachment_key)? {
         None => None,
         Some(key) => {
-            let size = column::<Option<i64>>(row, "attachment_size")?
+            let size = at::<Option<i64>>(row, c.attachment_size)?
                 .and_then(|s| u64::try_from(s).ok())
                 .ok_or_else(|| Error::corrupt("stored attachment has no valid size"))?;
-            let mime = column::<Option<String>>(row, "attachment_mime")?
+            let mime = at::<Option<String>>(row, c.attachment_mime)?
                 .ok_or_else(|| Error::corrupt("stored attachment has no mime type"))?;
             Some(Attachment { key, size, mime })
         }
     };
     Ok(StoredMessage {
         message: NewMessage {
-            msg_id: msg_id(row, "msg_id")?,
+            msg_id: msg_id(row, c.msg_id)?,
             conversation_id: conversation.clone(),
-            sender_id: sender(row)?,
-            msg_type: MessageType::from_code(column(row, "msg_type")?)?,
-            content: column(row, "content")?,
+            sender_id: user(row, c.sender_id)?,
+            msg_type: MessageType::from_code(at(row, c.msg_type)?)?,
+            content: at(row, c.content)?,
             attachment,
         },
-        lifecycle: lifecycle(row)?,
+        lifecycle: lifecycle_at(row, &c.lifecycle)?,
     })
 }
 
@@ -131,27 +268,31 @@ pub(crate) fn record(req: &TransitionRequest, row: &PgRow, prefix: &str) -> Resu
         conversation_id: req.conversation_id.clone(),
         request_id: req.request_id.clone(),
         action: Action::parse(&column::<String>(row, &name("action"))?)?,
-        msg_id: msg_id(row, &name("msg_id"))?,
-        requester: user(row, &name("requester"))?,
+        msg_id: msg_id(row, ordinal(row, &name("msg_id"))?)?,
+        requester: user(row, ordinal(row, &name("requester"))?)?,
         status: Status::from_code(column(row, &name("status"))?)?,
-        version: version(row, &name("version"))?,
+        version: version(row, ordinal(row, &name("version"))?)?,
         changed: column(row, &name("changed"))?,
         at: Timestamp::from_millis(column(row, &name("at"))?),
         refusal,
     })
 }
 
-/// A change event row of conversation `conversation`.
-pub(crate) fn event(conversation: &ConversationId, row: &PgRow) -> Result<ChangeEvent> {
+/// A change event row of conversation `conversation`, at positions `c`.
+pub(crate) fn event_at(
+    conversation: &ConversationId,
+    row: &PgRow,
+    c: &EventCols,
+) -> Result<ChangeEvent> {
     Ok(ChangeEvent {
-        seq: u64::try_from(column::<i64>(row, "seq")?)
+        seq: u64::try_from(at::<i64>(row, c.seq)?)
             .map_err(|_| Error::corrupt("stored seq is negative"))?,
         conversation_id: conversation.clone(),
-        msg_id: msg_id(row, "msg_id")?,
-        status: Status::from_code(column(row, "status")?)?,
-        version: version(row, "version")?,
-        at: Timestamp::from_millis(column(row, "at")?),
-        by: user(row, "by_user")?,
+        msg_id: msg_id(row, c.msg_id)?,
+        status: Status::from_code(at(row, c.status)?)?,
+        version: version(row, c.version)?,
+        at: Timestamp::from_millis(at(row, c.at)?),
+        by: user(row, c.by_user)?,
     })
 }
 
@@ -159,4 +300,10 @@ pub(crate) fn event(conversation: &ConversationId, row: &PgRow) -> Result<Change
 pub(crate) fn count(row: &PgRow, name: &str) -> Result<u64> {
     u64::try_from(column::<i64>(row, name)?)
         .map_err(|_| Error::corrupt(format!("{name} is negative")))
+}
+
+/// [`count`] by position.
+pub(crate) fn count_at(row: &PgRow, i: usize) -> Result<u64> {
+    u64::try_from(at::<i64>(row, i)?)
+        .map_err(|_| Error::corrupt(format!("{} is negative", name_of(row, i))))
 }
