@@ -299,27 +299,27 @@ macro_rules! view_columns {
 /// A row as a viewer sees it: content kept only when shown (normal, or the sender's own recalled
 /// message, which the sender may re-edit).
 fn pg_view(row: &sqlx::postgres::PgRow, viewer: &str) -> R<()> {
-    let sender: String = row.try_get("sender_id")?;
-    let status: i16 = row.try_get("status")?;
+    // By position, in the order of `view_columns!` (a by-name read hashes and compares the
+    // name on every call; imstore resolves the positions once per result set).
+    let sender: String = row.try_get(1)?;
+    let status: i16 = row.try_get(7)?;
     let shown = status == 0 || (status == 1 && sender == viewer);
     let view = (
-        row.try_get::<i64, _>("msg_id")?,
-        row.try_get::<i32, _>("msg_type")?,
-        row.try_get::<i64, _>("version")?,
-        row.try_get::<i64, _>("created_at")?,
-        row.try_get::<Option<i64>, _>("recalled_at")?,
-        row.try_get::<Option<String>, _>("recalled_by")?,
-        row.try_get::<Option<i64>, _>("restored_at")?,
-        row.try_get::<Option<i64>, _>("deleted_at")?,
-        row.try_get::<Option<String>, _>("deleted_by")?,
+        row.try_get::<i64, _>(0)?,
+        row.try_get::<i32, _>(2)?,
+        row.try_get::<i64, _>(8)?,
+        row.try_get::<i64, _>(9)?,
+        row.try_get::<Option<i64>, _>(10)?,
+        row.try_get::<Option<String>, _>(11)?,
+        row.try_get::<Option<i64>, _>(12)?,
+        row.try_get::<Option<i64>, _>(13)?,
+        row.try_get::<Option<String>, _>(14)?,
         (
-            row.try_get::<Option<String>, _>("attachment_key")?,
-            row.try_get::<Option<i64>, _>("attachment_size")?,
-            row.try_get::<Option<String>, _>("attachment_mime")?,
+            row.try_get::<Option<String>, _>(4)?,
+            row.try_get::<Option<i64>, _>(5)?,
+            row.try_get::<Option<String>, _>(6)?,
         ),
-        shown
-            .then(|| row.try_get::<Vec<u8>, _>("content"))
-            .transpose()?,
+        shown.then(|| row.try_get::<Vec<u8>, _>(3)).transpose()?,
     );
     std::hint::black_box((sender, view));
     Ok(())
@@ -525,18 +525,19 @@ impl Fair for PgFair {
         // by X at T") with the head and the purge mark (to see a gap).
         let mut n = 0;
         for r in &rows {
+            // By position, in the SELECT's order.
             let event: FeedRow = (
-                r.try_get("seq")?,
-                r.try_get("msg_id")?,
-                r.try_get("status")?,
-                r.try_get("version")?,
-                r.try_get("at")?,
-                r.try_get("by_user")?,
+                r.try_get(2)?,
+                r.try_get(3)?,
+                r.try_get(4)?,
+                r.try_get(5)?,
+                r.try_get(6)?,
+                r.try_get(7)?,
             );
             if event.0.is_some() {
                 n += 1;
             }
-            let marks: (i64, i64) = (r.try_get("head")?, r.try_get("purged")?);
+            let marks: (i64, i64) = (r.try_get(0)?, r.try_get(1)?);
             std::hint::black_box((marks, event));
         }
         Ok(n)
