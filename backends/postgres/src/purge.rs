@@ -98,16 +98,15 @@ async fn batch(pool: &PgPool, job: &PurgeJob<'_>) -> std::result::Result<PurgeRe
     let mut ids = Vec::with_capacity(candidates.len());
     let mut keys = Vec::new();
     // Every candidate row has the same columns: their positions are looked up once.
-    let cols = match candidates.first() {
-        Some(first) => Some(LifecycleCols::of(first)?),
-        None => None,
-    };
-    for (row, cols) in candidates.iter().zip(cols.iter().cycle()) {
-        // The SQL filter is the index-friendly form of the rule; the rule itself decides.
-        if job.purgeable(&rows::lifecycle_at(row, cols)?) {
-            conversations.push(column::<String>(row, "conversation_id")?);
-            ids.push(column::<i64>(row, "msg_id")?);
-            keys.extend(column::<Option<String>>(row, "attachment_key")?);
+    if let Some(first) = candidates.first() {
+        let cols = LifecycleCols::of(first)?;
+        for row in &candidates {
+            // The SQL filter is the index-friendly form of the rule; the rule itself decides.
+            if job.purgeable(&rows::lifecycle_at(row, &cols)?) {
+                conversations.push(column::<String>(row, "conversation_id")?);
+                ids.push(column::<i64>(row, "msg_id")?);
+                keys.extend(column::<Option<String>>(row, "attachment_key")?);
+            }
         }
     }
 

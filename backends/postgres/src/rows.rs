@@ -109,86 +109,48 @@ pub(crate) fn each<C: Cols, T>(
     found.iter().map(|row| decode(row, &cols)).collect()
 }
 
-/// The positions of a message's lifecycle columns (`status`, `version`, `created_at`, ...).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct LifecycleCols {
-    status: usize,
-    version: usize,
-    created_at: usize,
-    recalled_at: usize,
-    recalled_by: usize,
-    restored_at: usize,
-    deleted_at: usize,
-    deleted_by: usize,
+/// Declares a [`Cols`] struct whose fields are named after the columns they locate (so a field
+/// and its column cannot drift apart), and, after `;`, fields that are other `Cols` of the same
+/// row.
+macro_rules! cols {
+    ($(#[$doc:meta])* $name:ident { $($col:ident),+ $(; $($nested:ident: $ty:ty),+)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug)]
+        pub(crate) struct $name {
+            $($col: usize,)+
+            $($($nested: $ty,)+)?
+        }
+
+        impl Cols for $name {
+            fn of(row: &PgRow) -> Result<Self> {
+                Ok($name {
+                    $($col: ordinal(row, stringify!($col))?,)+
+                    $($($nested: <$ty>::of(row)?,)+)?
+                })
+            }
+        }
+    };
 }
 
-impl Cols for LifecycleCols {
-    fn of(row: &PgRow) -> Result<Self> {
-        Ok(LifecycleCols {
-            status: ordinal(row, "status")?,
-            version: ordinal(row, "version")?,
-            created_at: ordinal(row, "created_at")?,
-            recalled_at: ordinal(row, "recalled_at")?,
-            recalled_by: ordinal(row, "recalled_by")?,
-            restored_at: ordinal(row, "restored_at")?,
-            deleted_at: ordinal(row, "deleted_at")?,
-            deleted_by: ordinal(row, "deleted_by")?,
-        })
+cols!(
+    /// The positions of a message's lifecycle columns.
+    LifecycleCols {
+        status, version, created_at, recalled_at, recalled_by, restored_at, deleted_at, deleted_by
     }
-}
+);
 
-/// The positions of the columns of [`message_columns!`].
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct MessageCols {
-    msg_id: usize,
-    sender_id: usize,
-    msg_type: usize,
-    content: usize,
-    attachment_key: usize,
-    attachment_size: usize,
-    attachment_mime: usize,
-    lifecycle: LifecycleCols,
-}
-
-impl Cols for MessageCols {
-    fn of(row: &PgRow) -> Result<Self> {
-        Ok(MessageCols {
-            msg_id: ordinal(row, "msg_id")?,
-            sender_id: ordinal(row, "sender_id")?,
-            msg_type: ordinal(row, "msg_type")?,
-            content: ordinal(row, "content")?,
-            attachment_key: ordinal(row, "attachment_key")?,
-            attachment_size: ordinal(row, "attachment_size")?,
-            attachment_mime: ordinal(row, "attachment_mime")?,
-            lifecycle: LifecycleCols::of(row)?,
-        })
+cols!(
+    /// The positions of the columns of [`message_columns!`].
+    MessageCols {
+        msg_id, sender_id, msg_type, content, attachment_key, attachment_size, attachment_mime;
+        lifecycle: LifecycleCols
     }
-}
+);
 
-/// The positions of a change event's columns (`seq`, `msg_id`, `status`, `version`, `at`,
-/// `by_user`).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct EventCols {
-    seq: usize,
-    msg_id: usize,
-    status: usize,
-    version: usize,
-    at: usize,
-    by_user: usize,
-}
-
-impl Cols for EventCols {
-    fn of(row: &PgRow) -> Result<Self> {
-        Ok(EventCols {
-            seq: ordinal(row, "seq")?,
-            msg_id: ordinal(row, "msg_id")?,
-            status: ordinal(row, "status")?,
-            version: ordinal(row, "version")?,
-            at: ordinal(row, "at")?,
-            by_user: ordinal(row, "by_user")?,
-        })
-    }
-}
+cols!(
+    /// The positions of a change event's columns.
+    EventCols { seq, msg_id, status, version, at, by_user }
+);
 
 /// A stored conversation id (rows that carry one, such as the batch read-back).
 pub(crate) fn conversation(row: &PgRow, name: &str) -> Result<ConversationId> {
