@@ -170,9 +170,22 @@ launched() {
   local pid
   pid=$(head -n 1 "$1" 2>/dev/null | tr -d '[:space:]')
   [[ $pid =~ ^[0-9]+$ ]] || return 1
+  alive "$pid"
+}
+
+# alive PID: PID exists and has not exited. A zombie (state Z or X in
+# /proc/PID/stat) has exited but still answers `kill -0`. Its empty cmdline is
+# no test: inside execve the cmdline also reads empty for a moment, between the
+# switch to the new image and the setup of its arguments, and a poll that
+# lands there took a starting FerretDB for one that exited.
+alive() {
+  local pid=$1 stat
   kill -0 "$pid" 2>/dev/null || return 1
-  # A zombie has exited: its cmdline is empty.
-  [[ -n $(tr -d '\0' <"/proc/$pid/cmdline" 2>/dev/null) ]]
+  stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
+  # The state follows the command name, which is in parentheses and may hold
+  # spaces or parentheses itself: take what follows the last ") ".
+  stat=${stat##*) }
+  [[ ${stat:0:1} != Z && ${stat:0:1} != X ]]
 }
 
 # owns_port PID PORT: PID is the process listening on PORT (true when ss
@@ -186,10 +199,7 @@ owns_port() {
 # wait_gone PID SECONDS: wait for PID to exit; false if still alive after.
 wait_gone() {
   local pid=$1 deadline=$((SECONDS + $2))
-  while kill -0 "$pid" 2>/dev/null; do
-    # A zombie has exited: its cmdline is empty. (Read it: files in /proc
-    # all report size 0, so `test -s` can't tell.)
-    [[ -n $(tr -d '\0' <"/proc/$pid/cmdline" 2>/dev/null) ]] || return 0
+  while alive "$pid"; do
     ((SECONDS < deadline)) || return 1
     sleep 0.2
   done
