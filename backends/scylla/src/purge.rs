@@ -24,7 +24,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 use imstore_core::backend::{Fields, PurgeJob};
 use imstore_core::{ConversationId, MsgId, PurgeReport, Result, Retry, Timestamp};
@@ -90,8 +90,8 @@ enum Verdict {
 }
 
 /// Messages of one conversation committed by one purge commit: the batch holds a row per
-/// message, its events and a sentinel per bucket, so 20 stays well under the servers' batch size
-/// warnings (Cassandra 5 KiB) while one Paxos round removes 20 messages instead of one.
+/// message, its events and a sentinel per bucket, so 50 stays well under the servers' batch size
+/// limits (Cassandra fails a batch at 50 KiB) while one Paxos round removes 50 messages.
 const GROUP_MESSAGES: usize = 50;
 
 /// Conversations of one queue page whose groups a shard-day's run settles at the same time.
@@ -100,6 +100,9 @@ const GROUP_MESSAGES: usize = 50;
 /// conversations no longer waits for each in turn (a group is about five round trips, three of
 /// them Paxos rounds).
 const CONVERSATIONS_IN_FLIGHT: usize = 4;
+
+/// Emptied-bucket checks a call runs at the same time (each its own partition).
+const BUCKET_CHECKS_IN_FLIGHT: usize = 16;
 
 /// Queue entries per unlogged batch removing them (one partition).
 const UNQUEUE_ROWS: usize = 100;
@@ -1510,31 +1513,72 @@ impl<'a, 'j> Run<'a, 'j> {
 }
 
 /// Expires the request records `ids` of one conversation whose retention has passed, in one
-/// conditional batch (`IF at_ms <= cutoff` each); when it does not apply (one is gone already,
-/// or younger), each is expired alone. A timeout is settled by writing again: the record is gone
-/// either way.
+/// conditional batch (`IF at_ms <= cutoff` each). One record gone already (expired with its
+/// other queue entry, across a page's or a call's boundary) or younger makes the whole batch not
+/// apply: then the records are read, and those still there and due go in one batch again. Only
+/// when that does not apply either (a record changed in between) is each expired alone. A
+/// timeout is settled by writing again: the record is gone either way.
 async fn expire_records(
     b: &ScyllaBackend,
     conv: &ConversationId,
     ids: &[&str],
     cutoff: i64,
 ) -> Result<()> {
+    let mut ids: Vec<&str> = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
     if ids.is_empty() {
         return Ok(());
     }
-    let mut batch = b.conditional_batch();
-    let mut values: Vec<BoxedRow> = Vec::with_capacity(ids.len());
-    for id in ids {
-        batch.append_statement(b.st().request_expire.clone());
-        values.push(Box::new((
-            conv.as_str().to_owned(),
-            (*id).to_owned(),
-            cutoff,
-        )));
-    }
+    let batch_of = |ids: &[&str]| {
+        let mut batch = b.conditional_batch();
+        let mut values: Vec<BoxedRow> = Vec::with_capacity(ids.len());
+        for id in ids {
+            batch.append_statement(b.st().request_expire.clone());
+            values.push(Box::new((
+                conv.as_str().to_owned(),
+                (*id).to_owned(),
+                cutoff,
+            )));
+        }
+        (batch, values)
+    };
+    let (batch, values) = batch_of(&ids);
     match crate::transition::run_batch(b, &batch, values).await {
         Ok(true) => return Ok(()),
-        Ok(false) => {}
+        Ok(false) => {
+            // Measured before this second batch: the one-at-a-time fallback took 50 Paxos
+            // rounds in series for one stale record, and was most of a purge call's time.
+            let owned: Vec<String> = ids.iter().map(|id| (*id).to_owned()).collect();
+            let mut due: HashSet<String> = HashSet::new();
+            let mut paging = Some(PagingState::start());
+            while let Some(p) = paging.take() {
+                let (rows, next) = page_with::<(String, Option<i64>)>(
+                    b,
+                    &b.st().request_ages,
+                    (conv.as_str(), owned.clone()),
+                    p,
+                )
+                .await?;
+                paging = next;
+                due.extend(
+                    rows.into_iter()
+                        .filter(|(_, at)| at.is_some_and(|at| at <= cutoff))
+                        .map(|(id, _)| id),
+                );
+            }
+            ids.retain(|id| due.contains(*id));
+            if ids.is_empty() {
+                return Ok(());
+            }
+            let (batch, values) = batch_of(&ids);
+            match crate::transition::run_batch(b, &batch, values).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) if e.is_temporary() => {}
+                Err(e) => return Err(e),
+            }
+        }
         Err(e) if e.is_temporary() => {}
         Err(e) => return Err(e),
     }
@@ -1542,7 +1586,7 @@ async fn expire_records(
         conditional(
             b,
             &b.st().request_expire,
-            (conv.as_str().to_owned(), (*id).to_owned(), cutoff),
+            (conv.as_str().to_owned(), id.to_owned(), cutoff),
             false,
             || async { Ok(None) },
         )
@@ -1587,9 +1631,16 @@ pub(crate) async fn purge(b: &ScyllaBackend, job: &PurgeJob<'_>) -> Result<Purge
     if !(run.full() || run.cut_short) {
         run.legacy_history_queue().await?;
     }
-    for (conv, bucket) in std::mem::take(&mut run.touched) {
-        run.drop_bucket_if_empty(&conv, bucket).await?;
-    }
+    // Side by side: each is a read of its own bucket partition (and perhaps a write there), and
+    // one after another they were most of a call's time (a call touches a bucket per
+    // conversation it purged, 10-25 of them in a backlog).
+    let touched = std::mem::take(&mut run.touched);
+    let run_ref = &run;
+    futures::stream::iter(touched)
+        .map(|(conv, bucket)| async move { run_ref.drop_bucket_if_empty(&conv, bucket).await })
+        .buffer_unordered(BUCKET_CHECKS_IN_FLIGHT)
+        .try_collect::<Vec<()>>()
+        .await?;
     run.report.more = run.full() || run.cut_short;
     Ok(run.report)
 }

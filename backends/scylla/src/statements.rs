@@ -160,6 +160,7 @@ statements! {
     request_get_serial: SerialRead => "SELECT action, msg_id, actor, status, version, changed, at_ms, refusal, call_token FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 2 AND k = 0 AND request_id = ?",
     // Insert-if-absent: a record is the first outcome of its id and is never overwritten.
     request_put: Conditional => "UPDATE {ks}.conversation_state SET action = ?, msg_id = ?, actor = ?, status = ?, version = ?, changed = ?, at_ms = ?, refusal = ?, call_token = ? WHERE conversation_id = ? AND kind = 2 AND k = 0 AND request_id = ? IF at_ms = null",
+    request_ages: Idempotent => "SELECT request_id, at_ms FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 2 AND k = 0 AND request_id IN ?",
     request_expire: Conditional => "DELETE FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 2 AND k = 0 AND request_id = ? IF at_ms <= ?",
 
     // --- attachment references.

@@ -255,3 +255,47 @@ async fn a_held_backlog_is_parked_off_the_queue_and_returns_when_the_hold_is_lif
     assert!(rows::<(String,)>(&h, noted, ()).await.is_empty());
     h.finish().await;
 }
+
+/// Request records go with their queue entries, whichever call reaches them first: a group whose
+/// messages the batch cannot take (the budget ran out) still expires its records, so the next
+/// call's group finds some of its records gone already, and its one conditional batch does not
+/// apply. The records still due must be expired all the same (read and batched again), and none
+/// may be left behind when the backlog is drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_records_are_all_expired_when_batches_cut_groups_short() {
+    let f = ScyllaFactory::from_env();
+    let h = Harness::start(&f, Setup::default()).await;
+    let c = Cast::new(&h.settings);
+    let n = 120;
+    let mut due = Timestamp::from_millis(0);
+    for i in 0..n {
+        due = recalled(&h, &c, &format!("m{i}")).await.1;
+    }
+    let records = format!(
+        "SELECT request_id FROM {}.conversation_state WHERE conversation_id = ? AND kind = 2",
+        h.namespace()
+    );
+    let before = rows::<(String,)>(&h, records.clone(), (c.conv.as_str(),)).await;
+    assert_eq!(before.len(), n, "a record per recall");
+
+    h.clock.set(due.saturating_add(PAST_LAG));
+    // 7 a call: every group of 50 is cut short, and the next one meets records already gone.
+    let mut removed = 0;
+    for call in 0.. {
+        assert!(call < 100, "the backlog drains");
+        let report = h.store.purge(PurgeOptions { batch_size: 7 }).await.unwrap();
+        assert!(report.messages <= 7);
+        removed += report.messages;
+        if !report.more {
+            break;
+        }
+    }
+    assert_eq!(removed, n as u64);
+    assert!(
+        rows::<(String,)>(&h, records, (c.conv.as_str(),))
+            .await
+            .is_empty(),
+        "no request record outlives its retention"
+    );
+    h.finish().await;
+}
