@@ -1632,8 +1632,8 @@ pub(crate) async fn purge(b: &ScyllaBackend, job: &PurgeJob<'_>) -> Result<Purge
         run.legacy_history_queue().await?;
     }
     // Side by side: each is a read of its own bucket partition (and perhaps a write there), and
-    // one after another they were most of a call's time (a call touches a bucket per
-    // conversation it purged, 10-25 of them in a backlog).
+    // a call touches a bucket per conversation it purged (measured 1-40 ms a call in series on
+    // a 100,000 backlog: small, but nothing orders them).
     let touched = std::mem::take(&mut run.touched);
     let run_ref = &run;
     futures::stream::iter(touched)
