@@ -110,12 +110,20 @@ pub fn validate_batch(msgs: &[NewMessage], policy: &Policy) -> Result<()> {
             ),
         ));
     }
-    let mut seen = std::collections::HashMap::new();
     for m in msgs {
         validate_message(m, policy)?;
-        if let Some(prev) = seen.insert((&m.conversation_id, m.msg_id), m)
-            && prev != m
-        {
+    }
+    // Repeats found by sorting positions by key, not by hashing: no hash per id string, no
+    // allocation per message, and a batch in id order (the usual one) sorts in one pass. The
+    // sort is stable, so the first of two different copies is the one named.
+    let mut order: Vec<usize> = (0..msgs.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (a, b) = (&msgs[a], &msgs[b]);
+        (a.conversation_id.as_str(), a.msg_id).cmp(&(b.conversation_id.as_str(), b.msg_id))
+    });
+    for pair in order.windows(2) {
+        let (first, m) = (&msgs[pair[0]], &msgs[pair[1]]);
+        if first.conversation_id == m.conversation_id && first.msg_id == m.msg_id && first != m {
             return Err(Error::new(
                 ErrorKind::Conflict,
                 format!(

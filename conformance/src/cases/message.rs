@@ -187,6 +187,56 @@ pub async fn insert_batch_with_a_conflict_stores_the_rest<F: StoreFactory>(f: &F
     h.finish().await;
 }
 
+/// A batch that repeats a msg_id: an identical copy is a retry of the first (stored once,
+/// answered as already there); a differing copy refuses the whole batch as a Conflict before
+/// anything is stored; the same msg_id in another conversation is another message.
+pub async fn insert_batch_repeating_a_msg_id<F: StoreFactory>(f: &F) {
+    let (h, c) = start(f).await;
+    let other = conv("other-room");
+    let (a, b) = (c.text("a"), c.text("b"));
+    let elsewhere = NewMessage {
+        conversation_id: other.clone(),
+        content: b"elsewhere".to_vec(),
+        ..a.clone()
+    };
+    let batch = vec![a.clone(), b.clone(), a.clone(), elsewhere.clone()];
+    assert_eq!(
+        h.store.insert_batch(batch).await.unwrap(),
+        BatchOutcome {
+            inserted: 3,
+            already_existed: 1
+        }
+    );
+    let here = h
+        .store
+        .list(&c.conv, &c.bob, ListOptions::newest(10))
+        .await
+        .unwrap();
+    assert_eq!(here.items.len(), 2, "the repeat is stored once");
+    let there = h.store.get(&other, a.msg_id, &c.bob).await.unwrap();
+    assert_eq!(there.body.unwrap().content, b"elsewhere");
+    // A differing copy of a new id, wherever it sits in the batch: nothing of the batch lands.
+    let (d, e) = (c.text("d"), c.text("e"));
+    let forged = NewMessage {
+        content: b"forged".to_vec(),
+        ..d.clone()
+    };
+    for batch in [
+        vec![d.clone(), e.clone(), forged.clone()],
+        vec![forged.clone(), e.clone(), d.clone()],
+    ] {
+        assert_eq!(kind(h.store.insert_batch(batch).await), ErrorKind::Conflict);
+        for id in [d.msg_id, e.msg_id] {
+            assert_eq!(
+                kind(h.store.get(&c.conv, id, &c.bob).await),
+                ErrorKind::NotFound,
+                "a refused batch stores nothing"
+            );
+        }
+    }
+    h.finish().await;
+}
+
 /// A batch over the size limit, or with an invalid message, is refused whole: nothing is stored.
 pub async fn insert_batch_with_invalid_input_stores_nothing<F: StoreFactory>(f: &F) {
     let setup = Setup {

@@ -38,6 +38,7 @@ macro_rules! __with_cases {
             insert_batch_stores_every_message,
             insert_batch_retry_is_idempotent,
             insert_batch_with_a_conflict_stores_the_rest,
+            insert_batch_repeating_a_msg_id,
             insert_batch_with_invalid_input_stores_nothing,
             get_missing_message_is_not_found,
             message_types_and_attachments_round_trip,
