@@ -5,7 +5,7 @@
 //!
 //! ```sh
 //! source .servers/env
-//! cargo run --release -p imstore-bench --example pg_probe -- page 30   # get | page | feed, rounds
+//! cargo run --release -p imstore-bench --example pg_probe -- page 30   # get | page | feed | batch, rounds
 //! ```
 
 use std::sync::Arc;
@@ -23,21 +23,21 @@ use imstore_core::{
 type R<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 const CALLS: usize = 500;
+/// Calls per round of `batch` (each inserts 1,000 messages of 300 B, as the bench's batch path).
+const BATCH_CALLS: usize = 20;
 
-/// This process's CPU time so far (user + system), in microseconds, from `/proc/self/stat`
-/// (clock ticks of 10 ms: summed over many rounds, the error per round averages out).
+/// This process's CPU time so far (every thread, user + system), in microseconds.
 fn cpu_us() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // The fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // utime and stime are fields 14 and 15 of the line; 12 and 13 of `rest` (state is not a number).
-    f.get(10)
-        .zip(f.get(11))
-        .map_or(0, |(u, s)| (u + s) * 10_000)
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid, writable timespec; the clock id is a constant the kernel knows.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
+    if rc != 0 {
+        return 0;
+    }
+    t.tv_sec as u64 * 1_000_000 + t.tv_nsec as u64 / 1_000
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -48,8 +48,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[tokio::main]
 async fn main() -> R<()> {
     let what = std::env::args().nth(1).unwrap_or_else(|| "page".into());
-    if !["get", "page", "feed"].contains(&what.as_str()) {
-        return Err(format!("unknown path {what:?}: get, page or feed").into());
+    if !["get", "page", "feed", "batch"].contains(&what.as_str()) {
+        return Err(format!("unknown path {what:?}: get, page, feed or batch").into());
     }
     let rounds: usize = std::env::args().nth(2).map_or(Ok(12), |s| s.parse())?;
     let url = std::env::var("IMSTORE_POSTGRES_URL")?;
@@ -121,13 +121,31 @@ async fn run(target: &PgTarget, what: &str, rounds: usize) -> R<()> {
     }
     let (mut mine, mut theirs) = (Vec::new(), Vec::new());
     let mut cpu = [0u64; 2];
+    let calls = if what == "batch" { BATCH_CALLS } else { CALLS };
+    let content = chat_text(300, 0);
     for r in 0..rounds {
         for side in [r % 2, 1 - r % 2] {
             let (started, cpu_before) = (Instant::now(), cpu_us());
-            for i in 0..CALLS {
+            for i in 0..calls {
                 let id = ids[(i * 7919) % ids.len()];
                 let after = ((i * 7919) % (EVENTS - 50)) as u64;
+                // A batch of 1,000 into one of 16 conversations per side, as the bench's.
+                let batch = || {
+                    let bc = ConversationId::new(format!("batch-{side}-{}", i % 16))?;
+                    (0..1000)
+                        .map(|_| {
+                            Ok(NewMessage::text(
+                                ids_gen.next_id()?,
+                                bc.clone(),
+                                alice.clone(),
+                                content.as_slice(),
+                            ))
+                        })
+                        .collect::<R<Vec<_>>>()
+                };
                 match (what, side) {
+                    ("batch", 0) => drop(store.insert_batch(batch()?).await?),
+                    ("batch", _) => fair.send_batch(&batch()?).await?,
                     ("get", 0) => drop(std::hint::black_box(store.get(&c, id, &viewer).await?)),
                     ("get", _) => fair.get(c.as_str(), id.as_i64(), "carol").await?,
                     ("page", 0) => {
@@ -143,7 +161,7 @@ async fn run(target: &PgTarget, what: &str, rounds: usize) -> R<()> {
                     (_, _) => drop(fair.feed(fc.as_str(), after, 50).await?),
                 }
             }
-            let us = started.elapsed().as_secs_f64() * 1e6 / CALLS as f64;
+            let us = started.elapsed().as_secs_f64() * 1e6 / calls as f64;
             cpu[side] += cpu_us() - cpu_before;
             let name = if side == 0 { "imstore" } else { "fair" };
             println!("round {r} {name}: {us:.0} µs");
@@ -151,7 +169,7 @@ async fn run(target: &PgTarget, what: &str, rounds: usize) -> R<()> {
         }
     }
     let (a, b) = (median(mine), median(theirs));
-    let per_call = |c: u64| c as f64 / (rounds * CALLS) as f64;
+    let per_call = |c: u64| c as f64 / (rounds * calls) as f64;
     println!(
         "{what}: imstore {a:.0} µs, fair {b:.0} µs per call (medians); fair_ratio {:.2}; \
          client CPU per call: imstore {:.0} µs, fair {:.0} µs",

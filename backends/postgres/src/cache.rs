@@ -12,11 +12,16 @@
 //! previous generation moves the entry back to the current. That keeps recently used entries,
 //! in O(1) per call, without per-entry bookkeeping.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
 use imstore_core::backend::{EncodedMessage, Inserted};
 use imstore_core::{ConversationId, Lifecycle, MsgId, StoredMessage, Timestamp, UserId};
+
+// foldhash, not SipHash: the cache is touched once per message of every insert and read, and
+// SipHash over the conversation id was a fifth of a batch insert's client CPU. foldhash is
+// seeded per process, so keys a caller picks cannot be aimed at one bucket without knowing the
+// seed, and the cache is bounded whatever happens to its buckets.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// What a transition's decision depends on, besides the request record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,12 +32,52 @@ pub(crate) struct Known {
     pub(crate) lifecycle: Lifecycle,
 }
 
-type Key = (ConversationId, MsgId);
+/// One generation: entries by conversation, then by msg_id. Keyed in two levels so that a
+/// batch or a page (one conversation, many messages) copies the conversation id once, not once
+/// per message, and hashes a message by its 8-byte id.
+#[derive(Debug, Default)]
+struct Generation {
+    by_conversation: HashMap<String, HashMap<MsgId, Known>>,
+    len: usize,
+}
+
+impl Generation {
+    fn get(&self, conversation: &str, msg_id: MsgId) -> Option<&Known> {
+        self.by_conversation.get(conversation)?.get(&msg_id)
+    }
+
+    fn remove(&mut self, conversation: &str, msg_id: MsgId) -> Option<Known> {
+        let known = self
+            .by_conversation
+            .get_mut(conversation)?
+            .remove(&msg_id)?;
+        self.len -= 1;
+        Some(known)
+    }
+
+    fn insert(&mut self, conversation: &str, msg_id: MsgId, known: Known) {
+        let messages = match self.by_conversation.get_mut(conversation) {
+            Some(m) => m,
+            None => self
+                .by_conversation
+                .entry(conversation.to_owned())
+                .or_default(),
+        };
+        if messages.insert(msg_id, known).is_none() {
+            self.len += 1;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.by_conversation.clear();
+        self.len = 0;
+    }
+}
 
 #[derive(Debug, Default)]
 struct Generations {
-    current: HashMap<Key, Known>,
-    previous: HashMap<Key, Known>,
+    current: Generation,
+    previous: Generation,
 }
 
 /// A bounded map of message states (see the module docs); capacity 0 disables it.
@@ -61,13 +106,13 @@ impl StateCache {
         if self.half == 0 {
             return None;
         }
-        let key = (conversation.clone(), msg_id);
+        let conversation = conversation.as_str();
         let mut g = self.lock();
-        if let Some(known) = g.current.get(&key) {
+        if let Some(known) = g.current.get(conversation, msg_id) {
             return Some(known.clone());
         }
-        let known = g.previous.remove(&key)?;
-        Self::insert(&mut g, self.half, key, known.clone());
+        let known = g.previous.remove(conversation, msg_id)?;
+        Self::insert(&mut g, self.half, conversation, msg_id, known.clone());
         Some(known)
     }
 
@@ -77,7 +122,7 @@ impl StateCache {
             return;
         }
         let mut g = self.lock();
-        Self::insert(&mut g, self.half, (conversation.clone(), msg_id), known);
+        Self::insert(&mut g, self.half, conversation.as_str(), msg_id, known);
     }
 
     /// Remembers the states of stored messages just read.
@@ -91,8 +136,8 @@ impl StateCache {
                 sender: m.message.sender_id.clone(),
                 lifecycle: m.lifecycle.clone(),
             };
-            let key = (m.message.conversation_id.clone(), m.message.msg_id);
-            Self::insert(&mut g, self.half, key, known);
+            let conversation = m.message.conversation_id.as_str();
+            Self::insert(&mut g, self.half, conversation, m.message.msg_id, known);
         }
     }
 
@@ -123,7 +168,8 @@ impl StateCache {
             Self::insert(
                 &mut g,
                 self.half,
-                (m.conversation_id.clone(), m.msg_id),
+                m.conversation_id.as_str(),
+                m.msg_id,
                 known,
             );
         }
@@ -134,18 +180,22 @@ impl StateCache {
         if self.half == 0 {
             return;
         }
-        let key = (conversation.clone(), msg_id);
+        let conversation = conversation.as_str();
         let mut g = self.lock();
-        g.current.remove(&key);
-        g.previous.remove(&key);
+        g.current.remove(conversation, msg_id);
+        g.previous.remove(conversation, msg_id);
     }
 
-    fn insert(g: &mut Generations, half: usize, key: Key, known: Known) {
-        if g.current.len() >= half && !g.current.contains_key(&key) {
-            g.previous = std::mem::take(&mut g.current);
+    fn insert(g: &mut Generations, half: usize, conversation: &str, msg_id: MsgId, known: Known) {
+        if g.current.len >= half && g.current.get(conversation, msg_id).is_none() {
+            // The old previous generation's outer table becomes the new current one, emptied
+            // but keeping its allocation.
+            let Generations { current, previous } = g;
+            std::mem::swap(current, previous);
+            current.clear();
         }
-        g.previous.remove(&key);
-        g.current.insert(key, known);
+        g.previous.remove(conversation, msg_id);
+        g.current.insert(conversation, msg_id, known);
     }
 }
 
@@ -177,10 +227,19 @@ mod tests {
         assert_eq!(cache.get(&c, id(1)), Some(known(1)));
         assert_eq!(cache.get(&c, id(2)), None);
         let g = cache.lock();
-        assert!(g.current.len() + g.previous.len() <= 4);
+        assert!(g.current.len + g.previous.len <= 4);
         drop(g);
         cache.forget(&c, id(1));
         assert_eq!(cache.get(&c, id(1)), None);
+        // The same msg_id in another conversation is another entry.
+        let d = ConversationId::new("d").unwrap();
+        cache.put(&c, id(7), known(7));
+        cache.put(&d, id(7), known(8));
+        assert_eq!(cache.get(&c, id(7)), Some(known(7)));
+        assert_eq!(cache.get(&d, id(7)), Some(known(8)));
+        cache.forget(&d, id(7));
+        assert_eq!(cache.get(&d, id(7)), None);
+        assert_eq!(cache.get(&c, id(7)), Some(known(7)));
         let off = StateCache::new(0);
         off.put(&c, id(1), known(1));
         assert_eq!(off.get(&c, id(1)), None);

@@ -20,8 +20,13 @@ const STATEMENT_CONTENT_BYTES: usize = 64 << 20;
 type Key = (String, i64);
 
 fn key(m: &EncodedMessage) -> Key {
+    let (c, id) = key_ref(m);
+    (c.to_owned(), id)
+}
+
+fn key_ref(m: &EncodedMessage) -> (&str, i64) {
     let m = m.message();
-    (m.conversation_id.as_str().to_owned(), m.msg_id.as_i64())
+    (m.conversation_id.as_str(), m.msg_id.as_i64())
 }
 
 /// What is known so far about each message of the batch.
@@ -39,7 +44,8 @@ pub(crate) async fn insert_batch(
     // Rows go in key order, so two overlapping batches lock keys in the same order and never
     // deadlock; the sort is stable, so of two identical copies the first is the one inserted.
     let mut order: Vec<usize> = (0..messages.len()).collect();
-    order.sort_by_key(|&i| key(&messages[i]));
+    // Compared borrowed: an owned key per comparison was two allocations each.
+    order.sort_by(|&a, &b| key_ref(&messages[a]).cmp(&key_ref(&messages[b])));
     let progress = Mutex::new(Progress {
         found: vec![None; messages.len()],
     });
@@ -89,12 +95,23 @@ async fn round(
             .collect()
     };
     let inserted = match insert_rows(pool, messages, &pending, created_at).await {
-        Ok(keys) => keys,
+        Ok(rows) => rows,
         Err(e) if is_retryable(&e) => return Ok(None),
         Err(e) => return Err(map(e)),
     };
+    // The statement returns exactly the rows it inserted, and a key repeated in `pending`
+    // is inserted once at most: as many rows as pending means every one is new (the common
+    // case, answered without decoding or hashing a key).
+    if inserted.len() == pending.len() {
+        let mut p = progress.lock().unwrap_or_else(|p| p.into_inner());
+        for &i in &pending {
+            p.found[i] = Some(Inserted::New);
+        }
+        return Ok(Some(()));
+    }
     let mut unclaimed: HashMap<Key, usize> = HashMap::new();
-    for k in inserted {
+    for r in &inserted {
+        let k: Key = (r.try_get(0).map_err(map)?, r.try_get(1).map_err(map)?);
         *unclaimed.entry(k).or_default() += 1;
     }
     let mut existing = Vec::new();
@@ -125,20 +142,41 @@ async fn round(
     Ok((!vanished).then_some(()))
 }
 
-/// One round trip: inserts the `pending` messages unless their key exists, returning the keys
-/// actually inserted.
+/// One round trip: inserts the `pending` messages unless their key exists, returning a row
+/// `(conversation_id, msg_id)` per message actually inserted.
 async fn insert_rows(
     pool: &PgPool,
     messages: &[EncodedMessage],
     pending: &[usize],
     created_at: Timestamp,
-) -> std::result::Result<Vec<Key>, sqlx::Error> {
+) -> std::result::Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
     let pick = || pending.iter().map(|&i| messages[i].message());
     let conversations: Vec<&str> = pick().map(|m| m.conversation_id.as_str()).collect();
     let ids: Vec<i64> = pick().map(|m| m.msg_id.as_i64()).collect();
     let senders: Vec<&str> = pick().map(|m| m.sender_id.as_str()).collect();
     let types: Vec<i32> = pick().map(|m| m.msg_type.code()).collect();
     let contents: Vec<&[u8]> = pending.iter().map(|&i| messages[i].content()).collect();
+    if pick().all(|m| m.attachment.is_none()) {
+        // No attachment, no reference to count: the same insert without the `refs` step and
+        // its three all-NULL arrays (the usual chat batch: 6.8 ms against 7.4 ms of server time
+        // per 1,000 rows in the server log, `pg_probe batch` with `log_min_duration_statement`).
+        return sqlx::query(
+            "INSERT INTO messages (conversation_id, msg_id, sender_id, msg_type, content, \
+                 created_at) \
+             SELECT u.*, $6::int8 FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::int4[], \
+                 $5::bytea[]) AS u \
+             ON CONFLICT (conversation_id, msg_id) DO NOTHING \
+             RETURNING conversation_id, msg_id",
+        )
+        .bind(conversations)
+        .bind(ids)
+        .bind(senders)
+        .bind(types)
+        .bind(contents)
+        .bind(created_at.as_millis())
+        .fetch_all(pool)
+        .await;
+    }
     let keys: Vec<Option<&str>> = pick()
         .map(|m| m.attachment.as_ref().map(|a| a.key.as_str()))
         .collect();
@@ -158,7 +196,7 @@ async fn insert_rows(
     // messages commit together. The aggregate consumes every inserted row before the first
     // upsert, so the statement takes its message-row locks before any `attachments` row lock,
     // and those in key order: the order the purge locks them in too.
-    let rows = sqlx::query(
+    sqlx::query(
         "WITH ins AS ( \
              INSERT INTO messages (conversation_id, msg_id, sender_id, msg_type, content, \
                  attachment_key, attachment_size, attachment_mime, created_at) \
@@ -183,10 +221,7 @@ async fn insert_rows(
     .bind(mimes)
     .bind(created_at.as_millis())
     .fetch_all(pool)
-    .await?;
-    rows.iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-        .collect()
+    .await
 }
 
 /// The stored rows under the keys of the messages at `indices` (content still encoded).
