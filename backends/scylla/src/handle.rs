@@ -58,6 +58,9 @@ pub(crate) struct Inner {
     pub(crate) transition_lanes: transition::Lanes,
     /// The first bucket of recently paged conversations: the guess a page reads beside the index.
     pub(crate) first_buckets: read::FirstBuckets,
+    /// Purge commits of this handle's ended calls whose outcome a timeout hid and that the call
+    /// could not settle: the next call meeting such a marker finishes it as its own.
+    pub(crate) purge_strays: purge::Strays,
     /// Conditional batches a test has the outcome of hidden after they ran.
     #[cfg(feature = "testing")]
     pub(crate) hidden: crate::testing::Hidden,
@@ -97,6 +100,7 @@ impl ScyllaBackend {
                 lanes: insert::Lanes::default(),
                 transition_lanes: transition::Lanes::default(),
                 first_buckets: read::FirstBuckets::default(),
+                purge_strays: purge::Strays::default(),
                 #[cfg(feature = "testing")]
                 hidden: crate::testing::Hidden::default(),
             }),

@@ -179,6 +179,8 @@ struct Run<'a, 'j> {
     touched: HashSet<(ConversationId, i32)>,
     /// The tokens of this call's purge commits: a marker carrying one is this call's own.
     mine: HashSet<i64>,
+    /// The messages of this call's commits whose outcome a timeout hid, until settled.
+    unsettled: Unsettled,
     /// A conditional write of this call timed out: the next read is SERIAL, which completes
     /// any accepted proposal, so what it shows is the outcome.
     serial: bool,
@@ -188,6 +190,44 @@ struct Run<'a, 'j> {
 /// marker younger than this to its owner (so one caller finishes and counts each message, and
 /// two do not race its conditional deletes), and finishes an older one, whose owner died.
 const MARKER_OWNED_MS: i64 = 60_000;
+
+/// Tokens of purge commits a call of this handle made, whose outcome a timeout hid, and that
+/// the call ended without settling (its SERIAL re-reads kept timing out, or its budget ran out
+/// first), with when the call registered them. Within [`MARKER_OWNED_MS`] every other purger
+/// leaves such a marker to its owner, which has ended: without this, the messages stayed
+/// marked and uncounted until the marker aged, and a `purge_all` ended with them still there
+/// (a 3-node cluster run of `concurrent_purges_never_double_count`: 34 of 40 counted).
+/// A later call takes a token out (so exactly one adopts it) and finishes the marker as its
+/// owner would.
+#[derive(Debug, Default)]
+pub(crate) struct Strays(std::sync::Mutex<HashMap<i64, i64>>);
+
+impl Strays {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, i64>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes `token` over: true once, for the one call that adopts it.
+    fn adopt(&self, token: i64) -> bool {
+        self.lock().remove(&token).is_some()
+    }
+
+    /// Registers the unsettled tokens of an ending call; forgets those old enough for any
+    /// purger to finish their markers.
+    fn register(&self, tokens: impl IntoIterator<Item = i64>, now: i64) {
+        let mut strays = self.lock();
+        strays.retain(|_, at| now.saturating_sub(*at) < MARKER_OWNED_MS);
+        strays.extend(tokens.into_iter().map(|t| (t, now)));
+    }
+}
+
+/// The messages of this call's hidden commits not settled yet, with their commit's token
+/// (shared by the call's runs: a group hidden in one is settled by the one-at-a-time path).
+type Unsettled = Arc<std::sync::Mutex<HashMap<(ConversationId, MsgId), i64>>>;
+
+fn unsettled(u: &Unsettled) -> std::sync::MutexGuard<'_, HashMap<(ConversationId, MsgId), i64>> {
+    u.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Which conditional step of a message's purge an earlier attempt already sent with its outcome
 /// hidden by a timeout (a group's batch): a "not applied" answer to that step's retry is then
@@ -286,6 +326,7 @@ impl<'a, 'j> Run<'a, 'j> {
             touched: HashSet::new(),
             // The call's own commits so far: a marker of one of them is still this call's.
             mine: self.mine.clone(),
+            unsettled: self.unsettled.clone(),
             serial: false,
         }
     }
@@ -448,7 +489,9 @@ impl<'a, 'j> Run<'a, 'j> {
         }) = fenced.state
         {
             let (at, token) = marked.unwrap_or_default();
-            let owned = token.is_some_and(|t| self.mine.contains(&t));
+            let owned = token.is_some_and(|t| {
+                self.mine.contains(&t) || (b.inner().purge_strays.adopt(t) && self.mine.insert(t))
+            });
             let now = self.job.now().as_millis();
             if !owned && at.is_some_and(|at| now.saturating_sub(at) < MARKER_OWNED_MS) {
                 // Another call's commit, being finished by it.
@@ -468,8 +511,11 @@ impl<'a, 'j> Run<'a, 'j> {
                 Sent::Nothing,
             )
             .await?;
+            unsettled(&self.unsettled).remove(&(conv.clone(), msg_id));
             return Ok(Some(Verdict::Done));
         }
+        // No marker: a hidden commit of this call did not apply to it (or was finished).
+        unsettled(&self.unsettled).remove(&(conv.clone(), msg_id));
         // Gone already, or never written (an insert that failed after indexing it); or purged
         // by another purger between the two reads (the re-check, as for any reader).
         let Some(row) = row else {
@@ -551,6 +597,7 @@ impl<'a, 'j> Run<'a, 'j> {
             // Unknown: the next attempt reads at SERIAL and finds this call's marker, or none.
             Err(e) if e.is_temporary() => {
                 self.serial = true;
+                unsettled(&self.unsettled).insert((conv.clone(), msg_id), token);
                 return Ok(None);
             }
             Err(e) => return Err(e),
@@ -1149,6 +1196,10 @@ impl<'a, 'j> Run<'a, 'j> {
             // was accepted) and finishes the markers that carry this call's token.
             Err(e) if e.is_temporary() => {
                 self.serial = true;
+                let mut u = unsettled(&self.unsettled);
+                for cand in cands {
+                    u.insert((conv.clone(), cand.id), token);
+                }
                 return Ok(Vec::new());
             }
             Err(e) => return Err(e),
@@ -1616,8 +1667,22 @@ pub(crate) async fn purge(b: &ScyllaBackend, job: &PurgeJob<'_>) -> Result<Purge
         holds: HashMap::new(),
         touched: HashSet::new(),
         mine: HashSet::new(),
+        unsettled: Unsettled::default(),
         serial: false,
     };
+    let done = run_call(&mut run).await;
+    // Commits whose outcome stayed hidden: a later call adopts their markers, and this one
+    // says there is more, so that `purge_all` makes that call (registered on error too).
+    let left: Vec<i64> = unsettled(&run.unsettled).values().copied().collect();
+    let stranded = !left.is_empty();
+    b.inner().purge_strays.register(left, job.now().as_millis());
+    done?;
+    run.report.more = run.full() || run.cut_short || stranded;
+    Ok(run.report)
+}
+
+/// The steps of one purge call (see [`purge`]).
+async fn run_call(run: &mut Run<'_, '_>) -> Result<()> {
     run.parked().await?;
     if !run.full() {
         run.sharded(Queue::Retention).await?;
@@ -1635,12 +1700,11 @@ pub(crate) async fn purge(b: &ScyllaBackend, job: &PurgeJob<'_>) -> Result<Purge
     // a call touches a bucket per conversation it purged (measured 1-40 ms a call in series on
     // a 100,000 backlog: small, but nothing orders them).
     let touched = std::mem::take(&mut run.touched);
-    let run_ref = &run;
+    let run_ref = &*run;
     futures::stream::iter(touched)
         .map(|(conv, bucket)| async move { run_ref.drop_bucket_if_empty(&conv, bucket).await })
         .buffer_unordered(BUCKET_CHECKS_IN_FLIGHT)
         .try_collect::<Vec<()>>()
         .await?;
-    run.report.more = run.full() || run.cut_short;
-    Ok(run.report)
+    Ok(())
 }
