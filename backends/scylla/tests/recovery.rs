@@ -737,3 +737,43 @@ async fn conversations_purged_side_by_side_keep_to_the_batch_size() {
     }
     h.finish().await;
 }
+
+// A commit whose outcome a timeout hid, in a call whose batch the other conversations then
+// fill: the call ends before its own SERIAL re-read settles that marker. Every later call
+// would leave the marker (younger than the ownership window) to an owner that has ended, and
+// the messages stayed marked and uncounted; the call now says there is more, and the next
+// call of the handle adopts the marker and finishes it as the owner would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hidden_commit_left_unsettled_by_its_call_is_finished_by_the_next_call() {
+    let f = ScyllaFactory::from_env();
+    let h = Harness::start(&f, Setup::default()).await;
+    let (casts, _) = side_by_side(&h, 8).await;
+    h.clock.advance(PAST_RETENTION);
+    imstore_scylla::testing::hide_outcomes(h.store.inner(), "SET purging = true", 1);
+    let (mut total, mut calls) = (0, 0);
+    loop {
+        let r = h
+            .store
+            .purge(PurgeOptions { batch_size: 10 })
+            .await
+            .unwrap();
+        total += r.messages;
+        calls += 1;
+        assert!(calls <= 60, "the purge never finished");
+        if !r.more {
+            break;
+        }
+    }
+    assert_eq!(imstore_scylla::testing::hidden_pending(h.store.inner()), 0);
+    assert_eq!(total, 48, "every message removed and counted once");
+    for c in &casts {
+        let left = h
+            .store
+            .list(&c.conv, &c.alice, imstore_core::ListOptions::newest(100))
+            .await
+            .unwrap()
+            .items;
+        assert!(left.is_empty(), "{} kept {} messages", c.conv, left.len());
+    }
+    h.finish().await;
+}
