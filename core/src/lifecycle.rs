@@ -114,8 +114,8 @@ pub fn validate_batch(msgs: &[NewMessage], policy: &Policy) -> Result<()> {
         validate_message(m, policy)?;
     }
     // Repeats found by sorting positions by key, not by hashing: no hash per id string, no
-    // allocation per message, and a batch in id order (the usual one) sorts in one pass. The
-    // sort is stable, so the first of two different copies is the one named.
+    // allocation per message, and a batch in id order (the usual one) sorts in one pass.
+    // Copies of one key end up adjacent, so comparing neighbours finds any differing pair.
     let mut order: Vec<usize> = (0..msgs.len()).collect();
     order.sort_by(|&a, &b| {
         let (a, b) = (&msgs[a], &msgs[b]);
