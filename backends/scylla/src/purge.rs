@@ -181,6 +181,9 @@ struct Run<'a, 'j> {
     mine: HashSet<i64>,
     /// The messages of this call's commits whose outcome a timeout hid, until settled.
     unsettled: Unsettled,
+    /// The stray tokens (see [`Strays`]) this call adopted, shared by its runs: a sibling run
+    /// meeting another marker of one is its owner too, and the call hands them back at its end.
+    adopted: Adopted,
     /// A conditional write of this call timed out: the next read is SERIAL, which completes
     /// any accepted proposal, so what it shows is the outcome.
     serial: bool,
@@ -197,8 +200,11 @@ const MARKER_OWNED_MS: i64 = 60_000;
 /// leaves such a marker to its owner, which has ended: without this, the messages stayed
 /// marked and uncounted until the marker aged, and a `purge_all` ended with them still there
 /// (a 3-node cluster run of `concurrent_purges_never_double_count`: 34 of 40 counted).
-/// A later call takes a token out (so exactly one adopts it) and finishes the marker as its
-/// owner would.
+/// A later call takes a token out (so one call at a time holds it) and finishes the markers as
+/// their owner would; it hands the token back when it ends, since a token may carry more
+/// markers than the adopting call's batch reaches (a group commit of 10, adopted by a call of
+/// batch 3: without the hand-back the other 7 stayed marked, uncounted, and `purge_all` ended
+/// with them; CI of 46ff9bf: 43 of 48 counted).
 #[derive(Debug, Default)]
 pub(crate) struct Strays(std::sync::Mutex<HashMap<i64, i64>>);
 
@@ -207,13 +213,14 @@ impl Strays {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes `token` over: true once, for the one call that adopts it.
+    /// Takes `token` over: true for the one call that adopts it, until it hands it back.
     fn adopt(&self, token: i64) -> bool {
         self.lock().remove(&token).is_some()
     }
 
-    /// Registers the unsettled tokens of an ending call; forgets those old enough for any
-    /// purger to finish their markers.
+    /// Registers the unsettled and adopted tokens of an ending call; forgets those old enough
+    /// for any purger to finish their markers. A token whose markers are all finished stays
+    /// until then and matches nothing.
     fn register(&self, tokens: impl IntoIterator<Item = i64>, now: i64) {
         let mut strays = self.lock();
         strays.retain(|_, at| now.saturating_sub(*at) < MARKER_OWNED_MS);
@@ -224,6 +231,9 @@ impl Strays {
 /// The messages of this call's hidden commits not settled yet, with their commit's token
 /// (shared by the call's runs: a group hidden in one is settled by the one-at-a-time path).
 type Unsettled = Arc<std::sync::Mutex<HashMap<(ConversationId, MsgId), i64>>>;
+
+/// The stray tokens a call adopted (shared by the call's runs).
+type Adopted = Arc<std::sync::Mutex<HashSet<i64>>>;
 
 fn unsettled(u: &Unsettled) -> std::sync::MutexGuard<'_, HashMap<(ConversationId, MsgId), i64>> {
     u.lock().unwrap_or_else(|p| p.into_inner())
@@ -327,6 +337,7 @@ impl<'a, 'j> Run<'a, 'j> {
             // The call's own commits so far: a marker of one of them is still this call's.
             mine: self.mine.clone(),
             unsettled: self.unsettled.clone(),
+            adopted: self.adopted.clone(),
             serial: false,
         }
     }
@@ -349,6 +360,17 @@ impl<'a, 'j> Run<'a, 'j> {
         for (conv, held) in other.holds {
             self.holds.insert(conv, held);
         }
+    }
+
+    /// Whether this call owns the stray token `t`: adopted now or by a run of the call before.
+    fn adopt(&mut self, t: i64) -> bool {
+        let mut adopted = self.adopted.lock().unwrap_or_else(|p| p.into_inner());
+        let owned = adopted.contains(&t) || self.b.inner().purge_strays.adopt(t);
+        if owned {
+            adopted.insert(t);
+            self.mine.insert(t);
+        }
+        owned
     }
 
     async fn held(&mut self, conv: &ConversationId) -> Result<bool> {
@@ -489,9 +511,7 @@ impl<'a, 'j> Run<'a, 'j> {
         }) = fenced.state
         {
             let (at, token) = marked.unwrap_or_default();
-            let owned = token.is_some_and(|t| {
-                self.mine.contains(&t) || (b.inner().purge_strays.adopt(t) && self.mine.insert(t))
-            });
+            let owned = token.is_some_and(|t| self.mine.contains(&t) || self.adopt(t));
             let now = self.job.now().as_millis();
             if !owned && at.is_some_and(|at| now.saturating_sub(at) < MARKER_OWNED_MS) {
                 // Another call's commit, being finished by it.
@@ -1668,13 +1688,22 @@ pub(crate) async fn purge(b: &ScyllaBackend, job: &PurgeJob<'_>) -> Result<Purge
         touched: HashSet::new(),
         mine: HashSet::new(),
         unsettled: Unsettled::default(),
+        adopted: Adopted::default(),
         serial: false,
     };
     let done = run_call(&mut run).await;
     // Commits whose outcome stayed hidden: a later call adopts their markers, and this one
     // says there is more, so that `purge_all` makes that call (registered on error too).
-    let left: Vec<i64> = unsettled(&run.unsettled).values().copied().collect();
+    let mut left: Vec<i64> = unsettled(&run.unsettled).values().copied().collect();
     let stranded = !left.is_empty();
+    // Adopted tokens go back too: this call may have stopped before their last marker (when it
+    // did, its batch is full and it says more).
+    left.extend(
+        run.adopted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(),
+    );
     b.inner().purge_strays.register(left, job.now().as_millis());
     done?;
     run.report.more = run.full() || run.cut_short || stranded;

@@ -777,3 +777,59 @@ async fn a_hidden_commit_left_unsettled_by_its_call_is_finished_by_the_next_call
     }
     h.finish().await;
 }
+
+// A stray token carries more markers than the call that adopts it reaches: a group commit of
+// 10 recalled messages whose outcome a timeout hid, in a call whose batch the other 50 cut
+// short before it settled them; the calls after it have a batch of 3. The adopting call hands
+// the token back when it ends, so the next one finishes the other markers; without that, they
+// stayed marked and uncounted and the purge ended early (52 of 60).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_commit_larger_than_the_adopting_batch_is_finished_over_several_calls() {
+    let f = ScyllaFactory::from_env();
+    let h = Harness::start(&f, Setup::default()).await;
+    let c = Cast::in_conversation(&h.settings, "stray-large");
+    for i in 0..60 {
+        let m = c.text(&format!("text {i}"));
+        h.store.insert(m.clone()).await.unwrap();
+        h.store
+            .transition(c.request(Action::Recall, &c.alice, m.msg_id))
+            .await
+            .unwrap();
+    }
+    h.clock.advance(PAST_RETENTION);
+    imstore_scylla::testing::hide_outcomes(h.store.inner(), "SET purging = true", 1);
+    let first = h
+        .store
+        .purge(PurgeOptions { batch_size: 10 })
+        .await
+        .unwrap();
+    assert_eq!(imstore_scylla::testing::hidden_pending(h.store.inner()), 0);
+    assert!(
+        first.more && first.messages < 10,
+        "the batch is cut short with the hidden group unsettled: {first:?}"
+    );
+    let (mut total, mut calls) = (first.messages, 1);
+    loop {
+        let r = h.store.purge(PurgeOptions { batch_size: 3 }).await.unwrap();
+        assert!(
+            r.messages <= 3,
+            "a call removed {} of a batch of 3",
+            r.messages
+        );
+        total += r.messages;
+        calls += 1;
+        assert!(calls <= 60, "the purge never finished");
+        if !r.more {
+            break;
+        }
+    }
+    assert_eq!(total, 60, "every message removed and counted once");
+    let left = h
+        .store
+        .list(&c.conv, &c.alice, imstore_core::ListOptions::newest(100))
+        .await
+        .unwrap()
+        .items;
+    assert!(left.is_empty(), "kept {} messages", left.len());
+    h.finish().await;
+}
