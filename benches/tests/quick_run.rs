@@ -111,10 +111,10 @@ fn quick_run_writes_table_json_and_chart_for_every_backend() {
                 (ratio - expect).abs() <= 0.01 * expect.max(1.0),
                 "{what}: ratio {ratio}, throughputs give {expect}"
             );
-            // PostgreSQL, Cassandra and memory have a fair baseline on every path with the
+            // Every backend has a fair baseline on every path with the
             // codec off: measured, its ratio what the throughputs give; on a server its round
             // trips stated (the mixed path's are its jobs', none of its own).
-            let fair_expected = matches!(name, "postgres" | "scylla" | "memory") && *codec == "off";
+            let fair_expected = *codec == "off";
             if fair_expected {
                 side_is_measured(&p["fair"], &format!("{what} fair"));
                 let expect = p["imstore"]["ops_per_s"].as_f64().unwrap()
