@@ -272,7 +272,13 @@ async fn insert_one(
                             row.insert_token = token;
                             Some(row)
                         }
-                        None => read::message(b, conv, m.msg_id, Fields::All, true).await?,
+                        // Not applied, so the outcome is known; the SERIAL read that finds
+                        // the winner is a Paxos round and can time out: run both again.
+                        None => match read::message(b, conv, m.msg_id, Fields::All, true).await {
+                            Ok(found) => found,
+                            Err(e) if error::lwt_outcome_unknown(&e) => return Ok(None),
+                            Err(e) => return Err(e),
+                        },
                     }
                 }
                 Err(e) => {

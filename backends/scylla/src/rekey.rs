@@ -8,7 +8,10 @@
 //! (the conversation last, so an id holding `:` still parses).
 
 use imstore_core::backend::{ContentScan, StoredContent};
-use imstore_core::{ConversationId, Error, MsgId, Result, Retry};
+use imstore_core::{ConversationId, Error, ErrorKind, MsgId, Result, Retry};
+
+#[cfg(feature = "testing")]
+use crate::testing::Fault;
 
 use crate::error;
 use crate::handle::ScyllaBackend;
@@ -119,6 +122,12 @@ pub(crate) async fn scan_contents(
 
 /// Replaces a message's stored content if it is still exactly `expected` (a conditional write,
 /// as every write of a message row is); false when the message is gone or its bytes changed.
+///
+/// A Paxos timeout (contention, a slow replica) leaves the write's outcome unknown: a SERIAL
+/// read completes any accepted proposal, and the bytes say which write won (the replacement is
+/// this call's own: fresh nonce). That read is a Paxos round too and times out the same way,
+/// with the outcome still unknown: it is read again, never written blind (a second write would
+/// find its own bytes, not `expected`, and call a won swap lost).
 pub(crate) async fn replace_content(
     b: &ScyllaBackend,
     conversation: &ConversationId,
@@ -128,42 +137,71 @@ pub(crate) async fn replace_content(
 ) -> Result<bool> {
     let key = (conversation.as_str(), b.bucket_of(msg_id), msg_id.as_i64());
     let retry = Retry::default();
-    let mut attempt = 1;
-    loop {
-        let res = b
-            .session()
-            .execute_unpaged(
-                &b.st().msg_replace_content,
-                (replacement, key.0, key.1, key.2, expected),
-            )
-            .await
-            .map_err(error::execution);
-        match res {
-            Ok(res) => return Ok(rows::lwt(res)?.applied),
-            Err(e) if !e.is_temporary() || attempt >= retry.max_attempts => return Err(e),
-            Err(_) => {}
-        }
-        // A Paxos timeout (contention, a slow replica) leaves the outcome unknown: a SERIAL read
-        // completes any accepted proposal, and the bytes say which write won (the replacement is
-        // this call's own: fresh nonce).
-        let res = b
-            .session()
-            .execute_unpaged(&b.st().msg_content_serial, key)
-            .await
-            .map_err(error::execution)?
-            .into_rows_result()
-            .map_err(|e| error::decode("message content", e))?;
-        let stored = res
-            .maybe_first_row::<(Option<Vec<u8>>,)>()
-            .map_err(|e| error::decode("message content", e))?
-            .and_then(|(c,)| c);
-        match stored.as_deref() {
-            Some(now) if now == replacement => return Ok(true),
-            Some(now) if now == expected => {
-                tokio::time::sleep(retry.delay(attempt)).await;
-                attempt += 1;
+    let mut write = true;
+    for attempt in 1..=retry.max_attempts {
+        let last = attempt == retry.max_attempts;
+        if write {
+            match swap(b, key, expected, replacement).await {
+                Ok(applied) => return Ok(applied),
+                Err(e) if !e.is_temporary() || last => return Err(e),
+                Err(_) => {}
             }
-            _ => return Ok(false),
         }
+        match serial_content(b, key).await {
+            Ok(Some(now)) if now == replacement => return Ok(true),
+            // Not applied (yet): the swap is still this call's to make.
+            Ok(Some(now)) if now == expected => write = true,
+            Ok(_) => return Ok(false),
+            Err(e) if !e.is_temporary() || last => return Err(e),
+            Err(_) => write = false,
+        }
+        tokio::time::sleep(retry.delay(attempt)).await;
     }
+    Err(Error::new(
+        ErrorKind::Unavailable,
+        format!(
+            "gave up on the content swap after {} attempts lost to timeouts",
+            retry.max_attempts
+        ),
+    )
+    .persistent())
+}
+
+/// One conditional content swap: `[applied]`.
+async fn swap(
+    b: &ScyllaBackend,
+    key: (&str, i32, i64),
+    expected: &[u8],
+    replacement: &[u8],
+) -> Result<bool> {
+    let st = &b.st().msg_replace_content;
+    #[cfg(feature = "testing")]
+    b.inner().hidden.strike(st, Fault::Refuse)?;
+    let res = b
+        .session()
+        .execute_unpaged(st, (replacement, key.0, key.1, key.2, expected))
+        .await
+        .map_err(error::execution)?;
+    let applied = rows::lwt(res)?.applied;
+    #[cfg(feature = "testing")]
+    b.inner().hidden.strike(st, Fault::Hide)?;
+    Ok(applied)
+}
+
+/// The stored content as a SERIAL read sees it, any accepted proposal completed first.
+async fn serial_content(b: &ScyllaBackend, key: (&str, i32, i64)) -> Result<Option<Vec<u8>>> {
+    let st = &b.st().msg_content_serial;
+    #[cfg(feature = "testing")]
+    b.inner().hidden.strike(st, Fault::Refuse)?;
+    let res = b
+        .session()
+        .execute_unpaged(st, key)
+        .await
+        .map_err(error::execution)?
+        .into_rows_result()
+        .map_err(|e| error::decode("message content", e))?;
+    Ok(res
+        .maybe_first_row::<(Option<Vec<u8>>,)>()
+        .map_err(|e| error::decode("message content", e))?
+        .and_then(|(c,)| c))
 }

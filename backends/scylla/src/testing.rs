@@ -411,16 +411,40 @@ impl StoreFactory for ScyllaFactory {
     }
 }
 
-/// Conditional batches whose outcome the backend hides after running them (see
-/// [`hide_outcomes`]): by a text their statements contain, how many more to hide.
+/// How a test-injected fault strikes a statement (see [`hide_outcomes`] and [`refuse`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Fault {
+    /// The statement runs, then answers `Unavailable`: its outcome is unknown to the caller.
+    Hide,
+    /// The statement answers `Unavailable` without running, as a timeout before any replica
+    /// heard it (or a SERIAL read that lost its Paxos round).
+    Refuse,
+}
+
+/// Statements the backend makes fail on a test's request: by a text they contain, how many
+/// more to strike, and how.
 #[derive(Default)]
-pub(crate) struct Hidden(Mutex<Vec<(String, u32)>>);
+pub(crate) struct Hidden(Mutex<Vec<(String, u32, Fault)>>);
 
 impl Hidden {
-    /// True when `batch` is one to hide (and counts it).
+    /// True when one of `texts` is to be struck with `fault` (and counts it).
+    fn take_texts(&self, texts: &[&str], fault: Fault) -> bool {
+        let mut hidden = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(i) = hidden.iter().position(|(needle, _, f)| {
+            *f == fault && texts.iter().any(|t| t.contains(needle.as_str()))
+        }) else {
+            return false;
+        };
+        hidden[i].1 -= 1;
+        if hidden[i].1 == 0 {
+            hidden.remove(i);
+        }
+        true
+    }
+
+    /// True when the outcome of `batch` is to be hidden (and counts it).
     pub(crate) fn take(&self, batch: &scylla::statement::batch::Batch) -> bool {
         use scylla::statement::batch::BatchStatement;
-        let mut hidden = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let texts: Vec<&str> = batch
             .statements
             .iter()
@@ -430,24 +454,26 @@ impl Hidden {
                 _ => "",
             })
             .collect();
-        let Some(i) = hidden
-            .iter()
-            .position(|(needle, _)| texts.iter().any(|t| t.contains(needle.as_str())))
-        else {
-            return false;
-        };
-        hidden[i].1 -= 1;
-        if hidden[i].1 == 0 {
-            hidden.remove(i);
+        self.take_texts(&texts, Fault::Hide)
+    }
+
+    /// `Unavailable` when a test asked for `fault` on `st` (and counts it).
+    pub(crate) fn strike(
+        &self,
+        st: &scylla::statement::prepared::PreparedStatement,
+        fault: Fault,
+    ) -> Result<()> {
+        if self.take_texts(&[st.get_statement()], fault) {
+            return Err(imstore_core::Error::new(
+                imstore_core::ErrorKind::Unavailable,
+                "the statement is struck by the test, as a timeout strikes it",
+            ));
         }
-        true
+        Ok(())
     }
 }
 
-/// The next `times` conditional batches of `backend` with a statement containing `needle` run
-/// as usual, and then answer `Unavailable`, as when a timeout hides whether a write applied:
-/// for recovery cases of the callers that must settle such an outcome.
-pub fn hide_outcomes(backend: &crate::ScyllaBackend, needle: &str, times: u32) {
+fn push_fault(backend: &crate::ScyllaBackend, needle: &str, times: u32, fault: Fault) {
     if times > 0 {
         backend
             .inner()
@@ -455,11 +481,26 @@ pub fn hide_outcomes(backend: &crate::ScyllaBackend, needle: &str, times: u32) {
             .0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((needle.to_owned(), times));
+            .push((needle.to_owned(), times, fault));
     }
 }
 
-/// How many hidden outcomes [`hide_outcomes`] asked for are still to come: 0 once every one
+/// The next `times` conditional batches of `backend` with a statement containing `needle` (and
+/// the single conditional writes that honour it: the re-key's content swap) run as usual, and
+/// then answer `Unavailable`, as when a timeout hides whether a write applied: for recovery
+/// cases of the callers that must settle such an outcome.
+pub fn hide_outcomes(backend: &crate::ScyllaBackend, needle: &str, times: u32) {
+    push_fault(backend, needle, times, Fault::Hide);
+}
+
+/// The next `times` statements of `backend` containing `needle`, among those that honour it
+/// (the re-key's content swap and the SERIAL read that settles it), answer `Unavailable`
+/// without running, as a coordinator timeout or a lost Paxos round does.
+pub fn refuse(backend: &crate::ScyllaBackend, needle: &str, times: u32) {
+    push_fault(backend, needle, times, Fault::Refuse);
+}
+
+/// How many faults [`hide_outcomes`] and [`refuse`] asked for are still to come: 0 once every one
 /// happened (a case checks it, so a statement renamed under its text cannot pass unhidden).
 pub fn hidden_pending(backend: &crate::ScyllaBackend) -> u32 {
     backend
@@ -469,6 +510,6 @@ pub fn hidden_pending(backend: &crate::ScyllaBackend) -> u32 {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .iter()
-        .map(|(_, n)| *n)
+        .map(|(_, n, _)| *n)
         .sum()
 }

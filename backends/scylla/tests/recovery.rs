@@ -833,3 +833,85 @@ async fn a_stray_commit_larger_than_the_adopting_batch_is_finished_over_several_
     assert!(left.is_empty(), "kept {} messages", left.len());
     h.finish().await;
 }
+
+// The re-key's content swap is one conditional write, and a timeout can hide its outcome; the
+// SERIAL read that settles it is a Paxos round that can time out too. Every message must still
+// end up under the new key and be counted once, as rewritten: never written again blind (which
+// would find its own bytes and call the swap lost), never failed while an attempt remains.
+
+const SWAP: &str = "SET content = ?";
+const SETTLE: &str = "SELECT content FROM";
+
+/// `n` messages sealed under key 1, and a handle whose ring rotated to key 2.
+async fn sealed_then_rotated(
+    f: &ScyllaFactory,
+    n: usize,
+) -> (H<'_>, Cast, Vec<MsgId>, imstore_scylla::ScyllaStore) {
+    use imstore_core::{ContentCodec, EncryptionKey, KeyId, KeyRing};
+    let key1 = || EncryptionKey::new(KeyId(1), [0x61; 32]);
+    let setup = Setup {
+        codec: ContentCodec::default().with_encryption(KeyRing::new(key1())),
+        ..Setup::default()
+    };
+    let h = Harness::start(f, setup).await;
+    let c = Cast::in_conversation(&h.settings, "rekey-settle");
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let m = c.text(&format!("sealed {i}"));
+        h.store.insert(m.clone()).await.unwrap();
+        ids.push(m.msg_id);
+    }
+    let ring = KeyRing::new(key1())
+        .rotate_to(EncryptionKey::new(KeyId(2), [0x62; 32]))
+        .unwrap();
+    let rotated = h
+        .reopen_with_codec(ContentCodec::default().with_encryption(ring))
+        .await;
+    (h, c, ids, rotated)
+}
+
+/// Re-keys everything with `rotated`, and checks that every message was rewritten once, is
+/// under key 2 and reads as sent, and that every fault asked for happened.
+async fn rekey_and_check(h: H<'_>, c: &Cast, ids: &[MsgId], rotated: &imstore_scylla::ScyllaStore) {
+    use imstore_core::{KeyId, RekeyOptions};
+    let report = rotated.rekey_all(RekeyOptions::batch(4)).await.unwrap();
+    assert_eq!(imstore_scylla::testing::hidden_pending(rotated.inner()), 0);
+    assert_eq!(
+        (report.scanned, report.rewritten, report.skipped),
+        (ids.len() as u64, ids.len() as u64, 0),
+        "{report:?}"
+    );
+    let usage = rotated.key_usage().await.unwrap();
+    assert_eq!(usage.needing_other_than(KeyId(2)), 0, "{usage:?}");
+    for (i, id) in ids.iter().enumerate() {
+        let v = rotated.get(&c.conv, *id, &c.alice).await.unwrap();
+        assert_eq!(v.body.unwrap().content, format!("sealed {i}").as_bytes());
+    }
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rekey_swap_whose_outcome_a_timeout_hid_counts_as_rewritten() {
+    let f = ScyllaFactory::from_env();
+    let (h, c, ids, rotated) = sealed_then_rotated(&f, 6).await;
+    imstore_scylla::testing::hide_outcomes(rotated.inner(), SWAP, 3);
+    rekey_and_check(h, &c, &ids, &rotated).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rekey_settling_read_that_times_out_is_read_again() {
+    let f = ScyllaFactory::from_env();
+    let (h, c, ids, rotated) = sealed_then_rotated(&f, 6).await;
+    imstore_scylla::testing::hide_outcomes(rotated.inner(), SWAP, 2);
+    imstore_scylla::testing::refuse(rotated.inner(), SETTLE, 5);
+    rekey_and_check(h, &c, &ids, &rotated).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rekey_swap_that_timed_out_before_running_is_made_after_settling() {
+    let f = ScyllaFactory::from_env();
+    let (h, c, ids, rotated) = sealed_then_rotated(&f, 6).await;
+    imstore_scylla::testing::refuse(rotated.inner(), SWAP, 4);
+    imstore_scylla::testing::refuse(rotated.inner(), SETTLE, 1);
+    rekey_and_check(h, &c, &ids, &rotated).await;
+}
