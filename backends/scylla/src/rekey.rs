@@ -8,7 +8,9 @@
 //! (the conversation last, so an id holding `:` still parses).
 
 use imstore_core::backend::{ContentScan, StoredContent};
-use imstore_core::{ConversationId, Error, ErrorKind, MsgId, Result, Retry};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use imstore_core::{ConversationId, Error, MsgId, Result, Retry};
 
 #[cfg(feature = "testing")]
 use crate::testing::Fault;
@@ -136,35 +138,34 @@ pub(crate) async fn replace_content(
     replacement: &[u8],
 ) -> Result<bool> {
     let key = (conversation.as_str(), b.bucket_of(msg_id), msg_id.as_i64());
-    let retry = Retry::default();
-    let mut write = true;
-    for attempt in 1..=retry.max_attempts {
-        let last = attempt == retry.max_attempts;
-        if write {
-            match swap(b, key, expected, replacement).await {
-                Ok(applied) => return Ok(applied),
-                Err(e) if !e.is_temporary() || last => return Err(e),
-                Err(_) => {}
+    // False while the last swap's outcome is unknown: the next attempt only reads.
+    let write = AtomicBool::new(true);
+    let write = &write;
+    Retry::default()
+        .run(|_| async move {
+            if write.load(Ordering::Relaxed) {
+                match swap(b, key, expected, replacement).await {
+                    Ok(applied) => return Ok(Some(applied)),
+                    Err(e) if !e.is_temporary() => return Err(e),
+                    Err(_) => {}
+                }
             }
-        }
-        match serial_content(b, key).await {
-            Ok(Some(now)) if now == replacement => return Ok(true),
-            // Not applied (yet): the swap is still this call's to make.
-            Ok(Some(now)) if now == expected => write = true,
-            Ok(_) => return Ok(false),
-            Err(e) if !e.is_temporary() || last => return Err(e),
-            Err(_) => write = false,
-        }
-        tokio::time::sleep(retry.delay(attempt)).await;
-    }
-    Err(Error::new(
-        ErrorKind::Unavailable,
-        format!(
-            "gave up on the content swap after {} attempts lost to timeouts",
-            retry.max_attempts
-        ),
-    )
-    .persistent())
+            match serial_content(b, key).await {
+                Ok(Some(now)) if now == replacement => Ok(Some(true)),
+                // Not applied (yet): the swap is still this call's to make.
+                Ok(Some(now)) if now == expected => {
+                    write.store(true, Ordering::Relaxed);
+                    Ok(None)
+                }
+                Ok(_) => Ok(Some(false)),
+                Err(e) if !e.is_temporary() => Err(e),
+                Err(_) => {
+                    write.store(false, Ordering::Relaxed);
+                    Ok(None)
+                }
+            }
+        })
+        .await
 }
 
 /// One conditional content swap: `[applied]`.
