@@ -108,7 +108,8 @@ pub async fn run(target: &Arc<dyn Target>, scale: &Scale, timing: Timing, quiet:
         ..crate::suite::settings(ContentCodec::plain())
     };
     let retention = settings.policy.retention();
-    let store = target.open(settings).await?.store;
+    let handle = target.open_group(settings).await?;
+    let store = handle.store.clone();
     let ids = MsgIdGenerator::new(11, Arc::new(clock.clone()))?;
     let content = Arc::new(chat_text(scale.content_len, 3));
     let backlog = scale.purge_backlog;
@@ -226,6 +227,10 @@ pub async fn run(target: &Arc<dyn Target>, scale: &Scale, timing: Timing, quiet:
     stop.store(true, Ordering::Relaxed);
     let beside = beside.await??;
     let rate = removed as f64 / purge_seconds.max(1e-9);
+    drop(store);
+    if let Some(close) = handle.close {
+        close.await;
+    }
     if !quiet {
         eprintln!(
             "  {:>9} purge: {removed} removed in {purge_seconds:.1}s = {rate:.0} msg/s ({calls} calls); sends+pages p99 {} µs alone, {} µs beside the purge",

@@ -424,7 +424,13 @@ pub async fn run(
     let mut purge = None;
     if paths.purge {
         let t = Instant::now();
-        let record = crate::purge::run(&target, &scale, timing, quiet).await?;
+        let mut record = crate::purge::run(&target, &scale, timing, quiet).await?;
+        if let Some(note) = target.settle().await? {
+            if !quiet {
+                eprintln!("{}: after the purge: {note}", target.name());
+            }
+            record["settled"] = serde_json::Value::String(note);
+        }
         purge = Some((record, t.elapsed().as_secs_f64()));
     }
     let mut device_sync = None;

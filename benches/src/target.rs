@@ -165,6 +165,13 @@ pub trait Target: Send + Sync {
     async fn open_isolated(&self, settings: StoreSettings) -> R<Handle> {
         self.open(settings).await
     }
+    /// A store with connections of its own, as many as `open`'s, closed by `Handle::close`: a
+    /// group that loads the store with many workers (the purge) leaves no extra connections in
+    /// the pool that later groups share, one connection per call in turn, against a baseline
+    /// whose pool stayed small.
+    async fn open_group(&self, settings: StoreSettings) -> R<Handle> {
+        self.open(settings).await
+    }
     /// The stores of the device-sync path (over a namespace of their own on MongoDB, where
     /// FerretDB reads cost the collection's size). The default, for an in-process store: one
     /// store, nothing to count.
@@ -192,6 +199,12 @@ pub trait Target: Send + Sync {
     /// writes, so that nothing else writes and every counter is flushed).
     async fn quiesce(&self) -> R<()> {
         Ok(())
+    }
+    /// Lets the server finish the upkeep a path group left behind (PostgreSQL: the dead rows
+    /// of a purge, which autovacuum would clear some minutes later), so that the next group
+    /// measures the steady state and not a vacuum in progress; what it found, for the report.
+    async fn settle(&self) -> R<Option<String>> {
+        Ok(None)
     }
     /// Removes the namespace and everything in it.
     async fn drop_namespace(&self) -> R<()>;

@@ -99,6 +99,18 @@ impl Target for PgTarget {
             close: Some(Box::pin(async move { pool.close().await })),
         })
     }
+    async fn open_group(&self, settings: StoreSettings) -> R<Handle> {
+        let config = self
+            .factory
+            .config(&self.schema)
+            .with_migrate_on_connect(false);
+        let store = PostgresStore::connect(config, settings).await?;
+        let pool = store.inner().pool().clone();
+        Ok(Handle {
+            store: Arc::new(store),
+            close: Some(Box::pin(async move { pool.close().await })),
+        })
+    }
     async fn open_sync(&self, settings: StoreSettings) -> R<SyncStores> {
         let timed = Arc::new(self.base.reconfigured(settings.clone())?);
         let url = self.factory.url();
@@ -161,6 +173,36 @@ impl Target for PgTarget {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         Ok(last)
+    }
+    async fn settle(&self) -> R<Option<String>> {
+        let tables: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT relname::text, n_dead_tup FROM pg_stat_user_tables \
+             WHERE schemaname = $1 ORDER BY relname",
+        )
+        .bind(&self.schema)
+        .fetch_all(&self.admin)
+        .await?;
+        for (t, _) in &tables {
+            // VACUUM cannot run in a transaction block: the simple protocol, one statement. The
+            // names are the bench's own schema and the tables the server listed, quoted.
+            let sql = format!("VACUUM (ANALYZE) \"{}\".\"{t}\"", self.schema);
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&self.admin)
+                .await?;
+        }
+        let dead: Vec<String> = tables
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(t, n)| format!("{t} {n}"))
+            .collect();
+        Ok(Some(format!(
+            "VACUUM (ANALYZE) of every table; dead rows before: {}",
+            if dead.is_empty() {
+                "none".into()
+            } else {
+                dead.join(", ")
+            }
+        )))
     }
     async fn quiesce(&self) -> R<()> {
         self.raw.pool.close().await;
