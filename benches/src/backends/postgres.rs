@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use imstore_core::{NewMessage, StoreSettings};
-use imstore_postgres::PostgresStore;
 use imstore_postgres::testing::PgFactory;
+use imstore_postgres::{PostgresConfig, PostgresStore};
 use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
@@ -85,31 +85,16 @@ impl Target for PgTarget {
         })
     }
     async fn open_isolated(&self, settings: StoreSettings) -> R<Handle> {
-        let config = self
-            .factory
-            .config(&self.schema)
-            .with_max_connections(1)
-            .with_migrate_on_connect(false);
-        let store = PostgresStore::connect(config, settings).await?;
-        let pool = store.inner().pool().clone();
-        Ok(Handle {
-            store: Arc::new(store),
-            // A server process flushes its table statistics when it exits: closing the pool
-            // makes the counters complete instead of waiting for the idle flush.
-            close: Some(Box::pin(async move { pool.close().await })),
-        })
+        // A server process flushes its table statistics when it exits: closing the pool makes
+        // the counters complete instead of waiting for the idle flush.
+        own_pool(
+            self.factory.config(&self.schema).with_max_connections(1),
+            settings,
+        )
+        .await
     }
     async fn open_group(&self, settings: StoreSettings) -> R<Handle> {
-        let config = self
-            .factory
-            .config(&self.schema)
-            .with_migrate_on_connect(false);
-        let store = PostgresStore::connect(config, settings).await?;
-        let pool = store.inner().pool().clone();
-        Ok(Handle {
-            store: Arc::new(store),
-            close: Some(Box::pin(async move { pool.close().await })),
-        })
+        own_pool(self.factory.config(&self.schema), settings).await
     }
     async fn open_sync(&self, settings: StoreSettings) -> R<SyncStores> {
         let timed = Arc::new(self.base.reconfigured(settings.clone())?);
@@ -216,6 +201,16 @@ impl Target for PgTarget {
         self.admin.close().await;
         Ok(())
     }
+}
+
+/// A store on a pool of its own (the schema already migrated), the pool closed by the handle.
+async fn own_pool(config: PostgresConfig, settings: StoreSettings) -> R<Handle> {
+    let store = PostgresStore::connect(config.with_migrate_on_connect(false), settings).await?;
+    let pool = store.inner().pool().clone();
+    Ok(Handle {
+        store: Arc::new(store),
+        close: Some(Box::pin(async move { pool.close().await })),
+    })
 }
 
 /// sqlx on its own pool, `search_path` set to the bench schema.
