@@ -429,7 +429,7 @@ pub async fn run(
             if !quiet {
                 eprintln!("{}: after the purge: {note}", target.name());
             }
-            record["settled"] = serde_json::Value::String(note);
+            record["settled"] = Value::String(note);
         }
         purge = Some((record, t.elapsed().as_secs_f64()));
     }
