@@ -104,6 +104,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     ))
     .await?;
     let states = trace(format!("SELECT k, status, at_ms FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k IN ? AND request_id = ''")).await?;
+    // A latest page's slice, read beside its rows: the bucket's lifecycles from the top of its
+    // ids down, the sentinel's mirror first.
+    let top = trace(format!("SELECT k, request_id, status, at_ms FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k >= ? AND k <= ? ORDER BY kind DESC, k DESC, request_id DESC LIMIT ?")).await?;
 
     let newest_bucket = store.inner().bucket_of(ids[ids.len() - 1]);
     let oldest_live_bucket = store.inner().bucket_of(ids[600]);
@@ -126,6 +129,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     keys.push(-i64::from(newest_bucket) - 1);
     let r = s.execute_unpaged(&states, (conv.as_str(), keys)).await?;
     all.push(("lifecycle rows of the newest page".into(), r.tracing_id()));
+    for (label, bucket) in [
+        ("newest bucket", newest_bucket),
+        ("bucket below it", store.inner().bucket_of(ids[2_960])),
+    ] {
+        let (low, high) = store.inner().bucket_ids(bucket);
+        let r = s
+            .execute_unpaged(&top, (conv.as_str(), low, high, 53i32))
+            .await?;
+        all.push((format!("lifecycle slice of the {label}"), r.tracing_id()));
+    }
     for (label, id) in all {
         let Some(id) = id else { continue };
         let info = s.get_tracing_info(&id).await?;

@@ -52,6 +52,9 @@ pub(crate) struct Inner {
     pub(crate) known_days: Mutex<HashSet<(i32, i32)>>,
     /// The keyspace was made with head rows: a partition without one has no state at all.
     pub(crate) head_rows: bool,
+    /// The keyspace was made with sentinel mirrors: a latest page reads its first bucket's
+    /// lifecycles beside its rows (`read::top_states`).
+    pub(crate) sentinel_mirrors: bool,
     /// Single inserts waiting for their partition's next conditional batch.
     pub(crate) lanes: insert::Lanes,
     /// Changes waiting for their conversation's next combined batch.
@@ -87,7 +90,7 @@ impl ScyllaBackend {
         }
         let st = Statements::prepare(&session, &config).await?;
         let max_mutation = schema::max_mutation_bytes(&session, server.flavour).await;
-        let head_rows = schema::has_head_rows(&session, config.keyspace()).await?;
+        let layout = schema::state_layout(&session, config.keyspace()).await?;
         Ok(ScyllaBackend {
             inner: Arc::new(Inner {
                 session,
@@ -96,7 +99,8 @@ impl ScyllaBackend {
                 server,
                 max_mutation,
                 known_days: Mutex::new(HashSet::new()),
-                head_rows,
+                head_rows: layout.head_rows,
+                sentinel_mirrors: layout.sentinel_mirrors,
                 lanes: insert::Lanes::default(),
                 transition_lanes: transition::Lanes::default(),
                 first_buckets: read::FirstBuckets::default(),
@@ -147,6 +151,27 @@ impl ScyllaBackend {
     pub fn bucket_of(&self, msg_id: MsgId) -> i32 {
         let ms = msg_id.timestamp().as_millis() - imstore_core::ids::MSG_ID_EPOCH_MS;
         i32::try_from(ms.div_euclid(self.inner.config.bucket_ms())).unwrap_or(i32::MAX)
+    }
+
+    /// The lowest and highest msg_id that fall in `bucket` (the inverse of [`Self::bucket_of`]),
+    /// clamped to the positive ids.
+    pub fn bucket_ids(&self, bucket: i32) -> (i64, i64) {
+        let first = |bucket: i64| {
+            let ms = bucket.saturating_mul(self.inner.config.bucket_ms());
+            let at = imstore_core::Timestamp::from_millis(
+                ms.saturating_add(imstore_core::ids::MSG_ID_EPOCH_MS),
+            );
+            MsgId::from_parts(at, 0, 0).map(MsgId::as_i64)
+        };
+        // Bucket 0 starts at the epoch, whose id (0) is not a msg_id: its first is 1.
+        let low = if bucket <= 0 {
+            1
+        } else {
+            first(i64::from(bucket)).unwrap_or(i64::MAX)
+        };
+        // Past the id range, the bucket reaches the largest id.
+        let high = first(i64::from(bucket) + 1).map_or(i64::MAX, |next| next - 1);
+        (low, high)
     }
 
     pub(crate) fn inner(&self) -> &Inner {

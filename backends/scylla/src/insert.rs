@@ -207,6 +207,8 @@ async fn add_bucket(b: &ScyllaBackend, conversation: &ConversationId, bucket: i3
         .execute_unpaged(&b.st().bucket_add, (conversation.as_str(), bucket))
         .await
         .map_err(error::execution)?;
+    // Listed: the next latest page of this conversation reads this bucket beside the index.
+    b.inner().first_buckets.raise(conversation, bucket);
     Ok(())
 }
 

@@ -29,6 +29,7 @@ use futures::{StreamExt, TryStreamExt};
 use imstore_core::backend::{Fields, PurgeJob};
 use imstore_core::{ConversationId, MsgId, PurgeReport, Result, Retry, Timestamp};
 use scylla::response::PagingState;
+use scylla::statement::batch::Batch;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::MaybeUnset;
 
@@ -596,6 +597,13 @@ impl<'a, 'j> Run<'a, 'j> {
                 sentinel,
             )));
         }
+        mirror(
+            b,
+            &mut commit,
+            &mut values,
+            conv.as_str(),
+            b.bucket_of(msg_id),
+        );
         for seq in &seqs {
             commit.append_statement(b.st().event_delete.clone());
             values.push(Box::new((conv.as_str().to_string(), *seq)));
@@ -1197,6 +1205,7 @@ impl<'a, 'j> Run<'a, 'j> {
                 commit.append_statement(b.st().sentinel_set.clone());
                 values.push(Box::new((rand::random::<i64>(), c.to_owned(), sentinel)));
             }
+            mirror(b, &mut commit, &mut values, c, bucket);
         }
         let seqs: Vec<i64> = cands.iter().flat_map(|c| c.seqs.iter().copied()).collect();
         for seq in &seqs {
@@ -1736,4 +1745,24 @@ async fn run_call(run: &mut Run<'_, '_>) -> Result<()> {
         .try_collect::<Vec<()>>()
         .await?;
     Ok(())
+}
+
+/// Adds the bucket's sentinel mirror to a purge commit: "this bucket was purged", at the top of
+/// the bucket's lifecycle range where a latest page's slice reads it (`read::top_states`). Only
+/// its presence is read, so any value marks it; written on every keyspace, read only on one
+/// made with mirrors (`schema::SENTINEL_MIRRORS`).
+fn mirror(
+    b: &ScyllaBackend,
+    commit: &mut Batch,
+    values: &mut Vec<BoxedRow>,
+    conversation: &str,
+    bucket: i32,
+) {
+    commit.append_statement(b.st().mirror_set.clone());
+    values.push(Box::new((
+        rand::random::<i64>(),
+        conversation.to_owned(),
+        read::mirror_key(b, bucket),
+        read::MIRROR_ID,
+    )));
 }

@@ -166,6 +166,8 @@ pub(crate) async fn messages_meta(
 /// Lifecycle rows by msg_id, the bucket's sentinel epoch, and the feed's low-water mark.
 pub(crate) type Chunk = (HashMap<i64, StateRow>, Option<i64>, Option<i64>);
 
+/// A lifecycle read's row: `k`, the lifecycle columns (`StateCols`), `at_ms`, `purged_through`,
+/// `call_token` and `request_id` (`''` on lifecycles and sentinels, [`MIRROR_ID`] on a mirror).
 type FencedCols = (
     i64,
     Option<i8>,
@@ -181,6 +183,7 @@ type FencedCols = (
     Option<i64>,
     Option<i64>,
     Option<i64>,
+    String,
 );
 
 /// The lifecycle rows of `ids` (all in `bucket`) and the bucket's sentinel, in one query.
@@ -207,35 +210,126 @@ pub(crate) async fn fenced_chunk(
         .map_err(error::execution)?
         .into_rows_result()
         .map_err(|e| error::decode("lifecycle rows", e))?;
-    let mut states = HashMap::new();
-    let mut epoch = None;
-    let mut purged_through = None;
+    let mut chunk = Chunk::default();
     for row in res
         .rows::<FencedCols>()
         .map_err(|e| error::decode("lifecycle rows", e))?
     {
-        let (k, a, b2, c, d, e, f, g, h, i, j, at, through, token) =
+        let (k, a, b2, c, d, e, f, g, h, i, j, at, through, token, _) =
             row.map_err(|e| error::decode("lifecycle rows", e))?;
-        purged_through = purged_through.max(through);
-        if k == sentinel {
-            epoch = at;
-        } else {
-            let state = match rows::state((a, b2, c, d, e, f, g, h, i, j))? {
-                StateRow::Purged {
-                    release_key,
-                    event_seqs,
-                    ..
-                } => StateRow::Purged {
-                    release_key,
-                    marked: Some((at, token)),
-                    event_seqs,
-                },
-                live => live,
-            };
-            states.insert(k, state);
+        take_state(
+            &mut chunk,
+            k == sentinel,
+            k,
+            (a, b2, c, d, e, f, g, h, i, j),
+            (at, through, token),
+        )?;
+    }
+    Ok(chunk)
+}
+
+/// Adds one row of a lifecycle read to `chunk`: the bucket's sentinel (or its mirror) gives the
+/// epoch, a lifecycle row its state (a purge marker with the commit's time and token).
+fn take_state(
+    chunk: &mut Chunk,
+    is_sentinel: bool,
+    k: i64,
+    cols: StateCols,
+    (at, through, token): (Option<i64>, Option<i64>, Option<i64>),
+) -> Result<()> {
+    chunk.2 = chunk.2.max(through);
+    if is_sentinel {
+        chunk.1 = at;
+        return Ok(());
+    }
+    let state = match rows::state(cols)? {
+        StateRow::Purged {
+            release_key,
+            event_seqs,
+            ..
+        } => StateRow::Purged {
+            release_key,
+            marked: Some((at, token)),
+            event_seqs,
+        },
+        live => live,
+    };
+    chunk.0.insert(k, state);
+    Ok(())
+}
+
+/// The `request_id` of a bucket's sentinel mirror: lifecycle rows have `''`, which sorts first,
+/// and every other read of kind 0 names `request_id = ''`, so only [`top_states`] sees it.
+pub(crate) const MIRROR_ID: &str = "~sentinel";
+
+/// The state-partition key of a bucket's sentinel mirror: the top of the bucket's id range, so
+/// that a newest-first slice of the bucket's lifecycles reads it first, in the same snapshot.
+pub(crate) fn mirror_key(b: &ScyllaBackend, bucket: i32) -> i64 {
+    b.bucket_ids(bucket).1
+}
+
+/// The lifecycles of one bucket newest first (at most `limit` of them) with the bucket's
+/// sentinel mirror, in ONE single-partition read: what a latest page reads beside its rows.
+pub(crate) struct Top {
+    /// Lifecycle rows and the sentinel's epoch (`None`: never purged), as [`fenced_chunk`].
+    pub(crate) chunk: Chunk,
+    /// Every lifecycle of the bucket with msg_id at or above this was read.
+    pub(crate) covers_from: i64,
+}
+
+/// [`Top`] for `bucket`: rows `k` from the bucket's top down to `floor`, `limit` lifecycles at
+/// most.
+pub(crate) async fn top_states(
+    b: &ScyllaBackend,
+    conversation: &ConversationId,
+    bucket: i32,
+    floor: i64,
+    limit: usize,
+) -> Result<Top> {
+    let (low, high) = b.bucket_ids(bucket);
+    let low = low.max(floor);
+    // The mirror and the lifecycle at the top key share a `k`: room for both.
+    let rows_limit = i32::try_from(limit.saturating_add(2)).unwrap_or(i32::MAX);
+    let res = b
+        .session()
+        .execute_unpaged(
+            &b.st().state_top,
+            (conversation.as_str(), low, high, rows_limit),
+        )
+        .await
+        .map_err(error::execution)?
+        .into_rows_result()
+        .map_err(|e| error::decode("lifecycle rows", e))?;
+    let mut chunk = Chunk::default();
+    let (mut read, mut lowest) = (0usize, i64::MAX);
+    for row in res
+        .rows::<FencedCols>()
+        .map_err(|e| error::decode("lifecycle rows", e))?
+    {
+        let (k, a, b2, c, d, e, f, g, h, i, j, at, through, token, request_id) =
+            row.map_err(|e| error::decode("lifecycle rows", e))?;
+        read += 1;
+        lowest = lowest.min(k);
+        match request_id.as_str() {
+            "" => take_state(
+                &mut chunk,
+                false,
+                k,
+                (a, b2, c, d, e, f, g, h, i, j),
+                (at, through, token),
+            )?,
+            MIRROR_ID => take_state(&mut chunk, true, k, Default::default(), (at, through, None))?,
+            _ => return Err(error::corrupt("a lifecycle row with a request id")),
         }
     }
-    Ok((states, epoch, purged_through))
+    // A short answer is the whole range down to the floor; a full one reaches down to its
+    // lowest key (rows are whole there: one lifecycle per key).
+    let covers_from = if read < rows_limit as usize {
+        low
+    } else {
+        lowest
+    };
+    Ok(Top { chunk, covers_from })
 }
 
 /// One message's lifecycle row with its bucket's sentinel, in one snapshot.
@@ -279,21 +373,38 @@ pub(crate) async fn still_there(
 }
 
 /// The live messages among `found` (one bucket's rows, in page order): purge markers dropped,
-/// and, where the bucket was ever purged, messages without a lifecycle re-checked.
+/// and, where the bucket was ever purged, messages without a lifecycle re-checked. The
+/// lifecycles `top` already covers (read beside the rows, with the sentinel's mirror) are not
+/// read again.
 async fn live(
     b: &ScyllaBackend,
     conversation: &ConversationId,
     bucket: i32,
     found: Vec<MessageRow>,
+    top: Option<Top>,
 ) -> Result<Vec<StoredMessage>> {
-    let ids: Vec<i64> = found.iter().map(|m| m.message.msg_id.as_i64()).collect();
+    let mut states = HashMap::new();
+    let mut doubtful = Vec::new();
+    let covers_from = top.as_ref().map_or(i64::MAX, |t| t.covers_from);
+    let (covered, ids): (Vec<i64>, Vec<i64>) = found
+        .iter()
+        .map(|m| m.message.msg_id.as_i64())
+        .partition(|&id| id >= covers_from);
+    if let Some(Top {
+        chunk: (top_states, epoch, _),
+        ..
+    }) = top
+    {
+        if epoch.is_some() {
+            doubtful.extend(covered.iter().filter(|id| !top_states.contains_key(id)));
+        }
+        states.extend(top_states);
+    }
     let chunks = try_join_all(
         ids.chunks(IN_CHUNK)
             .map(|c| fenced_chunk(b, conversation, bucket, c, false)),
     )
     .await?;
-    let mut states = HashMap::new();
-    let mut doubtful = Vec::new();
     for ((chunk_states, epoch, _), chunk_ids) in chunks.into_iter().zip(ids.chunks(IN_CHUNK)) {
         if epoch.is_some() {
             doubtful.extend(chunk_ids.iter().filter(|id| !chunk_states.contains_key(id)));
@@ -420,28 +531,55 @@ async fn bucket_page(
 
 /// The first bucket a conversation's pages without a cursor started from, per direction, as
 /// this process last saw it: a guess, always checked against the bucket index read beside it.
+/// Newest first, also the lowest msg_id that page read in that bucket (its bottom there), which
+/// bounds the next latest page's lifecycle slice from below.
 #[derive(Default)]
-pub(crate) struct FirstBuckets(std::sync::Mutex<HashMap<(String, bool), i32>>);
+pub(crate) struct FirstBuckets(std::sync::Mutex<HashMap<(String, bool), Guess>>);
+
+/// A first bucket and, when a latest page noted it, the lowest msg_id it read there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Guess {
+    bucket: i32,
+    bottom: Option<i64>,
+}
 
 /// Conversations whose first bucket a process remembers; past it the guesses start over.
 const FIRST_BUCKETS_KEPT: usize = 65_536;
 
 impl FirstBuckets {
-    fn get(&self, conversation: &ConversationId, newest: bool) -> Option<i32> {
+    fn get(&self, conversation: &ConversationId, newest: bool) -> Option<Guess> {
         let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         map.get(&(conversation.as_str().to_owned(), newest))
             .copied()
     }
 
-    fn note(&self, conversation: &ConversationId, newest: bool, bucket: Option<i32>) {
+    /// A bucket this process just listed for the conversation (an insert): a newest-first page
+    /// starts there or higher, so the guess rises to it (with no bottom there yet).
+    pub(crate) fn raise(&self, conversation: &ConversationId, bucket: i32) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (conversation.as_str().to_owned(), true);
+        if map.len() >= FIRST_BUCKETS_KEPT && !map.contains_key(&key) {
+            map.clear();
+        }
+        let fresh = Guess {
+            bucket,
+            bottom: None,
+        };
+        let guess = map.entry(key).or_insert(fresh);
+        if guess.bucket < bucket {
+            *guess = fresh;
+        }
+    }
+
+    fn note(&self, conversation: &ConversationId, newest: bool, guess: Option<Guess>) {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let key = (conversation.as_str().to_owned(), newest);
-        match bucket {
-            Some(bucket) => {
+        match guess {
+            Some(guess) => {
                 if map.len() >= FIRST_BUCKETS_KEPT && !map.contains_key(&key) {
                     map.clear();
                 }
-                map.insert(key, bucket);
+                map.insert(key, guess);
             }
             None => {
                 map.remove(&key);
@@ -458,6 +596,9 @@ impl FirstBuckets {
 /// bucket, or without a cursor the first bucket this process saw last time. The index read
 /// decides: a guess that is not the first indexed bucket is dropped, so a page costs two round
 /// trips in series (index and rows, then lifecycles) when the guess holds and three when not.
+/// A latest page on a keyspace with sentinel mirrors also reads the guessed bucket's lifecycles
+/// in that first round trip (`top_states`, down to the bottom the last latest page noted), and
+/// costs one round trip when the guess holds and the slice covers its rows.
 pub(crate) async fn page(
     b: &ScyllaBackend,
     conversation: &ConversationId,
@@ -472,25 +613,46 @@ pub(crate) async fn page(
         (Direction::NewestFirst, None) => i32::MAX,
         (Direction::OldestFirst, None) => i32::MIN,
     };
-    let guess = match query.cursor {
-        Some(c) => Some(b.bucket_of(c)),
+    let remembered = match query.cursor {
+        Some(_) => None,
         None => b.inner().first_buckets.get(conversation, newest),
     };
+    let guess = match query.cursor {
+        Some(c) => Some(b.bucket_of(c)),
+        None => remembered.map(|g| g.bucket),
+    };
     let limit = i32::try_from(want).unwrap_or(i32::MAX);
-    let (first_chunk, speculative) =
-        futures::try_join!(bucket_chunk(b, conversation, from, dir), async {
+    // A latest page also reads the guessed bucket's lifecycles beside its rows: from the top of
+    // the bucket's ids down, the sentinel's mirror first, so one snapshot (`top_states`). Any
+    // other page bounds its rows by a cursor the slice would have to start above, and keeps
+    // the read after the rows.
+    // The slice needs a floor: it passes the tombstones of every purged lifecycle in its range
+    // and stops early only at its LIMIT of live ones, so without the last latest page's bottom
+    // it is not read.
+    let top = remembered
+        .and_then(|g| Some((g.bucket, g.bottom?)))
+        .filter(|_| newest && b.inner().sentinel_mirrors);
+    let (first_chunk, speculative, top) = futures::try_join!(
+        bucket_chunk(b, conversation, from, dir),
+        async {
             match guess {
                 Some(g) => bucket_page(b, conversation, g, cursor, limit, dir)
                     .await
                     .map(|rows| Some((g, rows))),
                 None => Ok(None),
             }
-        })?;
-    if query.cursor.is_none() {
-        b.inner()
-            .first_buckets
-            .note(conversation, newest, first_chunk.first().copied());
-    }
+        },
+        async {
+            match top {
+                Some((g, floor)) => top_states(b, conversation, g, floor, want).await.map(Some),
+                None => Ok(None),
+            }
+        }
+    )?;
+    let mut top = top;
+    let first_indexed = first_chunk.first().copied();
+    // The lowest msg_id this page read in its first bucket (newest first, without a cursor).
+    let mut first_bottom = None;
     // Only the first indexed bucket's first read may be the guess's.
     let mut speculative = speculative.filter(|(g, _)| first_chunk.first() == Some(g));
     let mut first_chunk = Some(first_chunk);
@@ -506,13 +668,19 @@ pub(crate) async fn page(
             loop {
                 let need = want - out.len();
                 let limit = i32::try_from(need).unwrap_or(i32::MAX);
-                let rows = match speculative.take() {
-                    Some((_, rows)) => rows,
-                    None => bucket_page(b, conversation, bucket, bound, limit, dir).await?,
+                let (rows, top) = match speculative.take() {
+                    Some((_, rows)) => (rows, top.take()),
+                    None => (
+                        bucket_page(b, conversation, bucket, bound, limit, dir).await?,
+                        None,
+                    ),
                 };
                 let full = rows.len() >= need;
                 bound = rows.last().map(|m| m.message.msg_id.as_i64());
-                out.extend(live(b, conversation, bucket, rows).await?);
+                if Some(bucket) == first_indexed && bound.is_some() {
+                    first_bottom = bound;
+                }
+                out.extend(live(b, conversation, bucket, rows, top).await?);
                 if out.len() >= want {
                     break 'walk;
                 }
@@ -534,6 +702,14 @@ pub(crate) async fn page(
                 None => break,
             },
         };
+    }
+    if query.cursor.is_none() {
+        let bottom = first_bottom.filter(|_| newest);
+        b.inner().first_buckets.note(
+            conversation,
+            newest,
+            first_indexed.map(|bucket| Guess { bucket, bottom }),
+        );
     }
     out.truncate(want);
     Ok(out)

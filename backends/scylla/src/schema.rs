@@ -81,8 +81,24 @@ const ADDED_STATE_COLUMNS: [(&str, &str); 4] = [
 /// made before has another comment, and its partitions may have state but no head row.
 pub const HEAD_ROWS: &str = "imstore conversation state, head rows";
 
-/// Whether the keyspace's `conversation_state` was made with head rows (see [`HEAD_ROWS`]).
-pub async fn has_head_rows(session: &Session, keyspace: &str) -> Result<bool> {
+/// The comment of a `conversation_state` table made with head rows AND sentinel mirrors: every
+/// purge commit on it, since the table was made, also wrote the bucket's sentinel at the top of
+/// the bucket's lifecycle range (`read::mirror_key`), so a newest-first slice of a bucket's
+/// lifecycles carries the sentinel in the same snapshot. A table made before may hold buckets
+/// purged without one, and keeps the page's separate lifecycle read.
+pub const SENTINEL_MIRRORS: &str = "imstore conversation state, head rows, sentinel mirrors";
+
+/// What the keyspace's `conversation_state` layout has (read from its table comment).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StateLayout {
+    /// Every partition with state has a head row ([`HEAD_ROWS`]).
+    pub head_rows: bool,
+    /// Every purged bucket has a sentinel mirror ([`SENTINEL_MIRRORS`]).
+    pub sentinel_mirrors: bool,
+}
+
+/// The layout of the keyspace's `conversation_state` (see [`HEAD_ROWS`], [`SENTINEL_MIRRORS`]).
+pub async fn state_layout(session: &Session, keyspace: &str) -> Result<StateLayout> {
     validate_keyspace(keyspace)?;
     let rows = session
         .query_unpaged(
@@ -93,11 +109,20 @@ pub async fn has_head_rows(session: &Session, keyspace: &str) -> Result<bool> {
         .map_err(error::execution)?
         .into_rows_result()
         .map_err(|e| error::decode("system_schema.tables", e))?;
-    Ok(rows
+    let comment = rows
         .maybe_first_row::<(Option<String>,)>()
         .map_err(|e| error::decode("system_schema.tables", e))?
-        .and_then(|(c,)| c)
-        .is_some_and(|c| c == HEAD_ROWS))
+        .and_then(|(c,)| c);
+    let mirrors = comment.as_deref() == Some(SENTINEL_MIRRORS);
+    Ok(StateLayout {
+        head_rows: mirrors || comment.as_deref() == Some(HEAD_ROWS),
+        sentinel_mirrors: mirrors,
+    })
+}
+
+/// Whether the keyspace's `conversation_state` was made with head rows (see [`HEAD_ROWS`]).
+pub async fn has_head_rows(session: &Session, keyspace: &str) -> Result<bool> {
+    Ok(state_layout(session, keyspace).await?.head_rows)
 }
 
 /// The DDL of the twelve tables, in creation order, for `keyspace` on `flavour`.
@@ -167,7 +192,7 @@ pub fn table_ddl(keyspace: &str, flavour: Flavour) -> Vec<String> {
                 call_token bigint,
                 release_key text,
                 PRIMARY KEY ((conversation_id), kind, k, request_id)
-            ) WITH compaction = {{'class': 'LeveledCompactionStrategy'}} AND comment = '{HEAD_ROWS}'{gc}"
+            ) WITH compaction = {{'class': 'LeveledCompactionStrategy'}} AND comment = '{SENTINEL_MIRRORS}'{gc}"
         ),
         // Messages (request_id '') and request records that become purgeable after the
         // retention, by the day they do and then by the exact time.

@@ -110,14 +110,19 @@ statements! {
     // --- conversation_state, kind 0: lifecycles (k = msg_id) and bucket sentinels (k < 0).
     state_get: Idempotent => "SELECT status, version, recalled_at, recalled_by, restored_at, deleted_at, deleted_by, event_seqs, purging, release_key FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = ''",
     // Lifecycles with their buckets' sentinels, in ONE single-partition read (one snapshot).
-    state_fenced: Idempotent => "SELECT k, status, version, recalled_at, recalled_by, restored_at, deleted_at, deleted_by, event_seqs, purging, release_key, at_ms, purged_through, call_token FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k IN ? AND request_id = ''",
-    state_fenced_serial: SerialRead => "SELECT k, status, version, recalled_at, recalled_by, restored_at, deleted_at, deleted_by, event_seqs, purging, release_key, at_ms, purged_through, call_token FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k IN ? AND request_id = ''",
+    state_fenced: Idempotent => "SELECT k, status, version, recalled_at, recalled_by, restored_at, deleted_at, deleted_by, event_seqs, purging, release_key, at_ms, purged_through, call_token, request_id FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k IN ? AND request_id = ''",
+    state_fenced_serial: SerialRead => "SELECT k, status, version, recalled_at, recalled_by, restored_at, deleted_at, deleted_by, event_seqs, purging, release_key, at_ms, purged_through, call_token, request_id FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k IN ? AND request_id = ''",
     state_write: Conditional => "UPDATE {ks}.conversation_state SET status = ?, version = ?, recalled_at = ?, recalled_by = ?, restored_at = ?, deleted_at = ?, deleted_by = ?, event_seqs = event_seqs + ? WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = '' IF version = ? AND purging = null",
     // The purge's commit: the lifecycle becomes a marker, refused under legal hold.
     // The marker carries the committing call's time and token (at_ms, call_token: unused on
     // lifecycle rows otherwise), so a timed-out commit is recognised as this call's own.
     purge_commit: Conditional => "UPDATE {ks}.conversation_state SET purging = true, release_key = ?, at_ms = ?, call_token = ? WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = '' IF version = ? AND purging = null AND legal_hold != true",
     sentinel_set: Idempotent => "UPDATE {ks}.conversation_state SET at_ms = ? WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = ''",
+    // The sentinel's mirror (see `read::mirror_key`), written beside it by every purge commit.
+    mirror_set: Idempotent => "UPDATE {ks}.conversation_state SET at_ms = ? WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = ?",
+    // One bucket's lifecycles newest first from the top of its id range, the sentinel's mirror
+    // first: one single-partition read, so one snapshot (a latest page, beside its rows).
+    state_top: Idempotent => "SELECT k, status, version, recalled_at, recalled_by, restored_at, deleted_at, deleted_by, event_seqs, purging, release_key, at_ms, purged_through, call_token, request_id FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k >= ? AND k <= ? ORDER BY kind DESC, k DESC, request_id DESC LIMIT ?",
     sentinel_fence: Conditional => "UPDATE {ks}.conversation_state SET at_ms = ? WHERE conversation_id = ? AND kind = 0 AND k = ? AND request_id = '' IF at_ms = ?",
     // Raises the feed's low-water mark, in the purge's commit (only ever upwards: expects the
     // value read).

@@ -1,6 +1,7 @@
 //! Crash recovery specific to this backend's multi-step purge, replayed with raw CQL: a purger
 //! that dies between its steps leaves state that the next purge completes, counting nothing
-//! twice and never showing a half-purged message; stale queue entries; request-record lifetime.
+//! twice and never showing a half-purged message; stale queue entries; request-record lifetime;
+//! and the latest page's lifecycle slice, which reads the purge sentinel's mirror.
 
 use std::time::Duration;
 
@@ -32,6 +33,15 @@ async fn recalled_and_expired(f: &ScyllaFactory) -> (H<'_>, Cast, MsgId) {
     (h, c, m.msg_id)
 }
 
+/// Moves the clock past the retention window and purges everything then due.
+async fn purge_expired(h: &H<'_>) -> imstore_core::PurgeReport {
+    h.clock.advance(PAST_RETENTION);
+    h.store
+        .purge_all(PurgeOptions { batch_size: 10 })
+        .await
+        .unwrap()
+}
+
 /// Runs `stmt` (with `{ks}` replaced) on the store's session.
 async fn cql(h: &H<'_>, stmt: &str, values: impl scylla::serialize::row::SerializeRow) {
     let stmt = stmt.replace("{ks}", h.namespace());
@@ -52,6 +62,17 @@ async fn commit_purge_of(h: &H<'_>, id: MsgId, key: &str) {
         (key, id.as_i64()),
     )
     .await;
+    mark_purged(h, bucket).await;
+    cql(
+        h,
+        "DELETE FROM {ks}.conversation_state WHERE conversation_id = 'group-1' AND kind = 1 AND k = 1 AND request_id = ''",
+        (),
+    )
+    .await;
+}
+
+/// The bucket's purge sentinel and its mirror, as a purge commit writes them.
+async fn mark_purged(h: &H<'_>, bucket: i32) {
     cql(
         h,
         "UPDATE {ks}.conversation_state SET at_ms = 42 WHERE conversation_id = 'group-1' AND kind = 0 AND k = ? AND request_id = ''",
@@ -60,10 +81,29 @@ async fn commit_purge_of(h: &H<'_>, id: MsgId, key: &str) {
     .await;
     cql(
         h,
-        "DELETE FROM {ks}.conversation_state WHERE conversation_id = 'group-1' AND kind = 1 AND k = 1 AND request_id = ''",
-        (),
+        "UPDATE {ks}.conversation_state SET at_ms = 42 WHERE conversation_id = 'group-1' AND kind = 0 AND k = ? AND request_id = '~sentinel'",
+        (h.store.inner().bucket_ids(bucket).1,),
     )
     .await;
+}
+
+/// The epoch of `bucket`'s sentinel mirror in group-1, if a purge wrote one.
+async fn mirror_of(h: &H<'_>, bucket: i32) -> Option<i64> {
+    let stmt = format!(
+        "SELECT at_ms FROM {}.conversation_state WHERE conversation_id = 'group-1' AND kind = 0 AND k = ? AND request_id = '~sentinel'",
+        h.namespace()
+    );
+    h.store
+        .inner()
+        .session()
+        .query_unpaged(stmt, (h.store.inner().bucket_ids(bucket).1,))
+        .await
+        .expect("raw CQL")
+        .into_rows_result()
+        .expect("rows")
+        .maybe_first_row::<(Option<i64>,)>()
+        .expect("one row")
+        .and_then(|(at,)| at)
 }
 
 async fn assert_gone(h: &H<'_>, c: &Cast, id: MsgId) {
@@ -276,12 +316,7 @@ async fn a_never_changed_message_in_a_purged_bucket_reads_as_normal() {
         .transition(c.request(Action::Delete, &c.alice, gone.msg_id))
         .await
         .unwrap();
-    h.clock.advance(PAST_RETENTION);
-    let report = h
-        .store
-        .purge_all(PurgeOptions { batch_size: 10 })
-        .await
-        .unwrap();
+    let report = purge_expired(&h).await;
     assert_eq!(report.messages, 1);
     // The bucket's sentinel is set now: an absent lifecycle is re-checked, and still Normal.
     let v = h.store.get(&c.conv, kept.msg_id, &c.bob).await.unwrap();
@@ -914,4 +949,147 @@ async fn a_rekey_swap_that_timed_out_before_running_is_made_after_settling() {
     imstore_scylla::testing::refuse(rotated.inner(), SWAP, 4);
     imstore_scylla::testing::refuse(rotated.inner(), SETTLE, 1);
     rekey_and_check(h, &c, &ids, &rotated).await;
+}
+
+/// Sends `n` texts "m0".."m<n-1>" to group-1, in order; their ids.
+async fn texts(h: &H<'_>, c: &Cast, n: usize) -> Vec<MsgId> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let m = c.text(&format!("m{i}"));
+        h.store.insert(m.clone()).await.unwrap();
+        ids.push(m.msg_id);
+    }
+    ids
+}
+
+/// Each shown text of `ids` (sent by `texts`) is recalled, without content, exactly when
+/// `recalled(its index)`, and normal with its own content otherwise.
+fn assert_shown(
+    items: &[imstore_core::MessageView],
+    ids: &[MsgId],
+    recalled: impl Fn(usize) -> bool,
+    ctx: &str,
+) {
+    for v in items {
+        let i = ids.iter().position(|&id| id == v.msg_id).unwrap();
+        if recalled(i) {
+            assert_eq!(v.status, Status::Recalled, "{ctx}: m{i}");
+            assert!(v.body.is_none(), "{ctx}: m{i} shows no content");
+        } else {
+            assert_eq!(v.status, Status::Normal, "{ctx}: m{i}");
+            assert_eq!(
+                v.body.as_ref().map(|b| b.content.clone()),
+                Some(format!("m{i}").into_bytes()),
+                "{ctx}: m{i}"
+            );
+        }
+    }
+}
+
+// A purge commit marks its bucket twice: the sentinel below every lifecycle (read with the
+// lifecycles a read names) and its mirror at the top of the bucket's ids (read first by the
+// newest-first slice a latest page reads beside its rows). Both commit paths: one message, and
+// a group of one conversation's messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_commit_marks_its_bucket_at_the_top_of_its_ids() {
+    let f = ScyllaFactory::from_env();
+    for n in [1, 7] {
+        let h = Harness::start(&f, Setup::default()).await;
+        let c = Cast::new(&h.settings);
+        let ids = recalled_many(&h, &c, n).await;
+        let bucket = h.store.inner().bucket_of(ids[0]);
+        assert_eq!(mirror_of(&h, bucket).await, None, "{n}: never purged yet");
+        let report = purge_expired(&h).await;
+        assert_eq!(report.messages, n as u64);
+        assert!(
+            mirror_of(&h, bucket).await.is_some(),
+            "{n}: the commit wrote the mirror"
+        );
+        h.finish().await;
+    }
+}
+
+// The slice a latest page reads beside its rows holds a bounded number of lifecycles, from
+// the bucket's top down to the last latest page's bottom. Here purge markers whose rows a dead
+// purger already deleted fill it, so it never reaches the page's rows: their lifecycles must
+// still be read (recalled ones shown as tombstones), and the never-changed ones of the purged
+// bucket re-checked and shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_latest_page_reads_the_lifecycles_its_slice_did_not_reach() {
+    let f = ScyllaFactory::from_env();
+    let h = Harness::start(&f, Setup::default()).await;
+    let c = Cast::new(&h.settings);
+    let ids = texts(&h, &c, 30).await;
+    let bucket = h.store.inner().bucket_of(ids[0]);
+    assert_eq!(bucket, h.store.inner().bucket_of(ids[29]));
+    for &id in ids[..10].iter().chain(&ids[15..]) {
+        h.store
+            .transition(c.request(Action::Recall, &c.alice, id))
+            .await
+            .unwrap();
+    }
+    let newest = imstore_core::ListOptions::newest(10);
+    // The first latest page notes the conversation's first bucket: the next ones read it (and
+    // its lifecycle slice) beside the bucket index.
+    let first = h.store.list(&c.conv, &c.bob, newest.clone()).await.unwrap();
+    assert_eq!(first.items[0].msg_id, ids[29]);
+    // A purger committed the purge of the newest 15 and deleted their rows, then died.
+    for &id in &ids[15..] {
+        cql(
+            &h,
+            "UPDATE {ks}.conversation_state SET purging = true WHERE conversation_id = 'group-1' AND kind = 0 AND k = ? AND request_id = '' IF version = 2",
+            (id.as_i64(),),
+        )
+        .await;
+        cql(
+            &h,
+            "DELETE FROM {ks}.messages WHERE conversation_id = 'group-1' AND bucket = ? AND msg_id = ?",
+            (bucket, id.as_i64()),
+        )
+        .await;
+    }
+    mark_purged(&h, bucket).await;
+    // Each latest page notes its bottom, the next one's slice floor: the last page's slice
+    // (floor m4) is full of markers long before it reaches the rows.
+    for (round, size) in [(0, 10), (1, 10), (2, 5)] {
+        let opts = imstore_core::ListOptions::newest(size);
+        let page = h.store.list(&c.conv, &c.bob, opts).await.unwrap();
+        let shown: Vec<MsgId> = page.items.iter().map(|v| v.msg_id).collect();
+        let want: Vec<MsgId> = ids[15 - size as usize..15].iter().rev().copied().collect();
+        assert_eq!(shown, want, "round {round}");
+        assert_shown(&page.items, &ids, |i| i < 10, &format!("round {round}"));
+    }
+    h.finish().await;
+}
+
+// Read right after a write, on the latest page's one-round-trip path: every acknowledged
+// recall and restore is on the next latest page (the slice read beside the rows is the only
+// lifecycle read there), for the messages under the page's floor as for those above it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_latest_page_shows_every_change_acknowledged_before_it() {
+    let f = ScyllaFactory::from_env();
+    let h = Harness::start(&f, Setup::default()).await;
+    let c = Cast::new(&h.settings);
+    let ids = texts(&h, &c, 12).await;
+    let newest = imstore_core::ListOptions::newest(12);
+    h.store.list(&c.conv, &c.bob, newest.clone()).await.unwrap();
+    let mut recalled = vec![false; ids.len()];
+    for step in 0..24 {
+        // Each message in turn, newest first: recalled, then restored.
+        let i = ids.len() - 1 - (step / 2) % ids.len();
+        let action = if recalled[i] {
+            Action::Restore
+        } else {
+            Action::Recall
+        };
+        h.store
+            .transition(c.request(action, &c.alice, ids[i]))
+            .await
+            .unwrap();
+        recalled[i] = !recalled[i];
+        let page = h.store.list(&c.conv, &c.bob, newest.clone()).await.unwrap();
+        assert_eq!(page.items.len(), ids.len(), "step {step}");
+        assert_shown(&page.items, &ids, |j| recalled[j], &format!("step {step}"));
+    }
+    h.finish().await;
 }
