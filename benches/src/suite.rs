@@ -35,6 +35,8 @@ pub struct PathResult {
     pub fair: Option<Side>,
     /// Round trips per operation of each side's happy path, where known.
     pub round_trips: Value,
+    /// The connection pools' sizes when the path started, where the target pools connections.
+    pub pools: Value,
 }
 
 impl PathResult {
@@ -76,6 +78,7 @@ impl PathResult {
             "ratio": round3(self.ratio()),
             "fair_ratio": self.fair_ratio().map(round3),
             "round_trips": self.round_trips,
+            "pools": self.pools,
         })
     }
 }
@@ -316,6 +319,9 @@ impl Ctx {
         out: &mut Vec<PathResult>,
     ) -> R<()> {
         let started = Instant::now();
+        // Before measuring: a pool a burst grew hands its calls to many server processes in
+        // turn, which a c1 path pays for (benches/README.md, "PostgreSQL feed page").
+        let pools = self.target.pools().unwrap_or(Value::Null);
         let mut runners = vec![&imstore, &baseline];
         runners.extend(fair.as_ref());
         let mut measured = measure_sides(&runners, concurrency, self.timing)
@@ -342,6 +348,7 @@ impl Ctx {
             baseline: b,
             fair: f,
             round_trips,
+            pools,
         };
         if !self.quiet {
             let fair = match r.fair_ratio() {

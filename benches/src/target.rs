@@ -7,6 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 use imstore_core::{ContentCodec, MessageStore, NewMessage, StoreSettings};
+use serde_json::Value;
 
 use crate::harness::R;
 
@@ -205,6 +206,11 @@ pub trait Target: Send + Sync {
     /// measures the steady state and not a vacuum in progress; what it found, for the report.
     async fn settle(&self) -> R<Option<String>> {
         Ok(None)
+    }
+    /// The sizes of the connection pools that imstore's stores and the baselines share (each
+    /// `{"size", "idle"}`), when the target pools connections.
+    fn pools(&self) -> Option<Value> {
+        None
     }
     /// Removes the namespace and everything in it.
     async fn drop_namespace(&self) -> R<()>;

@@ -122,6 +122,13 @@ impl Target for PgTarget {
             pool: self.raw.pool.clone(),
         }))
     }
+    fn pools(&self) -> Option<serde_json::Value> {
+        let size = |p: &PgPool| serde_json::json!({"size": p.size(), "idle": p.num_idle()});
+        Some(serde_json::json!({
+            "imstore": size(self.base.inner().pool()),
+            "baseline": size(&self.raw.pool),
+        }))
+    }
     fn write_method(&self) -> String {
         "server: pg_stat_user_tables n_tup_ins + n_tup_upd + n_tup_del deltas of the bench schema \
          (rows inserted, updated, deleted), read after the recalling connection closed"

@@ -349,8 +349,10 @@ pub async fn drop_leftovers(nodes: &str) -> R<Vec<String>> {
 ///   A batch: the index rows, conditional batches of 50 rows per partition, the bucket rows.
 /// * point read: the message row and its lifecycle row with the bucket's purge sentinel, in
 ///   parallel (one round trip).
-/// * latest page: the bucket index beside the page of the bucket last seen, then the lifecycle
-///   rows of the page (two in series).
+/// * latest page: the bucket index beside the page of the bucket last seen and, as imstore on
+///   a keyspace with sentinel mirrors, that bucket's lifecycles from its top down to the last
+///   page's bottom with the mirror (one round trip when the guess holds and the slice covers
+///   the page; the lifecycles it did not reach after, with the sentinel).
 /// * recall: the head, lifecycle, sentinel and request record in one read of the state
 ///   partition, beside the message row and the retention queue entry (idempotent: written before
 ///   the decision is known), then one conditional batch: head claim, lifecycle compare-and-set,
@@ -364,6 +366,7 @@ pub struct ScyllaFair {
     bucket_add: PreparedStatement,
     message: PreparedStatement,
     states: PreparedStatement,
+    top: PreparedStatement,
     buckets: PreparedStatement,
     page: PreparedStatement,
     recall_read: PreparedStatement,
@@ -379,7 +382,9 @@ pub struct ScyllaFair {
     event_put: PreparedStatement,
     request_put: PreparedStatement,
     events: PreparedStatement,
-    newest_bucket: std::sync::Mutex<std::collections::HashMap<String, i32>>,
+    /// Per conversation: its newest bucket as last seen, and the lowest msg_id the last page
+    /// read there (the floor of the next page's lifecycle slice).
+    newest_bucket: std::sync::Mutex<std::collections::HashMap<String, (i32, Option<i64>)>>,
     known_days: std::sync::Mutex<std::collections::HashSet<(i32, i32)>>,
 }
 
@@ -394,7 +399,8 @@ type RecallCols = (
     Option<i64>,
 );
 
-/// A lifecycle row as the fair baseline reads it: status, version, purging, sentinel epoch.
+/// A lifecycle row as the fair baseline reads it: status, version, purging, sentinel epoch, and
+/// the request id (`''`, but `~sentinel` on a sentinel's mirror).
 type StateCols = (
     i64,
     Option<i8>,
@@ -403,6 +409,7 @@ type StateCols = (
     Option<String>,
     Option<bool>,
     Option<i64>,
+    String,
 );
 
 impl ScyllaFair {
@@ -428,8 +435,15 @@ impl ScyllaFair {
             ))
             .await?,
             states: p(format!(
-                "SELECT k, status, version, recalled_at, recalled_by, purging, at_ms FROM {ks}.conversation_state \
-                 WHERE conversation_id = ? AND kind = 0 AND k IN ? AND request_id = ''"
+                "SELECT k, status, version, recalled_at, recalled_by, purging, at_ms, request_id \
+                 FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k IN ? \
+                 AND request_id = ''"
+            ))
+            .await?,
+            top: p(format!(
+                "SELECT k, status, version, recalled_at, recalled_by, purging, at_ms, request_id \
+                 FROM {ks}.conversation_state WHERE conversation_id = ? AND kind = 0 AND k >= ? \
+                 AND k <= ? ORDER BY kind DESC, k DESC, request_id DESC LIMIT ?"
             ))
             .await?,
             buckets: p(format!(
@@ -852,8 +866,8 @@ fn scylla_shown(sender: &str, state: Option<&StateCols>, viewer: &str) -> bool {
 impl Fair for ScyllaFair {
     fn round_trips(&self, path: &str) -> Option<u32> {
         match path {
-            "point_read" | "feed_page" => Some(1),
-            "latest_page" | "recall" => Some(2),
+            "point_read" | "feed_page" | "latest_page" => Some(1),
+            "recall" => Some(2),
             "send" => Some(3),
             // Index rows (10 history batches in flight beside the bucket row), 20 conditional
             // batches of 50 (8 in flight), the bucket row.
@@ -963,12 +977,13 @@ impl Fair for ScyllaFair {
         Ok(())
     }
     async fn latest(&self, conv: &str, limit: u32, viewer: &str) -> R<usize> {
-        let guess = self
+        let remembered = self
             .newest_bucket
             .lock()
             .map_err(|_| "poisoned")?
             .get(conv)
             .copied();
+        let guess = remembered.map(|(b, _)| b);
         let fetch = limit as i32 + 1;
         let page_of = |bucket: i32| async move {
             let rows = self
@@ -998,18 +1013,46 @@ impl Fair for ScyllaFair {
                 None => R::Ok(None),
             }
         };
-        let (buckets, guessed) = futures::try_join!(index, guessed)?;
-        let newest = *buckets.first().ok_or("no bucket")?;
-        let page = match (guess, guessed) {
-            (Some(g), Some(p)) if g == newest => p,
-            _ => {
-                self.newest_bucket
-                    .lock()
-                    .map_err(|_| "poisoned")?
-                    .insert(conv.to_owned(), newest);
-                page_of(newest).await?
+        // The guessed bucket's lifecycles from its top down to the last page's bottom, with
+        // the sentinel's mirror: one snapshot, beside the rows.
+        let slice = async {
+            let Some((bucket, Some(floor))) = remembered else {
+                return R::Ok(None);
+            };
+            let (low, high) = self.store.inner().bucket_ids(bucket);
+            let low = low.max(floor);
+            let cap = fetch + 2;
+            let rows = self
+                .session
+                .execute_unpaged(&self.top, (conv, low, high, cap))
+                .await?
+                .into_rows_result()?;
+            let mut states = std::collections::HashMap::new();
+            let (mut read, mut lowest, mut mirror) = (0, i64::MAX, false);
+            for r in rows.rows::<StateCols>()? {
+                let row = r?;
+                read += 1;
+                lowest = lowest.min(row.0);
+                if row.7.is_empty() {
+                    states.insert(row.0, row);
+                } else {
+                    mirror = true;
+                }
             }
+            let covers_from = if read < cap { low } else { lowest };
+            R::Ok(Some((states, covers_from, mirror)))
         };
+        let (buckets, guessed, slice) = futures::try_join!(index, guessed, slice)?;
+        let newest = *buckets.first().ok_or("no bucket")?;
+        let (page, slice) = match (guess, guessed) {
+            (Some(g), Some(p)) if g == newest => (p, slice),
+            _ => (page_of(newest).await?, None),
+        };
+        let bottom = page.last().map(|r| r.0);
+        self.newest_bucket
+            .lock()
+            .map_err(|_| "poisoned")?
+            .insert(conv.to_owned(), (newest, bottom));
         // A page that the newest bucket does not fill continues into the older ones (in series,
         // as imstore's; the bench's histories fit in one).
         let mut parts = vec![(newest, page)];
@@ -1021,16 +1064,33 @@ impl Fair for ScyllaFair {
             let rows = page_of(older).await?;
             parts.push((older, rows));
         }
+        let mut slice = slice;
         let mut shown = 0;
         for (bucket, rows) in &parts {
             let take = rows.len().min((limit as usize).saturating_sub(shown));
             if take == 0 {
                 break;
             }
-            let mut ids: Vec<i64> = rows.iter().take(take).map(|r| r.0).collect();
-            ids.push(-i64::from(*bucket) - 1);
-            let states = self.states_of(conv, ids).await?;
-            for r in rows.iter().take(take) {
+            let rows = &rows[..take];
+            let (mut states, covers_from, mirror) = slice
+                .take()
+                .unwrap_or_else(|| (Default::default(), i64::MAX, false));
+            // Lifecycles the slice did not reach are read with the sentinel, as without one.
+            let mut ids: Vec<i64> = rows
+                .iter()
+                .map(|r| r.0)
+                .filter(|&id| id < covers_from)
+                .collect();
+            if !ids.is_empty() {
+                ids.push(-i64::from(*bucket) - 1);
+                states.extend(self.states_of(conv, ids).await?);
+            }
+            if mirror {
+                return Err(
+                    "the bench's conversations are never purged: no re-check is written".into(),
+                );
+            }
+            for r in rows {
                 let visible = scylla_shown(&r.1, states.get(&r.0), viewer);
                 std::hint::black_box((r.0, &r.1, r.2, r.4, visible.then_some(&r.3)));
             }
