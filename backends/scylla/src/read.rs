@@ -534,7 +534,7 @@ async fn bucket_page(
 /// Newest first, also the lowest msg_id that page read in that bucket (its bottom there), which
 /// bounds the next latest page's lifecycle slice from below.
 #[derive(Default)]
-pub(crate) struct FirstBuckets(std::sync::Mutex<HashMap<(String, bool), Guess>>);
+pub(crate) struct FirstBuckets(std::sync::Mutex<HashMap<String, [Option<Guess>; 2]>>);
 
 /// A first bucket and, when a latest page noted it, the lowest msg_id it read there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -546,45 +546,57 @@ struct Guess {
 /// Conversations whose first bucket a process remembers; past it the guesses start over.
 const FIRST_BUCKETS_KEPT: usize = 65_536;
 
+/// The slot of a direction in a conversation's entry.
+fn slot(newest: bool) -> usize {
+    usize::from(!newest)
+}
+
 impl FirstBuckets {
     fn get(&self, conversation: &ConversationId, newest: bool) -> Option<Guess> {
         let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&(conversation.as_str().to_owned(), newest))
-            .copied()
+        map.get(conversation.as_str())?[slot(newest)]
+    }
+
+    /// Applies `change` to the conversation's guess in one direction. The lookup copies
+    /// nothing (every page and insert makes one); an entry is made, and the map started over
+    /// when full, only for a conversation it does not hold.
+    fn update(
+        &self,
+        conversation: &ConversationId,
+        newest: bool,
+        change: impl FnOnce(&mut Option<Guess>),
+    ) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = map.get_mut(conversation.as_str()) {
+            change(&mut entry[slot(newest)]);
+            return;
+        }
+        let mut entry = [None; 2];
+        change(&mut entry[slot(newest)]);
+        if entry == [None; 2] {
+            return;
+        }
+        if map.len() >= FIRST_BUCKETS_KEPT {
+            map.clear();
+        }
+        map.insert(conversation.as_str().to_owned(), entry);
     }
 
     /// A bucket this process just listed for the conversation (an insert): a newest-first page
     /// starts there or higher, so the guess rises to it (with no bottom there yet).
     pub(crate) fn raise(&self, conversation: &ConversationId, bucket: i32) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (conversation.as_str().to_owned(), true);
-        if map.len() >= FIRST_BUCKETS_KEPT && !map.contains_key(&key) {
-            map.clear();
-        }
-        let fresh = Guess {
-            bucket,
-            bottom: None,
-        };
-        let guess = map.entry(key).or_insert(fresh);
-        if guess.bucket < bucket {
-            *guess = fresh;
-        }
+        self.update(conversation, true, |guess| {
+            if guess.is_none_or(|g| g.bucket < bucket) {
+                *guess = Some(Guess {
+                    bucket,
+                    bottom: None,
+                });
+            }
+        });
     }
 
     fn note(&self, conversation: &ConversationId, newest: bool, guess: Option<Guess>) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (conversation.as_str().to_owned(), newest);
-        match guess {
-            Some(guess) => {
-                if map.len() >= FIRST_BUCKETS_KEPT && !map.contains_key(&key) {
-                    map.clear();
-                }
-                map.insert(key, guess);
-            }
-            None => {
-                map.remove(&key);
-            }
-        }
+        self.update(conversation, newest, |slot| *slot = guess);
     }
 }
 
